@@ -1,0 +1,1 @@
+"""The diffusion maths shared by Stage B and Stage C (schedules, targets, guidance, samplers)."""

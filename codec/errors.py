@@ -1,0 +1,17 @@
+"""Errors a user can cause. Each message says what was wrong and what to do about it."""
+
+
+class CascadeKitError(Exception):
+    """Base class of every error cascadekit raises on purpose."""
+
+
+class WeightsError(CascadeKitError):
+    """Weights are missing, corrupt, truncated, or do not fit the model (missing/unexpected/mis-shaped keys)."""
+
+
+class InputError(CascadeKitError):
+    """An input (image, corpus, store, config value) cannot be used."""
+
+
+class PrecisionError(CascadeKitError):
+    """A computation overflowed in the requested dtype (typically float16)."""

@@ -1,0 +1,1 @@
+"""Stable Cascade network modules: building blocks, Stage A, EfficientNet encoder, Previewer, Stage B."""

@@ -1,0 +1,1 @@
+"""Reading, converting and assigning checkpoint weights (official and diffusers formats)."""

@@ -1,0 +1,1 @@
+"""cascadekit.generator: Stage C, training on precomputed latents, text-to-image."""

@@ -1,0 +1,1 @@
+"""cascadekit.metrics: reconstruction quality metrics (PSNR, SSIM, LPIPS, FID) and reports."""
