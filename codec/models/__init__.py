@@ -1,1 +1,17 @@
 """Stable Cascade network modules: building blocks, Stage A, EfficientNet encoder, Previewer, Stage B."""
+from cascadekit.codec.models.effnet import EfficientNetEncoder, EfficientNetEncoderConfig
+from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
+from cascadekit.codec.models.stage_a import StageA, StageAConfig, VectorQuantize
+from cascadekit.codec.models.stage_b import StageB, StageBConfig
+
+__all__ = [
+    "EfficientNetEncoder",
+    "EfficientNetEncoderConfig",
+    "Previewer",
+    "PreviewerConfig",
+    "StageA",
+    "StageAConfig",
+    "StageB",
+    "StageBConfig",
+    "VectorQuantize",
+]

@@ -1,0 +1,59 @@
+"""EfficientNetV2-S encoder: images -> the 16-channel semantic latent Stage B and Stage C work in.
+
+Input: ImageNet-normalised images (B, 3, H, W) (``(x - mean) / std`` with mean (0.485, 0.456, 0.406),
+std (0.229, 0.224, 0.225)); the official resolution is 768×768 -> (B, 16, 24, 24) (stride 32).
+The backbone is torchvision's ``efficientnet_v2_s`` feature extractor built with ``weights=None``
+(nothing is downloaded); the released checkpoint supplies every weight.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from cascadekit.codec.models.presets import infer_preset_of
+
+
+@dataclass
+class EfficientNetEncoderConfig:
+    """The official ``EfficientNetEncoder`` constructor arguments (only ``c_latent``). Preset: ``official``."""
+
+    c_latent: int = 16
+
+    PRESETS = ("official",)
+
+    @classmethod
+    def preset(cls, name: str) -> "EfficientNetEncoderConfig":
+        if name == "official":
+            return cls()
+        raise ValueError(f"unknown EfficientNetEncoder preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+class EfficientNetEncoder(nn.Module):
+    """``mapper(backbone(x))``: EfficientNetV2-S features (B,1280,H/32,W/32) -> 1x1 conv -> BatchNorm (no affine)."""
+
+    def __init__(self, c_latent: int = 16):
+        super().__init__()
+        self.backbone = torchvision.models.efficientnet_v2_s(weights=None).features
+        self.mapper = nn.Sequential(
+            nn.Conv2d(1280, c_latent, kernel_size=1, bias=False),
+            nn.BatchNorm2d(c_latent, affine=False),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: EfficientNetEncoderConfig) -> "EfficientNetEncoder":
+        return cls(**cfg.kwargs())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) ImageNet-normalised -> (B, c_latent, H/32, W/32)."""
+        return self.mapper(self.backbone(x))
+
+
+def infer_preset(state_dict) -> EfficientNetEncoderConfig:
+    """Check that a state dict is an official effnet encoder (else WeightsError)."""
+    return infer_preset_of(EfficientNetEncoder, EfficientNetEncoderConfig, state_dict, "EfficientNet encoder")
