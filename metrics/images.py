@@ -1,0 +1,111 @@
+"""Small, safe image reading for the metrics (the package imports nothing else of cascadekit).
+
+- refuses decompression bombs before decoding (pixel-count check on the header size, no global PIL setting changed)
+- applies the EXIF orientation
+- converts every mode to 8-bit RGB: grayscale is replicated, alpha is composited over white, 16-bit/float
+  grayscale is rescaled; the conversion is reported so the evaluation can list it
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import MetricInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """Convert any PIL image to 8-bit RGB. Returns (rgb, note) where note describes a conversion or is None."""
+    mode = img.mode
+    if mode == "RGB":
+        return img, None
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([a] * 3, axis=-1), "RGB"), f"converted from {mode} (rescaled to 8 bit)"
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode == "RGB":
+            return img, "converted from P (palette)"
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), f"converted from {mode} (alpha over white)"
+    return img.convert("RGB"), f"converted from {mode}"
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str | None]:
+    """Read one image file as 8-bit RGB with EXIF orientation applied.
+
+    Returns (image, note) where note describes a mode conversion (or None).
+    Raises MetricInputError for unreadable files and images over `max_pixels` pixels.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise MetricInputError(
+                    f"{path}: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression-bomb guard)")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb, note = to_rgb(im)
+            rgb.load()
+            return rgb, note
+    except MetricInputError:
+        raise
+    except Exception as e:  # PIL raises many types for truncated/corrupt/unsupported files
+        raise MetricInputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder` (recursive, by suffix), sorted by relative path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MetricInputError(f"{folder} is not a folder of images")
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def image_key(path: Path, root: Path) -> str:
+    """Key of an image: its path relative to the folder, without suffix, '/'-separated."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def iter_folder(folder: str | os.PathLike) -> Iterator[tuple[str, Path]]:
+    """Yield (key, path) for every image file under `folder` (reading is left to the consumer)."""
+    root = Path(folder)
+    for p in list_images(root):
+        yield image_key(p, root), p
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> (3,H,W) float32 in [0,1]."""
+    a = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def tensor_to_rgb(x: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """(C,H,W) float tensor in [0,1] with C in {1,2,3,4} -> ((3,H,W) float32, note). Alpha composited over white."""
+    if x.dim() != 3 or x.shape[0] not in (1, 2, 3, 4):
+        raise MetricInputError(f"image tensor must be (C,H,W) with C in 1..4, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise MetricInputError(f"image tensor must be float in [0,1], got {x.dtype}")
+    x = x.float()
+    c = x.shape[0]
+    if c == 3:
+        return x, None
+    if c in (2, 4):
+        alpha = x[-1:].clamp(0, 1)
+        x = x[:-1] * alpha + (1 - alpha)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1).contiguous()
+    return x, f"converted from {c}-channel tensor"
