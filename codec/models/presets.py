@@ -1,6 +1,7 @@
 """Recognise which named preset a state dict belongs to, by comparing every key and shape."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping
 
 import torch
@@ -16,12 +17,8 @@ def infer_preset_of(model_cls, cfg_cls, state_dict: Mapping[str, torch.Tensor], 
     (``num_batches_tracked`` optional). Raise :class:`WeightsError` when none fits."""
     got = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith(OPTIONAL_SUFFIXES)}
     for name in cfg_cls.PRESETS:
-        cfg = cfg_cls.preset(name)
-        with torch.device("meta"):
-            model = model_cls.from_config(cfg)
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(OPTIONAL_SUFFIXES)}
-        if want == got:
-            return cfg
+        if dict(_preset_shapes(model_cls, cfg_cls, name)) == got:
+            return cfg_cls.preset(name)
     hint = ""
     if any(".attention.to_q." in k for k in got) or "vquantizer.embedding.weight" in got:
         hint = " The keys look like a diffusers conversion; convert them to the official layout first."
@@ -29,3 +26,11 @@ def infer_preset_of(model_cls, cfg_cls, state_dict: Mapping[str, torch.Tensor], 
         f"these weights ({len(got)} tensors) match no {label} preset ({', '.join(cfg_cls.PRESETS)}) key for key "
         f"and shape.{hint} Check that the file is an official {label} checkpoint of a supported size."
     )
+
+
+@lru_cache(maxsize=32)
+def _preset_shapes(model_cls, cfg_cls, name: str) -> tuple:
+    """(key, shape) pairs of a preset's model, built once on the meta device (pure, so cached)."""
+    with torch.device("meta"):
+        model = model_cls.from_config(cfg_cls.preset(name))
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith(OPTIONAL_SUFFIXES))
