@@ -1,0 +1,478 @@
+"""build_latent_dataset: an image corpus -> a resumable, distributed, bad-input-safe Zarr latent store.
+
+Flow (every rank of a torchrun job runs the same code):
+
+1. Check everything that can be checked before work starts: the inputs exist, the output is
+   writable, the encoder runs on a probe batch (shapes), settings are valid.
+2. Plan: the ordered list of samples (:mod:`.sources`); with ``buckets`` each sample is assigned
+   to the bucket of its header size. Row ``i`` of a group is the ``i``-th planned sample of it.
+3. Rank 0 creates the store at final size (or checks that an existing one was made with the same
+   settings and corpus, else refuses unless ``overwrite``); the other ranks wait.
+4. Each rank takes a contiguous, chunk-aligned share of the row chunks, drops the chunks whose
+   ``status`` says they are done (resume), and encodes the rest in batches that start at chunk
+   boundaries (so a batch's contents never depend on where a run was interrupted: resumed
+   results are bit-identical). DataLoader workers decode images; the main thread encodes; a
+   writer thread compresses and writes whole chunks (data first, status last).
+5. After a barrier, rank 0 computes per-channel statistics, writes the error tables, marks the
+   store complete and consolidates the metadata.
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cascadekit.codec.errors import CascadeKitError, InputError
+from cascadekit.datasets import distributed as D
+from cascadekit.datasets import store as S
+from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
+from cascadekit.datasets.sources import FileRef, Sample, SampleReader, plan_fingerprint, plan_inputs
+from cascadekit.datasets.writer import ChunkWriter, RowBatch, WriterThread
+
+SPACES = ("semantic", "stage_a")
+DTYPES = ("float16", "float32")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the builder needs from an encoder (``cascadekit.codec.Codec`` satisfies it).
+
+    ``encode``: images (B,3,H,W) float in [0,1] on the encoder's device -> latents (B,16,H/32,W/32).
+    ``identity``: a JSON-able dict naming the weights (checkpoint SHA-256s), stored in the store.
+    Optional ``encode_stage_a``: images -> Stage A latents (B,4,H/4,W/4). Optional ``device``.
+    """
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def identity(self) -> dict: ...
+
+
+@dataclass
+class Summary:
+    """What a build did. ``skipped`` counts rows by reason over the whole store."""
+
+    store: str
+    rows: int
+    ok: int
+    skipped: dict = field(default_factory=dict)
+    missing_captions: int = 0
+    encoded_now: int = 0
+    skipped_now: int = 0
+    resumed_rows: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    groups: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"store            {self.store}",
+            f"rows             {self.rows} in {len(self.groups)} group(s)",
+            f"encoded          {self.ok}" + (f"  ({self.encoded_now} in this run, {self.resumed_rows} rows were already done)" if self.resumed_rows else ""),
+            f"skipped          {sum(self.skipped.values())}" + "".join(f"\n  {r:<20}{n}" for r, n in sorted(self.skipped.items())),
+            f"missing captions {self.missing_captions}",
+            f"time             {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
+        ]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ assignment
+def _header_size(data) -> tuple[int, int] | None:
+    """(width, height) after EXIF rotation from the header only, or None if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(data if isinstance(data, str) else io.BytesIO(data)) as im:
+            w, h = im.size
+            try:
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):
+                    w, h = h, w
+            except Exception:  # noqa: BLE001 - corrupt EXIF: stored orientation
+                pass
+            return w, h
+    except Exception:  # noqa: BLE001 - the sample will fail (with its reason) when it is loaded
+        return None
+
+
+def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, list[int]]:
+    """Map group path -> plan indices (in plan order). Without buckets: everything in the root group."""
+    if not cfg.buckets:
+        return {"": list(range(len(plan)))}
+    groups: dict[str, list[int]] = {}
+    reader = SampleReader()
+    square = f"buckets/{cfg.resolution}x{cfg.resolution}"
+    try:
+        for i, s in enumerate(plan):
+            size = None
+            if s.error is None:
+                try:
+                    src, _ = reader.fetch(s)
+                    size = _header_size(src)
+                except CascadeKitError:
+                    size = None
+            if size is None:  # unreadable: goes to the square bucket and fails there with its reason
+                gp = square
+            else:
+                h, w = target_size(size[0], size[1], cfg)
+                gp = f"buckets/{h}x{w}"
+            groups.setdefault(gp, []).append(i)
+    finally:
+        reader.close()
+    return dict(sorted(groups.items()))
+
+
+def _group_hw(gp: str, cfg: PreprocessConfig) -> tuple[int, int]:
+    if not gp:
+        return cfg.resolution, cfg.resolution
+    h, w = gp.rsplit("/", 1)[1].split("x")
+    return int(h), int(w)
+
+
+# ---------------------------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class Task:
+    """One encoder batch: rows ``rows`` of group ``group``, planned samples ``samples``."""
+
+    group: str
+    rows: tuple[int, ...]
+    samples: tuple[Sample, ...]
+
+
+class _TaskDataset(IterableDataset):
+    """Yields one decoded batch per task; DataLoader workers take contiguous runs of tasks."""
+
+    def __init__(self, tasks: list[Task], cfg: PreprocessConfig):
+        self.tasks = tasks
+        self.cfg = cfg
+
+    def __iter__(self):
+        info = get_worker_info()
+        tasks = self.tasks
+        if info is not None:
+            n = len(tasks)
+            tasks = tasks[n * info.id // info.num_workers: n * (info.id + 1) // info.num_workers]
+        reader = SampleReader()
+        try:
+            for t in tasks:
+                yield load_task(t, self.cfg, reader)
+        finally:
+            reader.close()
+
+
+def load_task(t: Task, cfg: PreprocessConfig, reader: SampleReader) -> dict:
+    """Decode a task's images. Bad samples become ``ok=False`` with a reason; never raises for them."""
+    h, w = (cfg.resolution, cfg.resolution) if not t.group else _group_hw(t.group, cfg)
+    n = len(t.rows)
+    ok = np.zeros(n, bool)
+    reasons, captions = [""] * n, [""] * n
+    has_caption = np.zeros(n, bool)
+    orig = np.zeros((n, 2), np.int32)
+    images = []
+    for i, s in enumerate(t.samples):
+        if s.error is not None:
+            reasons[i] = s.error
+            continue
+        try:
+            src, cap = reader.fetch(s)
+            if cap is not None:
+                captions[i], has_caption[i] = cap, True
+            arr, (oh, ow) = load_and_prepare(src, cfg, s.source)
+            if arr.shape[1:] != (h, w):
+                raise InputError(f"{s.source}: prepared to {arr.shape[1:]}, expected {(h, w)}")
+            orig[i] = (oh, ow)
+            images.append(arr)
+            ok[i] = True
+        except CascadeKitError as e:
+            reasons[i] = getattr(e, "reason", None) or "unreadable"
+        except Exception:  # noqa: BLE001 - whatever a broken file does, the job goes on
+            reasons[i] = "unreadable"
+    imgs = torch.from_numpy(np.stack(images)) if images else torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    return {
+        "group": t.group,
+        "rows": torch.tensor(t.rows, dtype=torch.int64),
+        "ok": torch.from_numpy(ok),
+        "images": imgs,  # (n_ok, 3, H, W) uint8
+        "keys": [s.key for s in t.samples],
+        "sources": [s.source for s in t.samples],
+        "captions": captions,
+        "has_caption": torch.from_numpy(has_caption),
+        "orig_size": torch.from_numpy(orig),
+        "reasons": reasons,
+    }
+
+
+def _collate_identity(x):
+    return x
+
+
+# ------------------------------------------------------------------------------------ main side
+def _encoder_device(codec) -> torch.device:
+    dev = getattr(codec, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    params = getattr(codec, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+def _check_output(out: Path) -> None:
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the store {out}: {parent} is not writable; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is a file, not a store folder; choose another --out")
+
+
+@torch.no_grad()
+def _probe(codec, hw: tuple[int, int], device, stage_a: bool):
+    x = torch.full((1, 3, *hw), 0.5, device=device)
+    try:
+        lat = codec.encode(x)
+        sa = codec.encode_stage_a(x) if stage_a else None
+    except CascadeKitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unusable weights / device: report before any work
+        raise InputError(f"the encoder cannot encode a {hw[0]}x{hw[1]} test image ({type(e).__name__}: {e})") from e
+    return tuple(lat.shape[1:]), (tuple(sa.shape[1:]) if sa is not None else None)
+
+
+def _settings(cfg, dtype, spaces, chunk_rows, identity, fingerprint, n) -> dict:
+    return {
+        "preprocess": cfg.to_dict(),
+        "dtype": dtype,
+        "spaces": list(spaces),
+        "chunk_rows": chunk_rows,
+        "encoder": identity,
+        "corpus": {"rows": n, "sha256": fingerprint},
+    }
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: store has {a!r}, this run has {b!r}"]
+
+
+def _prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwrite) -> str | None:
+    """Rank 0: create, or validate for resume. Returns an error message instead of raising (broadcast)."""
+    try:
+        if out.exists() and any(out.iterdir()):
+            if not S.is_store(out):
+                return f"{out} exists and is not a cascadekit latent store; choose another --out"
+            root = S.open_store(out, mode="r")
+            old = root.attrs.get("settings")
+            diffs = _diff(old, settings) if old is not None else ["settings: missing"]
+            if diffs and not overwrite:
+                return (f"{out} was built with different settings:\n  " + "\n  ".join(diffs[:12])
+                        + "\nRerun with the same settings to resume, or pass --overwrite to rebuild from scratch.")
+            if not diffs:
+                for p in out.rglob("*.partial"):  # temp files of writes cut off by a kill
+                    p.unlink(missing_ok=True)
+                return None
+            S.remove_store(out)
+        elif out.exists():
+            out.rmdir()
+        S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})
+        return None
+    except CascadeKitError as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot create the store {out}: {e}"
+
+
+def make_tasks(groups: dict[str, list[int]], plan, statuses: dict[str, np.ndarray], chunk_rows: int,
+               batch_size: int, info: D.DistInfo) -> tuple[list[Task], int]:
+    """This rank's pending tasks (chunk-aligned batches) and the number of its rows already done."""
+    chunks = [(gp, c) for gp, idx in groups.items() for c in range((len(idx) + chunk_rows - 1) // chunk_rows)]
+    mine = [chunks[i] for i in D.share(len(chunks), info)]
+    bs = max(1, min(batch_size, chunk_rows))
+    tasks, done = [], 0
+    for gp, c in mine:
+        idx = groups[gp]
+        a, b = c * chunk_rows, min((c + 1) * chunk_rows, len(idx))
+        if (statuses[gp][a:b] != S.STATUS_PENDING).all():
+            done += b - a
+            continue
+        for s in range(a, b, bs):
+            rows = tuple(range(s, min(s + bs, b)))
+            tasks.append(Task(gp, rows, tuple(plan[idx[r]] for r in rows)))
+    return tasks, done
+
+
+def build_latent_dataset(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    codec: Encoder,
+    *,
+    resolution: int = 768,
+    dtype: str = "float16",
+    spaces: Sequence[str] = ("semantic",),
+    buckets: bool = False,
+    min_size: int | None = None,
+    max_pixels: int | None = 89_478_485,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    chunk_rows: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+    dist_info: D.DistInfo | None = None,
+) -> Summary:
+    """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
+
+    Args:
+        inputs: folders, tar shards / brace patterns / ``pipe:`` URLs, ``.jsonl``/``.csv`` manifests.
+        out: the store folder (``*.zarr``).
+        codec: an :class:`Encoder` (e.g. ``cascadekit.codec.Codec``) already on its device.
+        resolution: crop side in pixels (multiple of 32); latents are (16, resolution/32, resolution/32).
+        dtype: ``float16`` (overflow-checked) or ``float32`` storage.
+        spaces: ``("semantic",)`` and/or ``"stage_a"`` (Stage A latents (4, H/4, W/4)).
+        buckets: aspect-ratio buckets (official multi-aspect list), one group per bucket.
+        min_size: skip images whose shorter side is below this (reason ``too_small``).
+        batch_size: encoder batch (capped at ``chunk_rows``; batches start at chunk boundaries).
+        num_workers: DataLoader processes decoding images (0: decode in the main process).
+        chunk_rows: samples per chunk of every per-sample array (the unit of resume and ownership).
+        overwrite: delete an existing store built with different settings instead of refusing.
+        dist_info: rank/world (default: from torchrun's environment).
+
+    Returns:
+        :class:`Summary` (on every rank; counts cover the whole store).
+    """
+    t0 = time.perf_counter()
+    info = dist_info or D.from_env()
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    spaces = tuple(dict.fromkeys(spaces))
+    bad = [s for s in spaces if s not in SPACES]
+    if bad or not spaces or "semantic" not in spaces:
+        raise InputError(f"spaces must include 'semantic' and may add 'stage_a'; got {list(spaces)}")
+    want_a = "stage_a" in spaces
+    if want_a and not callable(getattr(codec, "encode_stage_a", None)):
+        raise InputError("stage_a latents were requested but the encoder has no encode_stage_a")
+    if chunk_rows < 1 or batch_size < 1:
+        raise InputError("chunk_rows and batch_size must be >= 1")
+    cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets)
+    _check_output(out)
+    device = _encoder_device(codec)
+    identity = codec.identity()
+
+    plan = plan_inputs(inputs)  # InputError for missing inputs / empty corpus
+    groups = assign_groups(plan, cfg)
+    fingerprint = plan_fingerprint(plan)
+    shapes = {gp: _probe(codec, _group_hw(gp, cfg), device, want_a) for gp in groups}
+    layouts = [S.GroupLayout(gp, len(idx), *shapes[gp]) for gp, idx in groups.items()]
+    settings = _settings(cfg, dtype, spaces, chunk_rows, identity, fingerprint, len(plan))
+
+    started = D.init(info, device)
+    try:
+        fps = D.all_gather_object(fingerprint, info)
+        if len(set(fps)) != 1:
+            raise InputError("ranks planned different corpora (inputs changed between ranks?); rerun with the same inputs everywhere")
+        msg = None
+        if info.is_main:
+            msg = _prepare_store(out, layouts, chunk_rows, dtype, settings,
+                                 {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}, overwrite)
+        msg = D.broadcast_object(msg, info)
+        if msg:
+            raise InputError(msg)
+        D.barrier(info)
+
+        root = S.open_store(out, mode="r+")
+        statuses = {gp: S.read_status(S.sample_group(root, gp)) for gp in groups}
+        tasks, already = make_tasks(groups, plan, statuses, chunk_rows, batch_size, info)
+        encoded, skipped = _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
+                                num_workers, progress and info.is_main)
+
+        nums = D.all_gather_object((encoded, skipped, already), info)  # also a barrier
+        work_done = sum(n[0] + n[1] for n in nums)
+        if info.is_main and (work_done or not root.attrs.get("complete", False)):
+            S.finalize_store(out)
+        D.barrier(info)
+    finally:
+        if started:
+            D.shutdown()
+    seconds = time.perf_counter() - t0
+    summ = store_summary(out)
+    summ.encoded_now = sum(n[0] for n in nums)
+    summ.skipped_now = sum(n[1] for n in nums)
+    summ.resumed_rows = sum(n[2] for n in nums)
+    summ.seconds = seconds
+    summ.images_per_s = summ.encoded_now / seconds if seconds > 0 else 0.0
+    return summ
+
+
+def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size, num_workers, show) -> tuple[int, int]:
+    """Encode ``tasks`` and write them. Returns (encoded, skipped) counts of this rank."""
+    if not tasks:
+        return 0, 0
+    from tqdm.auto import tqdm
+
+    ds = _TaskDataset(tasks, cfg)
+    workers = max(0, min(num_workers, len(tasks)))
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_collate_identity,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        persistent_workers=False)
+    writer = WriterThread(ChunkWriter(root, chunk_rows, dtype), max_queue=8)
+    total = sum(len(t.rows) for t in tasks)
+    bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
+    encoded = skipped = 0
+    try:
+        with torch.inference_mode():
+            for item in loader:
+                ok = item["ok"].numpy()
+                lat = sa = None
+                if ok.any():
+                    x = item["images"].to(device, non_blocking=True).float().div_(255.0)
+                    lat = codec.encode(x).float().cpu().numpy()
+                    if want_a:
+                        sa = codec.encode_stage_a(x).float().cpu().numpy()
+                writer.put(RowBatch(
+                    group=item["group"], rows=item["rows"].numpy(), ok=ok, keys=item["keys"],
+                    captions=item["captions"], sources=item["sources"], orig_size=item["orig_size"].numpy(),
+                    reasons=item["reasons"], latents=lat, stage_a=sa,
+                ))
+                n_ok = int(ok.sum())
+                encoded += n_ok
+                skipped += len(ok) - n_ok
+                bar.update(len(ok))
+    finally:
+        bar.close()
+        writer.close()
+    return encoded, skipped
+
+
+def store_summary(out) -> Summary:
+    """Counts of a store as it is on disk (works on complete and partial stores)."""
+    root = S.open_store(out)
+    rows = ok = missing = 0
+    reasons: Counter = Counter()
+    for gp in S.group_paths(root):
+        g = S.sample_group(root, gp)
+        st = S.read_status(g)
+        rows += len(st)
+        okm = st == S.STATUS_OK
+        ok += int(okm.sum())
+        sk = st == S.STATUS_SKIPPED
+        if sk.any():
+            reasons.update(np.asarray(g["skip_reason"][:])[sk].tolist())
+        if okm.any():
+            missing += int((np.asarray(g["captions"][:])[okm] == "").sum())
+    return Summary(store=str(out), rows=rows, ok=ok, skipped=dict(reasons), missing_captions=missing,
+                   groups=S.group_paths(root))

@@ -1,0 +1,387 @@
+"""Corpus sources: folder trees, webdataset tar shards and JSONL/CSV manifests -> an ordered sample plan.
+
+:func:`plan_inputs` turns the command-line inputs into one deterministic, ordered list of
+:class:`Sample` records (row ``i`` of the store is ``plan[i]``). Every rank of a distributed run
+computes the same plan, so the split into store rows needs no communication.
+
+* Folder: every ``jpg/jpeg/png/webp/bmp/tif/tiff`` file below it, sorted by relative POSIX path.
+  Key = relative path without the extension. Caption from a sidecar ``<name>.txt`` (whole text) or
+  ``<name>.json`` (its ``caption``/``text``/``prompt`` field) next to the image.
+* Tar shards (webdataset layout): a ``.tar``/``.tar.gz``/``.tgz`` path, a brace pattern such as
+  ``shards-{000..099}.tar``, or anything :func:`webdataset.gopen` opens (``pipe:cmd``, URLs).
+  webdataset has no global index, so every shard is streamed once here to count its samples; the
+  row range of each shard is then fixed. Keys follow the webdataset convention (key = path up to
+  the first dot of the file name, so ``a.b.jpg`` is key ``a`` with extension ``b.jpg``); the image
+  member is chosen by its *last* extension and the caption is the ``txt`` or ``json`` member.
+  A shard that cannot be opened, or whose stream breaks part way (truncated file, corrupt header),
+  gets a row with reason ``unreadable`` for the sample that broke, so nothing vanishes silently.
+* Manifest ``.jsonl`` (one object per line with ``path`` / ``image`` / ``file`` and optional
+  ``caption`` / ``text`` / ``prompt`` / ``key``) or ``.csv`` (header row, same column names).
+  Relative paths are resolved against the manifest's folder.
+* A single image file is a one-image corpus.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from cascadekit.codec.errors import InputError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+CAPTION_EXTS = ("txt", "json")
+CAPTION_FIELDS = ("caption", "text", "prompt")
+PATH_FIELDS = ("path", "image", "file", "filename")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An image file on disk, with an optional sidecar caption file."""
+
+    path: str
+    caption_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TarRef:
+    """Sample number ``index`` (0-based, in stream order) of the tar shard ``url``."""
+
+    url: str
+    index: int
+    image_member: str | None
+    caption_member: str | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One planned store row.
+
+    ``load`` says where the bytes come from (:class:`FileRef` or :class:`TarRef`); ``caption`` is a
+    caption already known at planning time (manifests) or ``None`` (read later from ``load``);
+    ``error`` is a skip reason already known at planning time (e.g. ``unreadable`` tar member).
+    """
+
+    key: str
+    source: str
+    load: FileRef | TarRef | None
+    caption: str | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _ext(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def parse_caption(data: bytes | str, ext: str) -> str:
+    """Caption text from a sidecar/member: ``txt`` as is (stripped), ``json`` via its caption field."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, (bytes, bytearray)) else data
+    if ext == "json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return ""
+        if isinstance(obj, str):
+            return obj.strip()
+        if isinstance(obj, dict):
+            for f in CAPTION_FIELDS:
+                if isinstance(obj.get(f), str):
+                    return obj[f].strip()
+        return ""
+    return text.strip()
+
+
+def is_tar_input(spec: str) -> bool:
+    s = spec.lower()
+    return (
+        s.startswith("pipe:")
+        or "://" in s
+        or s.endswith((".tar", ".tar.gz", ".tgz"))
+        or ("{" in s and ".." in s and "}" in s)
+    )
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Brace-expand a shard pattern (``a-{000..009}.tar``); ``pipe:`` commands are taken verbatim."""
+    if spec.startswith("pipe:"):
+        return [spec]
+    import braceexpand
+
+    return list(braceexpand.braceexpand(spec))
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("pipe:") or "://" in url:
+        return Path(url[len("file://"):]) if url.startswith("file://") else None
+    return Path(url)
+
+
+# ------------------------------------------------------------------------------------------ folder
+def _folder_samples(root: Path) -> list[Sample]:
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for fn in filenames:
+            if _ext(fn) in IMAGE_EXTS and not fn.startswith("."):
+                paths.append(Path(dirpath) / fn)
+    rels = sorted((p.relative_to(root).as_posix(), p) for p in paths)
+    out = []
+    for rel, p in rels:
+        stem = p.with_suffix("")
+        cap = None
+        for ext in CAPTION_EXTS:
+            c = stem.with_name(stem.name + "." + ext)
+            if c.is_file():
+                cap = str(c)
+                break
+        out.append(Sample(key=rel.rsplit(".", 1)[0], source=str(p), load=FileRef(str(p), cap)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- manifest
+def _manifest_rows(path: Path) -> Iterator[dict]:
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+        return
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove the line") from e
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: each line must be a JSON object with a 'path' field")
+            yield row
+
+
+def _manifest_samples(path: Path) -> list[Sample]:
+    base = path.parent
+    out = []
+    for n, row in enumerate(_manifest_rows(path), 1):
+        p = next((row[f] for f in PATH_FIELDS if row.get(f)), None)
+        if p is None:
+            raise InputError(f"{path}: row {n} has no image path; give a column named one of {PATH_FIELDS}")
+        full = Path(p) if os.path.isabs(p) else base / p
+        caption = next((str(row[f]) for f in CAPTION_FIELDS if row.get(f) is not None), None)
+        key = str(row.get("key") or row.get("id") or Path(p).with_suffix("").as_posix())
+        out.append(Sample(key=key, source=str(full), load=FileRef(str(full)), caption=(caption or "").strip()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- tar
+def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes | None]], str | None]]:
+    """Stream a tar shard, grouping consecutive members by webdataset key.
+
+    Yields ``(key, {last_ext: (member_name, data)}, error)``; ``data`` is ``None`` when the caller
+    asked only for the layout (see :func:`count_tar`). When the stream breaks (cannot be opened,
+    truncated, corrupt header) a final pseudo-sample ``(<shard#broken-after-n>, {}, message)`` is
+    yielded, the same way whether data is read or not, so sample indices agree between the
+    counting pass and the reading pass. Works on anything :func:`webdataset.gopen` can open;
+    never raises for a broken shard.
+    """
+    yield from _iter_tar(url, read_data=True)
+
+
+def _iter_tar(url: str, read_data: bool):
+    import webdataset as wds
+
+    try:
+        stream = wds.gopen(url, "rb")
+    except Exception as e:  # noqa: BLE001 - any opener failure is a broken shard
+        yield f"<{Path(url).name}>", {}, f"cannot open shard: {e}"
+        return
+    current_key, current, n = None, {}, 0
+    try:
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|*")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            yield f"<{Path(url).name}>", {}, f"not a readable tar archive: {e}"
+            return
+        error = None
+        try:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = _split_member(m.name)
+                if key is None:
+                    continue
+                if key != current_key:
+                    if current_key is not None:
+                        yield current_key, current, None
+                        n += 1
+                    current_key, current = key, {}
+                data = None
+                if read_data:
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    if len(data) != m.size:
+                        raise EOFError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+                last = ext.rsplit(".", 1)[-1].lower()
+                if last not in current:
+                    current[last] = (m.name, data)
+            # tarfile stops silently at a corrupt header in the middle of a stream: anything other
+            # than zero padding after the end marker means the rest of the shard was unreadable.
+            rest = tf.fileobj.read(1 << 20)
+            while rest:
+                if rest.strip(b"\0"):
+                    raise tarfile.ReadError("corrupt tar header; the rest of the shard cannot be read")
+                rest = tf.fileobj.read(1 << 20)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            error = f"tar stream broken: {e}"
+        if current_key is not None:
+            yield current_key, current, None
+            n += 1
+        if error is not None:
+            # one extra row records where and why the shard broke; the sample that was being read
+            # (if any) is yielded above without its broken member and fails as unreadable later.
+            yield f"<{Path(url).name}#broken-after-{n}>", {}, error
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _split_member(name: str):
+    from webdataset.tariterators import base_plus_ext
+
+    key, ext = base_plus_ext(name)
+    if key is None or key.startswith("__") or Path(key).name.startswith("."):
+        return None, None
+    return key, ext
+
+
+def count_tar(url: str) -> list[Sample]:
+    """Plan one shard: stream it once (headers + data skipped) and return its samples in order."""
+    out = []
+    for i, (key, members, error) in enumerate(_iter_tar(url, read_data=False)):
+        img = next((members[e][0] for e in IMAGE_EXTS if e in members), None)
+        cap = next((members[e][0] for e in CAPTION_EXTS if e in members), None)
+        err, detail = None, ""
+        if error is not None:
+            err, detail = "unreadable", error
+        elif img is None:
+            err, detail = "no_image", f"tar sample has no image member (members: {sorted(members)})"
+        out.append(Sample(key=key, source=f"{url}#{key}", load=TarRef(url, i, img, cap), error=err, detail=detail))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- plan
+def plan_inputs(inputs: Sequence[str | os.PathLike]) -> list[Sample]:
+    """All inputs -> ordered sample plan. Raises :class:`InputError` for a missing input or an empty corpus."""
+    if not inputs:
+        raise InputError("no input given; pass image folders, tar shards or a manifest")
+    plan: list[Sample] = []
+    for spec in inputs:
+        spec = os.fspath(spec)
+        p = Path(spec)
+        if p.is_dir():
+            plan.extend(_folder_samples(p))
+        elif p.is_file() and p.suffix.lower() in (".jsonl", ".csv"):
+            plan.extend(_manifest_samples(p))
+        elif p.is_file() and _ext(p.name) in IMAGE_EXTS:
+            plan.append(Sample(key=p.stem, source=str(p), load=FileRef(str(p))))
+        elif is_tar_input(spec):
+            shards = expand_shards(spec)
+            for url in shards:
+                local = _local_path(url)
+                if local is not None and not local.is_file():
+                    raise InputError(f"tar shard {url} does not exist (from input {spec!r}); check the path/pattern")
+            for url in shards:
+                plan.extend(count_tar(url))
+        elif not p.exists():
+            raise InputError(f"input {spec!r} does not exist; pass image folders, tar shards or a .jsonl/.csv manifest")
+        else:
+            raise InputError(
+                f"input {spec!r} is not a folder, an image, a tar shard or a .jsonl/.csv manifest"
+            )
+    if not plan:
+        raise InputError(f"no images found in {[os.fspath(i) for i in inputs]} (looked for {', '.join(IMAGE_EXTS)})")
+    return plan
+
+
+def plan_fingerprint(plan: Sequence[Sample]) -> str:
+    """SHA-256 over the planned keys and sources: identifies the corpus a store was built from."""
+    h = hashlib.sha256()
+    for s in plan:
+        h.update(s.key.encode("utf-8", "surrogatepass") + b"\0" + s.source.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- sample I/O
+class SampleReader:
+    """Fetch image bytes/paths and captions of planned samples, in increasing row order.
+
+    Tar shards are streamed forward once; asking for an earlier sample of the same shard reopens it.
+    One reader per DataLoader worker.
+    """
+
+    def __init__(self):
+        self._url = None
+        self._it = None
+        self._pos = -1
+        self._cur = None
+
+    def _tar_sample(self, ref: TarRef):
+        # _pos = samples consumed from the open stream; _cur = the last one (index _pos - 1)
+        if self._url != ref.url or ref.index < self._pos - 1:
+            self.close()
+            self._url, self._it, self._pos = ref.url, iter_tar_samples(ref.url), 0
+        while self._pos <= ref.index:
+            try:
+                self._cur = next(self._it)
+            except StopIteration:
+                self._cur = None
+                return None
+            self._pos += 1
+        return self._cur
+
+    def fetch(self, s: Sample) -> tuple[bytes | str, str | None]:
+        """Return ``(image bytes or path, caption or None)``. Raises ``InputError`` (reason in ``.reason``)."""
+        ref = s.load
+        if isinstance(ref, FileRef):
+            caption = s.caption
+            if caption is None and ref.caption_path is not None:
+                try:
+                    caption = parse_caption(Path(ref.caption_path).read_bytes(), _ext(ref.caption_path))
+                except OSError:
+                    caption = None
+            return ref.path, caption
+        got = self._tar_sample(ref)
+        if got is None:
+            raise _Unreadable(f"{s.source}: sample vanished from the shard on re-read")
+        key, members, error = got
+        if error is not None:
+            raise _Unreadable(f"{s.source}: {error}")
+        cap = None
+        for e in CAPTION_EXTS:
+            if e in members:
+                cap = parse_caption(members[e][1], e)
+                break
+        img = next((members[e][1] for e in IMAGE_EXTS if e in members), None)
+        if img is None:
+            raise _Unreadable(f"{s.source}: the image member cannot be read (tar stream broken)")
+        return img, cap
+
+    def close(self):
+        if self._it is not None:
+            self._it.close()
+        self._url, self._it, self._pos, self._cur = None, None, -1, None
+
+
+class _Unreadable(InputError):
+    """A tar member could not be read back (reason ``unreadable``)."""
+
+    reason = "unreadable"

@@ -1,0 +1,261 @@
+"""The latent store: a Zarr v3 group with one row per planned sample (the format is in docs/dataset_format.md).
+
+Design rules (zarr-python 3 loses data on concurrent resize/append and on two writers in one chunk):
+
+* every array is created at its final size before any sample is encoded;
+* all per-sample arrays share the row chunking ``chunk_rows``; a writer owns whole row chunks;
+* ``status`` is written last for a chunk, so a reader that keeps rows with ``status == 1`` only ever
+  sees complete samples; zarr's local store writes each chunk file atomically (temp + rename);
+* metadata is consolidated once, after the last chunk, by rank 0 (:func:`finalize_store`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cascadekit.codec.errors import InputError
+
+FORMAT_NAME = "cascadekit.latent-dataset"
+FORMAT_VERSION = 1
+
+STATUS_PENDING, STATUS_OK, STATUS_SKIPPED = 0, 1, 2
+
+#: Per-row arrays every sample group has (besides ``latents`` and the optional ``stage_a``).
+ROW_ARRAYS = ("keys", "captions", "source", "orig_size", "skip_reason", "status")
+ZSTD_LEVEL = 3
+
+
+def _zarr():
+    import zarr
+
+    warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    return zarr
+
+
+def _zstd():
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=ZSTD_LEVEL)
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("cascadekit")
+    except Exception:  # noqa: BLE001 - running from a source tree without install
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """Shape of one sample group: ``n`` rows of latents ``latent_shape`` (C,h,w), optional Stage A."""
+
+    path: str  # "" for the root group, "buckets/<H>x<W>" for a bucket
+    n: int
+    latent_shape: tuple[int, int, int]
+    stage_a_shape: tuple[int, int, int] | None = None
+
+
+def stage_a_chunk_rows(chunk_rows: int, stage_a_shape) -> int:
+    """Rows per Stage A chunk: the largest divisor of ``chunk_rows`` keeping a chunk <= ~8 MiB."""
+    per = int(np.prod(stage_a_shape)) * 2
+    best = 1
+    for d in range(1, chunk_rows + 1):
+        if chunk_rows % d == 0 and d * per <= 8 << 20:
+            best = d
+    return best
+
+
+def create_group_arrays(root, layout: GroupLayout, chunk_rows: int, dtype: str):
+    """Create all per-row arrays of one sample group at their final size (fill: pending/empty)."""
+    g = root.require_group(layout.path) if layout.path else root
+    n = layout.n
+    comp = _zstd()
+    g.create_array("latents", shape=(n, *layout.latent_shape), chunks=(chunk_rows, *layout.latent_shape),
+                   dtype=dtype, compressors=comp, fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+    if layout.stage_a_shape is not None:
+        ca = stage_a_chunk_rows(chunk_rows, layout.stage_a_shape)
+        g.create_array("stage_a", shape=(n, *layout.stage_a_shape), chunks=(ca, *layout.stage_a_shape),
+                       dtype=dtype, compressors=comp, fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+    for name in ("keys", "captions", "source", "skip_reason"):
+        g.create_array(name, shape=(n,), chunks=(chunk_rows,), dtype=str, compressors=comp, fill_value="",
+                       dimension_names=("sample",))
+    g.create_array("orig_size", shape=(n, 2), chunks=(chunk_rows, 2), dtype="int32", compressors=comp,
+                   fill_value=0, dimension_names=("sample", "hw"))
+    g.create_array("status", shape=(n,), chunks=(chunk_rows,), dtype="uint8", compressors=comp,
+                   fill_value=STATUS_PENDING, dimension_names=("sample",))
+    g.attrs.update({"n": n, "latent_shape": list(layout.latent_shape),
+                    "stage_a_shape": list(layout.stage_a_shape) if layout.stage_a_shape else None})
+    return g
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    p = Path(path) / "zarr.json"
+    if not p.is_file():
+        return False
+    try:
+        import json
+
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("attributes", {}).get("format") == FORMAT_NAME
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete an existing store (only if it is a cascadekit store, or an empty folder)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    if is_store(p):
+        shutil.rmtree(p)
+    elif p.is_dir() and not any(p.iterdir()):
+        p.rmdir()
+    else:
+        raise InputError(f"{p} exists and is not a cascadekit latent store; refusing to delete it. Choose another --out.")
+
+
+def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: str, attrs: dict):
+    """Create a new store at ``path`` with every group and array at final size."""
+    zarr = _zarr()
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    for lay in layouts:
+        create_group_arrays(root, lay, chunk_rows, dtype)
+    base = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tool_version": tool_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "chunk_rows": chunk_rows,
+        "dtype": dtype,
+        "groups": [lay.path for lay in layouts],
+        "complete": False,
+    }
+    root.attrs.update({**base, **attrs})
+    return root
+
+
+def open_store(path, mode: str = "r"):
+    """Open a store (read-only by default). Raises :class:`InputError` if it is not a cascadekit store."""
+    zarr = _zarr()
+    if not is_store(path):
+        raise InputError(f"{path} is not a cascadekit latent store (no zarr.json with format={FORMAT_NAME!r})")
+    root = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+    ver = root.attrs.get("format_version")
+    if ver != FORMAT_VERSION:
+        raise InputError(f"{path}: store format version {ver} is not supported (this cascadekit reads {FORMAT_VERSION})")
+    return root
+
+
+def group_paths(root) -> list[str]:
+    return list(root.attrs["groups"])
+
+
+def sample_group(root, path: str):
+    return root[path] if path else root
+
+
+def read_status(g) -> np.ndarray:
+    """Status per row (uint8). A chunk file that cannot be decoded (torn write) counts as pending."""
+    arr = g["status"]
+    try:
+        return np.asarray(arr[:])
+    except Exception:  # noqa: BLE001 - one bad chunk must not hide the rest
+        c = arr.chunks[0]
+        out = np.zeros(arr.shape[0], np.uint8)
+        for a in range(0, arr.shape[0], c):
+            try:
+                out[a:a + c] = arr[a:a + c]
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+
+# ----------------------------------------------------------------------------------- finalisation
+def channel_stats(g, chunk_rows: int) -> tuple[list[float], list[float], int]:
+    """Per-channel mean/std of the latents of rows with status ok (streamed chunk by chunk, float64)."""
+    lat = g["latents"]
+    status = read_status(g)
+    c = lat.shape[1]
+    s1, s2, cnt = np.zeros(c), np.zeros(c), 0
+    for a in range(0, lat.shape[0], chunk_rows):
+        ok = status[a:a + chunk_rows] == STATUS_OK
+        if not ok.any():
+            continue
+        x = np.asarray(lat[a:a + chunk_rows])[ok].astype(np.float64)  # (k, C, h, w)
+        s1 += x.sum(axis=(0, 2, 3))
+        s2 += (x * x).sum(axis=(0, 2, 3))
+        cnt += x.shape[0] * x.shape[2] * x.shape[3]
+    if cnt == 0:
+        return [0.0] * c, [0.0] * c, 0
+    mean = s1 / cnt
+    std = np.sqrt(np.maximum(s2 / cnt - mean * mean, 0.0))
+    return mean.tolist(), std.tolist(), int((status == STATUS_OK).sum())
+
+
+def write_error_table(g) -> int:
+    """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample."""
+    status = read_status(g)
+    rows = np.flatnonzero(status == STATUS_SKIPPED)
+    if "errors" in g:
+        del g["errors"]
+    e = g.create_group("errors")
+    n = len(rows)
+    chunks = (max(1, min(n, 65536)),)
+    comp = _zstd()
+    e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0)
+    for name in ("key", "source", "reason"):
+        e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="")
+    if n:
+        e["row"][:] = rows
+        e["key"][:] = np.asarray(g["keys"][:])[rows]
+        e["source"][:] = np.asarray(g["source"][:])[rows]
+        e["reason"][:] = np.asarray(g["skip_reason"][:])[rows]
+    return n
+
+
+def finalize_store(path) -> dict:
+    """After every chunk is written: stats, error tables, ``complete`` flag, consolidated metadata."""
+    zarr = _zarr()
+    root = open_store(path, mode="r+")
+    chunk_rows = int(root.attrs["chunk_rows"])
+    stats, counts = {}, {}
+    for gp in group_paths(root):
+        g = sample_group(root, gp)
+        status = read_status(g)
+        if (status == STATUS_PENDING).any():
+            raise RuntimeError(f"finalize_store: {int((status == STATUS_PENDING).sum())} rows of {path}/{gp} still pending")
+        mean, std, n_ok = channel_stats(g, chunk_rows)
+        n_err = write_error_table(g)
+        g.attrs.update({"latent_mean": mean, "latent_std": std, "n_ok": n_ok, "n_skipped": n_err})
+        stats[gp] = {"mean": mean, "std": std}
+        counts[gp] = {"ok": n_ok, "skipped": n_err}
+    # one set of root statistics over all groups (weighted by sample count)
+    tot = sum(c["ok"] for c in counts.values())
+    if tot:
+        c = len(next(iter(stats.values()))["mean"])
+        m = np.zeros(c)
+        sq = np.zeros(c)
+        for gp, st in stats.items():
+            w = counts[gp]["ok"] / tot
+            mu, sd = np.asarray(st["mean"]), np.asarray(st["std"])
+            m += w * mu
+            sq += w * (sd * sd + mu * mu)
+        mean, std = m.tolist(), np.sqrt(np.maximum(sq - m * m, 0)).tolist()
+    else:
+        mean = std = None
+    root.attrs.update({
+        "latent_mean": mean, "latent_std": std,
+        "n_ok": tot, "n_skipped": sum(c["skipped"] for c in counts.values()),
+        "complete": True,
+        "finalized": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    zarr.consolidate_metadata(str(path))
+    return {"mean": mean, "std": std, "counts": counts}
