@@ -1,0 +1,56 @@
+"""Write locally created (random, calibrated) backbone weight files under the exact names the metrics look for.
+
+The numbers are not the published ones, but every loading and forward code path is the real one.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torchvision
+from torch import nn
+
+ALEX = "alexnet-owt-7be5be79.pth"
+VGG = "vgg16-397923af.pth"
+INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def write_alexnet(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    feats = torchvision.models.alexnet(weights=None).features
+    path = folder / ALEX
+    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, path)
+    return path
+
+
+def write_vgg16(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    feats = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    path = folder / VGG
+    torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, path)
+    return path
+
+
+def write_inception(folder: Path, seed: int = 0) -> Path:
+    """Random Inception-v3 whose BatchNorm statistics are calibrated on one random batch, so activations keep
+    a sane scale through the network and features of different images differ."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as FE
+
+    torch.manual_seed(seed)
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    with mock.patch.object(FE, "load_state_dict", lambda self, *a, **k: None):
+        net = FE("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch sets the running stats to that batch's statistics
+        m.train()
+    with torch.no_grad():
+        net((torch.rand(4, 3, 96, 96) * 255).to(torch.uint8))
+    path = folder / INCEPTION
+    torch.save(net.state_dict(), path)
+    return path
