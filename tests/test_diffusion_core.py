@@ -281,10 +281,15 @@ def test_sampler_cfg_batches_cond_and_uncond_in_one_call():
     assert torch.equal(m0.calls[0][2], torch.tensor([0.5, -0.5, 0.0, 0.0]))
     _, m1 = _run(cfg=None, noise=[torch.zeros(2, 3, 4, 4)] * 3)
     assert m1.calls[0][0] == 2
-    with pytest.raises(InputError):
-        _run(unconditional_inputs={"other": torch.zeros(2)})
-    with pytest.raises(InputError):
-        _run(sampler="euler")
+    # bad arguments are rejected when sample() is called, before any model call
+    x = torch.zeros(2, 3, 4, 4)
+    for bad in [dict(unconditional_inputs={"other": torch.zeros(2)}), dict(sampler="euler"), dict(steps=0),
+                dict(cfg=(1.0, 2.0, 3.0)), dict(target="score"), dict(noise=[x], steps=2)]:
+        kw = dict(model_inputs={"cond": torch.zeros(2)}, steps=2) | bad
+        with pytest.raises(InputError):
+            sample(ToyModel(), x, **kw)
+    with pytest.raises(InputError):  # wrong prediction shape from the model
+        list(sample(lambda x, r: x[:, :1], x, steps=1, cfg=None))
 
 
 def test_t_start_below_one_trims_the_schedule():
@@ -325,3 +330,51 @@ def test_ddim_step_is_deterministic_and_ddpm_sigma_formula():
     sigma = (bp**2 / b**2).sqrt() * (1 - a**2 / ap**2).sqrt()
     expect = ap * 1 + (bp**2 - sigma**2).sqrt() * 0.5 + sigma * 2.0
     torch.testing.assert_close(ddim_step(x0, eps, l, lp, noise, 1.0), expect.expand(1, 1, 2, 2).contiguous())
+
+
+@pytest.mark.parametrize("target", ["epsilon", "v", "x0"])
+def test_ddim_with_an_oracle_recovers_x0_for_every_target(target):
+    """A model predicting the exact target of a known x0 makes DDIM (eta 0) land on x0 for each target kind."""
+    g = torch.Generator().manual_seed(21)
+    x0_true = torch.randn(2, 3, 4, 4, generator=g)
+    logsnrs = cosine_logsnr(timesteps(3, 0.8, 0.0), 2)
+    seen = []
+
+    def oracle(x, r):
+        a, b = alpha_sigma(logsnrs[len(seen)])
+        seen.append(r)
+        return make_target(target, x0_true, (x - a * x0_true) / b, a, b)
+
+    gdf = GDF(target=target)
+    x_init = gdf.diffuse(x0_true, t=torch.full((2,), 0.8), shift=2, generator=g).x_t
+    steps = list(gdf.sample(oracle, x_init, steps=3, cfg=None, sampler="ddim", shift=2, t_start=0.8))
+    for st in steps:
+        torch.testing.assert_close(st.x0, x0_true, atol=1e-4, rtol=1e-4)
+    a_end, b_end = alpha_sigma(logsnrs[-1])
+    torch.testing.assert_close(steps[-1].x, a_end * x0_true + b_end * ((x_init - alpha_sigma(logsnrs[0])[0] * x0_true)
+                                                                     / alpha_sigma(logsnrs[0])[1]), atol=1e-4, rtol=1e-4)
+
+
+def test_cfg_schedule_pair_and_cfg_t_stop():
+    """cfg=(at t=1, at t=0) is linear in t; cfg_t_stop turns guidance off below that t (one call on cond only)."""
+    calls = []
+
+    def model(x, r, flag):  # cond rows -> 1, uncond rows -> 0: the guided pred equals the scale (rho 0)
+        calls.append(x.shape[0])
+        return flag.view(-1, 1, 1, 1).expand_as(x).clone()
+
+    x = torch.zeros(2, 1, 2, 2)
+    steps = list(sample(model, x, steps=4, cfg=(4.0, 1.0), cfg_rho=0.0, cfg_t_stop=0.5, sampler="ddim",
+                        model_inputs={"flag": torch.ones(2)}, unconditional_inputs={"flag": torch.zeros(2)}))
+    assert calls == [4, 4, 4, 2]
+    for st, expect in zip(steps, [4.0, 3.25, 2.5, 1.0]):  # t = 1, .75, .5 guided; t = .25 unguided
+        torch.testing.assert_close(st.pred, torch.full_like(x, expect))
+
+
+def test_offset_noise_adds_a_per_channel_constant():
+    x0 = torch.zeros(2, 3, 4, 4)
+    eps = torch.zeros(2, 3, 4, 4)
+    d = GDF(offset_noise=0.5).diffuse(x0, t=torch.tensor([0.5, 0.5]), noise=eps, generator=torch.Generator().manual_seed(0))
+    assert d.noise.abs().max() > 0
+    assert torch.equal(d.noise, d.noise[:, :, :1, :1].expand_as(d.noise))  # constant over H, W
+    assert torch.equal(GDF().diffuse(x0, t=torch.tensor([0.5, 0.5]), noise=eps).noise, eps)

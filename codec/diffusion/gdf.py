@@ -159,7 +159,7 @@ class GDF:
             raise InputError(f"noise {tuple(noise.shape)} must have the shape of x0 {tuple(x0.shape)}")
         if self.offset_noise > 0:
             shape = (x0.size(0), x0.size(1)) + (1,) * (x0.dim() - 2)
-            offset = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu")
+            offset = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
             noise = noise + offset.to(x0.device, x0.dtype) * self.offset_noise
         if t is None:
             t = self.sample_t(x0.size(0), generator)

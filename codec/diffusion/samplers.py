@@ -233,6 +233,9 @@ def sample(
         logSNR and r tables are computed on CPU in float32 and then moved, so r does not depend on the
         device the model runs on.
     callback: called as ``callback(i, steps, step)`` after each step (progress bars).
+
+    Arguments are checked when ``sample`` is called (bad input raises ``InputError`` at once); the
+    model runs lazily, one step per iteration.
     """
     check_target(target)
     step_fn = get_step(sampler, eta)
@@ -241,18 +244,30 @@ def sample(
     r_grid = noise_cond(logsnr_grid)  # (steps+1,)
     draws = _Noise(noise, generator, steps)
     model_inputs = dict(model_inputs or {})
+    if cfg is not None:
+        cfg_scale_at(cfg, 1.0)  # validates a pair
+        joint_inputs = guided_inputs(model_inputs, unconditional_inputs)
+    else:
+        joint_inputs = None
 
     if x_init is None:
         if shape is None:
             raise InputError("give x_init or the shape (B, C, H, W) of the initial noise")
-        x = randn(shape, generator).to(device or "cpu", dtype) if generator is not None else (
-            torch.randn(tuple(shape), dtype=dtype).to(device or "cpu")
-        )
+        if generator is not None:
+            x = randn(shape, generator).to(device or "cpu", dtype)
+        else:
+            x = torch.randn(tuple(shape), dtype=dtype).to(device or "cpu")
     else:
         x = x_init.clone()
-    batch = x.size(0)
-    joint_inputs = guided_inputs(model_inputs, unconditional_inputs) if cfg is not None else None
+    # validation above runs at call time; the loop below runs lazily, one step per next()
+    return _loop(model, x, t_grid, logsnr_grid, r_grid, draws, step_fn, target, cfg, cfg_rho,
+                 cfg_t_stop, cfg_t_start, model_inputs, joint_inputs, callback)
 
+
+def _loop(model, x, t_grid, logsnr_grid, r_grid, draws, step_fn, target, cfg, cfg_rho,
+          cfg_t_stop, cfg_t_start, model_inputs, joint_inputs, callback) -> Iterator[SampleStep]:
+    steps = len(t_grid) - 1
+    batch = x.size(0)
     for i in range(steps):
         t_i = float(t_grid[i])
         logsnr = logsnr_grid[i].expand(batch).to(x.device)  # (B,)
