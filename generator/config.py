@@ -184,6 +184,9 @@ class TrainConfig:
                  f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps ({self.grad_accum_steps})")
         if self.fsdp and self.lora_rank > 0:
             errs.append("fsdp with LoRA is not supported (LoRA trains a few million parameters: use DDP)")
+        if self.fsdp and self.ema_decay is not None:
+            errs.append("fsdp with ema_decay is not supported (the EMA would hold only this rank's shard); "
+                        "set ema_decay: null or use DDP")
         if errs:
             raise InputError("bad training config:\n  " + "\n  ".join(errs))
         return self

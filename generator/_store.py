@@ -1,0 +1,99 @@
+"""Random access to a cascadekit Zarr latent store for training (layout: docs/dataset_format.md).
+
+Only rows with ``status == ok`` are used; group sample ``i`` is the i-th ok row. Per-sample arrays
+read: ``latents`` (n,16,h,w), ``captions`` (n,) and, when present, text/image embeddings
+(``clip_text`` (n,77,C), ``clip_text_pooled`` (n,1,P), ``clip_img`` (n,1,I)). Empty-caption
+embeddings stored at the root (``empty_clip_text`` / ``empty_clip_text_pooled``) are used for caption
+dropout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascadekit.codec.errors import InputError
+from cascadekit.generator.batches import Group
+from cascadekit.generator.conditioning import EmptyCaption
+
+EMBEDDINGS = ("clip_text", "clip_text_pooled", "clip_img")
+EMPTY_NAMES = (("empty_clip_text", "empty_clip_text_pooled"),)
+
+
+def _find(container, names) -> Any:
+    for n in names:
+        try:
+            if n in container:
+                return container[n]
+        except Exception:  # noqa: BLE001 - zarr membership on odd keys
+            continue
+    return None
+
+
+def open_groups(path: Path):
+    """(groups with their readers, available fields, empty-caption embeddings or None, {field: per-sample shape})."""
+    from cascadekit.datasets.store import STATUS_OK, group_paths, open_store, read_status, sample_group
+
+    root = open_store(path)
+    out = []
+    fields_per_group = []
+    field_shapes: dict[str, tuple] = {}
+    for gp in group_paths(root):
+        g = sample_group(root, gp)
+        rows = np.flatnonzero(read_status(g) == STATUS_OK)
+        if len(rows) == 0:
+            continue
+        lat = g["latents"]
+        fields = {"latents"}
+        caps = None
+        if "captions" in g:
+            caps_all = np.asarray(g["captions"][:])[rows]
+            if any(str(c).strip() for c in caps_all):
+                caps = [str(c) for c in caps_all]
+                fields.add("captions")
+        emb = {}
+        for name in EMBEDDINGS:
+            if name in g:
+                emb[name] = g[name]
+                fields.add(name)
+                field_shapes[name] = tuple(g[name].shape[1:])
+        fields_per_group.append(fields)
+        name = gp or "root"
+        grp = Group(name, int(len(rows)), tuple(int(s) for s in lat.shape[1:]))
+        out.append((grp, _reader(lat, rows, caps, emb)))
+    if not out:
+        raise InputError(f"latent store {path} has no complete samples (status ok); did `cascadekit encode` finish?")
+    fields = set.intersection(*fields_per_group)
+    empty = None
+    for tn, pn in EMPTY_NAMES:
+        t, p = _find(root, [tn]), _find(root, [pn])
+        if t is not None and p is not None:
+            t = torch.from_numpy(np.asarray(t[:], dtype=np.float32))
+            p = torch.from_numpy(np.asarray(p[:], dtype=np.float32))
+            empty = EmptyCaption(t.reshape(1, *t.shape[-2:]), p.reshape(1, 1, -1))
+    return out, fields, empty, field_shapes
+
+
+def _reader(lat, rows: np.ndarray, caps: list[str] | None, emb: dict):
+    def read(indices: list[int]) -> dict[str, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        sel = rows[idx]
+        order = np.argsort(sel, kind="stable")
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        sorted_rows = sel[order]
+
+        def take(arr) -> torch.Tensor:
+            x = np.asarray(arr.get_orthogonal_selection((sorted_rows,)))[inv]
+            return torch.from_numpy(np.ascontiguousarray(x).astype(np.float32))
+
+        batch: dict[str, Any] = {"latents": take(lat)}
+        if caps is not None:
+            batch["captions"] = [caps[i] for i in idx.tolist()]
+        for name, arr in emb.items():
+            batch[name] = take(arr)
+        return batch
+
+    return read

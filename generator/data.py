@@ -1,0 +1,81 @@
+"""Training data sources: random access to latents + captions / embeddings, grouped by latent shape.
+
+A source exposes ``groups`` (one :class:`~cascadekit.generator.batches.Group` per aspect bucket),
+``fields`` (what each sample carries: ``latents``, ``captions``, ``clip_text``, ``clip_text_pooled``,
+``clip_img``), an optional ``empty`` caption embedding stored with the data, and
+``read(group, indices) -> batch dict``. :class:`~cascadekit.generator.batches.BatchPlan` decides
+which indices are read, so the order is deterministic and resumable whatever the source.
+
+* :class:`TensorData`: in-memory tensors (one group), for experiments, tests and benchmarks.
+* :func:`open_store`: a Zarr latent store written by ``cascadekit encode`` (``cascadekit.datasets``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from cascadekit.codec.errors import InputError
+from cascadekit.generator.batches import Group
+from cascadekit.generator.conditioning import EmptyCaption
+
+
+class TrainData(Protocol):
+    groups: list[Group]
+    fields: set[str]
+    empty: EmptyCaption | None
+
+    def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]: ...
+
+
+class TensorData:
+    """In-memory source: latents (N,16,h,w) and any of captions (N str), clip_text (N,T,C),
+    clip_text_pooled (N,1,P), clip_img (N,1,I)."""
+
+    def __init__(self, latents: torch.Tensor, captions: Sequence[str] | None = None, *,
+                 clip_text: torch.Tensor | None = None, clip_text_pooled: torch.Tensor | None = None,
+                 clip_img: torch.Tensor | None = None, empty: EmptyCaption | None = None):
+        if latents.dim() != 4:
+            raise InputError(f"latents must be (N, C, h, w), got {tuple(latents.shape)}")
+        n = latents.shape[0]
+        self.arrays: dict[str, Any] = {"latents": latents}
+        for name, v in (("captions", captions), ("clip_text", clip_text), ("clip_text_pooled", clip_text_pooled),
+                        ("clip_img", clip_img)):
+            if v is not None:
+                if len(v) != n:
+                    raise InputError(f"{name} has {len(v)} entries for {n} latents")
+                self.arrays[name] = list(v) if name == "captions" else v
+        self.fields = set(self.arrays)
+        self.groups = [Group("all", n, tuple(latents.shape[1:]))]
+        self.empty = empty
+        self.field_shapes = {k: tuple(v.shape[1:]) for k, v in self.arrays.items() if k not in ("latents", "captions")}
+
+    def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
+        idx = list(indices)
+        out: dict[str, Any] = {}
+        for k, v in self.arrays.items():
+            out[k] = [v[i] for i in idx] if k == "captions" else v[torch.tensor(idx, dtype=torch.long)]
+        return out
+
+
+def open_store(path: str | Path) -> TrainData:
+    """Open a latent store for training (see :class:`StoreData`)."""
+    return StoreData(path)
+
+
+class StoreData:
+    """A Zarr latent store (``docs/dataset_format.md``) read through ``cascadekit.datasets``."""
+
+    def __init__(self, path: str | Path):
+        from cascadekit.generator._store import open_groups
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"latent store {self.path} does not exist (create it with `cascadekit encode`)")
+        self._groups, self.fields, self.empty, self.field_shapes = open_groups(self.path)
+        self.groups = [g for g, _ in self._groups]
+        self._readers = {g.name: r for g, r in self._groups}
+
+    def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
+        return self._readers[group](list(indices))
