@@ -301,6 +301,19 @@ def test_t_start_below_one_trims_the_schedule():
         assert torch.equal(r, er.expand(4))
 
 
+def test_noised_start_for_image_to_image():
+    gdf = GDF()
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    x_init = gdf.noised_start(x0, 0.8, noise=eps)
+    a, b = alpha_sigma(cosine_logsnr(torch.tensor(0.8), 1))  # shift 1, as the official notebooks
+    torch.testing.assert_close(x_init, a * x0 + b * eps)
+    s1 = gdf.noised_start(x0, 0.8, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(s1, gdf.noised_start(x0, 0.8, generator=torch.Generator().manual_seed(8)))
+    with pytest.raises(InputError):
+        gdf.noised_start(x0, 1.5)
+
+
 def test_lcm_returns_the_final_x0():
     """An oracle that knows x0 makes every LCM step's x0 exact; the last yield's x0 is the sample."""
     g = torch.Generator().manual_seed(9)

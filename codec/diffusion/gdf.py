@@ -179,6 +179,25 @@ class GDF:
 
     # ------------------------------------------------------------------ sampling
 
+    def noised_start(
+        self,
+        x0: torch.Tensor,
+        t_start: float,
+        *,
+        shift: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_init for image-to-image: clean latents x0 (B, ...) diffused to ``t_start`` in [0, 1].
+
+        The official notebooks diffuse with the default ``shift=1`` even when they then sample with
+        shift 2 (Stage C), and run ``int(total_steps · t_start)`` steps from ``t_start``; this keeps that.
+        """
+        if not 0.0 <= t_start <= 1.0:
+            raise InputError(f"t_start (noise level) must be in [0, 1], got {t_start!r}")
+        t = torch.full((x0.size(0),), float(t_start), dtype=torch.float32)
+        return self.diffuse(x0, t=t, noise=noise, shift=shift, generator=generator).x_t
+
     def sample(self, model: Callable[..., torch.Tensor], x_init: torch.Tensor | None, **kwargs: Any) -> Iterator[SampleStep]:
         """:func:`~cascadekit.codec.diffusion.samplers.sample` with this GDF's schedule, noise condition and target."""
         return sample(model, x_init, **self._sampling_kwargs(kwargs))
