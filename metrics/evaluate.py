@@ -1,0 +1,206 @@
+"""The evaluation driver: stream images through a `reconstruct` callable, compute per-image and aggregate metrics,
+write the report. It knows nothing about the codec; the CLI passes the codec's reconstruction function."""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import report
+from .errors import MetricInputError
+from .fid import FEATURE_NAME, FeatureStats, InceptionFeatures, batches_by_size, frechet_distance
+from .images import pil_to_tensor, read_image, tensor_to_rgb
+from .lpips_metric import LPIPSMetric
+from .pixel import psnr_per_image, ssim_per_image
+
+METRICS = ("psnr", "ssim", "lpips", "fid")
+PER_IMAGE = ("psnr", "ssim", "lpips")
+
+
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    """'psnr,ssim' or an iterable of names -> validated tuple in canonical order."""
+    names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    bad = sorted(set(names) - set(METRICS))
+    if bad or not names:
+        raise MetricInputError(f"unknown metric(s) {bad or names}; choose from {', '.join(METRICS)}")
+    return tuple(m for m in METRICS if m in names)
+
+
+def load_item(key: str, item) -> tuple[torch.Tensor, str | None]:
+    """(key, PIL image | (C,H,W) float tensor in [0,1] | path) -> ((3,H,W) float32 in [0,1], conversion note)."""
+    if isinstance(item, (str, os.PathLike)):
+        img, note = read_image(item)
+        return pil_to_tensor(img), note
+    if isinstance(item, Image.Image):
+        from .images import to_rgb
+
+        img, note = to_rgb(item)
+        return pil_to_tensor(img), note
+    if isinstance(item, torch.Tensor):
+        x, note = tensor_to_rgb(item)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1 or math.isnan(lo) or math.isnan(hi):
+            raise MetricInputError(f"image tensor values span [{lo:.4g}, {hi:.4g}], expected [0,1]")
+        return x, note
+    raise MetricInputError(f"cannot use {type(item).__name__} as an image (give a path, PIL image or tensor)")
+
+
+def _call_reconstruct(reconstruct: Callable, batch: torch.Tensor, keys: list[str], seed: int) -> torch.Tensor:
+    """Call reconstruct(batch[, keys=..][, seed=..]) passing only the keyword arguments it accepts; without a
+    `seed` parameter torch's global generator is seeded instead."""
+    try:
+        params = inspect.signature(reconstruct).parameters
+    except (TypeError, ValueError):
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {}
+    if var_kw or "keys" in params:
+        kwargs["keys"] = list(keys)
+    if var_kw or "seed" in params:
+        kwargs["seed"] = seed
+    else:
+        torch.manual_seed(seed)
+    return reconstruct(batch, **kwargs)
+
+
+def _summary(values: list[float]) -> dict:
+    vals = np.asarray(values, np.float64)
+    if vals.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "count": 0}
+    finite = vals[np.isfinite(vals)]
+    mean = math.fsum(vals.tolist()) / vals.size  # +inf if any image was reproduced exactly (PSNR)
+    return {"mean": mean, "std": float(finite.std()) if finite.size else None,
+            "min": float(vals.min()), "max": float(vals.max()), "count": int(vals.size),
+            "finite_mean": (math.fsum(finite.tolist()) / finite.size) if finite.size else None}
+
+
+def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_dir: str | os.PathLike, *,
+             seed: int = 0, metrics: str | Iterable[str] = METRICS, batch_size: int = 4,
+             weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+             lpips_net: str = "alex", grid_samples: int = 8, heatmap_scale: float = report.HEATMAP_SCALE,
+             settings: dict | None = None, progress: bool = True) -> dict:
+    """Reconstruct every image, measure, and write the report into `out_dir`.
+
+    images: iterable of (key, item) with item a path, a PIL image (any mode) or a (C,H,W) float tensor in [0,1]
+        (C in 1..4). Grayscale is replicated to RGB, alpha composited over white (listed under "converted");
+        unreadable items are skipped and listed under "skipped". Consecutive images of one size are batched.
+    reconstruct: callable (B,3,H,W) float in [0,1] -> (B,3,H,W) reconstructions (same shape). If it accepts a
+        `seed` keyword it gets `seed + index of the batch's first image`, else torch's global RNG is seeded with
+        that; if it accepts `keys` it gets the batch's keys (e.g. to read stored latents).
+    metrics: subset of ("psnr", "ssim", "lpips", "fid"). PSNR/SSIM use data_range=1; aggregates of per-image
+        metrics are means of per-image values; FID compares the set of originals with the set of reconstructions.
+    Writes metrics.json, per_image.csv, grids/*.png (first `grid_samples` images), index.html,
+    fid_stats_original.npz / fid_stats_reconstruction.npz. Returns the metrics.json dictionary.
+    Raises MetricInputError (after writing the report) when no image could be evaluated.
+    """
+    names = parse_metrics(metrics)
+    if batch_size < 1:
+        raise MetricInputError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    grid_dir = out / "grids"
+    # Build the backbones first: a missing weight file fails before any reconstruction work.
+    lpips_model = LPIPSMetric(lpips_net, weights_dir=weights_dir, device=device) if "lpips" in names else None
+    inception = InceptionFeatures(weights_dir=weights_dir, device=device) if "fid" in names else None
+    stats_orig, stats_rec = FeatureStats(), FeatureStats()
+
+    skipped: list[dict] = []
+    converted: list[dict] = []
+    rows: list[dict] = []
+    grids: list[dict] = []
+
+    def readable():
+        for key, item in images:
+            key = str(key)
+            try:
+                x, note = load_item(key, item)
+            except MetricInputError as e:
+                skipped.append({"key": key, "reason": str(e)})
+                continue
+            if note:
+                converted.append({"key": key, "note": note})
+            yield key, x
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="evaluate", unit="img", disable=not progress)
+    t0 = time.perf_counter()
+    index = 0
+    for keys, batch in batches_by_size(readable(), batch_size):
+        batch_seed = seed + index
+        rec = _call_reconstruct(reconstruct, batch, keys, batch_seed)
+        if not isinstance(rec, torch.Tensor) or tuple(rec.shape) != tuple(batch.shape):
+            got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
+            raise MetricInputError(f"reconstruct returned {got} for a batch of shape {tuple(batch.shape)} "
+                                   f"(keys {keys[:3]}...); it must return reconstructions of the same shape")
+        rec = rec.detach().to("cpu", torch.float32)
+        if not torch.isfinite(rec).all():
+            raise MetricInputError(f"reconstruct returned NaN/inf for keys {keys}")
+        rec = rec.clamp(0, 1)  # decoders overshoot slightly; an image file would clamp the same way
+        values = {}
+        if "psnr" in names:
+            values["psnr"] = psnr_per_image(rec, batch, data_range=1.0).tolist()
+        if "ssim" in names:
+            values["ssim"] = ssim_per_image(rec, batch, data_range=1.0).tolist()
+        if lpips_model is not None:
+            values["lpips"] = lpips_model(rec, batch).tolist()
+        if inception is not None:
+            stats_orig.update(inception(batch))
+            stats_rec.update(inception(rec))
+        for i, key in enumerate(keys):
+            row = {"index": index + i, "key": key, "width": batch.shape[-1], "height": batch.shape[-2],
+                   "seed": batch_seed}
+            row.update({m: values[m][i] for m in values})
+            rows.append(row)
+            if len(grids) < grid_samples:
+                grid_dir.mkdir(exist_ok=True)
+                name = report.safe_name(key, index + i)
+                report.grid_image(batch[i], rec[i], heatmap_scale).save(grid_dir / name)
+                grids.append({"file": f"grids/{name}", **row})
+        index += len(keys)
+        bar.update(len(keys))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    aggregate = {m: _summary([r[m] for r in rows]) for m in PER_IMAGE if m in names}
+    fid_note = None
+    if "fid" in names:
+        if stats_orig.n >= 2:
+            aggregate["fid"] = frechet_distance(stats_orig.mu, stats_orig.sigma, stats_rec.mu, stats_rec.sigma)
+            stats_orig.save(out / "fid_stats_original.npz")
+            stats_rec.save(out / "fid_stats_reconstruction.npz")
+        else:
+            aggregate["fid"] = None
+            fid_note = f"FID needs at least 2 images, got {stats_orig.n}"
+    result = {
+        "n_images": len(rows),
+        "aggregate": aggregate,
+        "settings": {
+            "seed": seed, "seed_rule": "batch seed = seed + index of the batch's first image",
+            "batch_size": batch_size, "metrics": list(names), "data_range": 1.0,
+            "lpips_net": lpips_net if "lpips" in names else None,
+            "fid_features": FEATURE_NAME if "fid" in names else None,
+            "fid_note": fid_note, "heatmap_scale": heatmap_scale, "device": str(device),
+            "seconds": elapsed, "torch": torch.__version__, "python": platform.python_version(),
+            **(settings or {}),
+        },
+        "skipped": skipped,
+        "converted": converted,
+        "per_image_csv": "per_image.csv",
+    }
+    report.write_json(out / "metrics.json", result)
+    report.write_csv(out / "per_image.csv", rows, ["index", "key", "width", "height", "seed", *[
+        m for m in PER_IMAGE if m in names]])
+    report.write_index_html(out / "index.html", result, grids)
+    if not rows:
+        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:5]) or "the input was empty"
+        raise MetricInputError(f"no image could be evaluated ({reasons}); report written to {out}")
+    return result
