@@ -93,8 +93,12 @@ def write_tiny_weights(dir: str | os.PathLike, seed: int = 0, with_text: bool = 
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     for fname, kind, cfg, cls in _tiny_models():
-        torch.manual_seed(seed * 100 + SEED_OFFSETS[kind])  # any init-time randomness, then overwritten
-        model = cls.from_config(cfg).eval()
+        with torch.device("meta"):  # skip the (slow) default init: every tensor is overwritten below
+            model = cls.from_config(cfg).eval()
+        model = model.to_empty(device="cpu")
+        for t in model.buffers():
+            if not t.is_floating_point():
+                t.zero_()  # num_batches_tracked
         randomize_(model, seed * 100 + SEED_OFFSETS[kind])
         _save(model, out / fname, kind)
         kwargs[kind] = cfg.kwargs()
