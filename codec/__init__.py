@@ -10,3 +10,17 @@ from cascadekit.codec.models import (  # noqa: E402
     StageB,
     StageBConfig,
 )
+from cascadekit.codec.codec import Codec, default_image_size  # noqa: E402
+from cascadekit.codec.images import (  # noqa: E402
+    ImageInputError,
+    center_crop,
+    imagenet_normalize,
+    load_image,
+    pil_to_tensor,
+    resize_center_crop,
+    resize_short_side,
+    save_grid,
+    tensor_to_pil,
+    to_batch,
+)
+from cascadekit.codec.precision import check_finite, parse_dtype, stage_dtypes  # noqa: E402
