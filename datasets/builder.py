@@ -337,7 +337,8 @@ def build_latent_dataset(
     """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
 
     Args:
-        inputs: folders, tar shards / brace patterns / ``pipe:`` URLs, ``.jsonl``/``.csv`` manifests.
+        inputs: folders, tar shards / brace patterns / ``pipe:`` URLs, ``.jsonl``/``.csv`` manifests
+            (or a ready list of :class:`~cascadekit.datasets.sources.Sample`).
         out: the store folder (``*.zarr``).
         codec: an :class:`Encoder` (e.g. ``cascadekit.codec.Codec``) already on its device.
         resolution: crop side in pixels (multiple of 32); latents are (16, resolution/32, resolution/32).
@@ -373,7 +374,10 @@ def build_latent_dataset(
     device = _encoder_device(codec)
     identity = codec.identity()
 
-    plan = plan_inputs(inputs)  # InputError for missing inputs / empty corpus
+    if inputs and all(isinstance(x, Sample) for x in inputs):
+        plan = list(inputs)  # already planned (e.g. sources.samples_from_images)
+    else:
+        plan = plan_inputs(inputs)  # InputError for missing inputs / empty corpus
     groups = assign_groups(plan, cfg)
     fingerprint = plan_fingerprint(plan)
     shapes = {gp: _probe(codec, _group_hw(gp, cfg), device, want_a) for gp in groups}

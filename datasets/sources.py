@@ -70,7 +70,7 @@ class Sample:
 
     key: str
     source: str
-    load: FileRef | TarRef | None
+    load: FileRef | TarRef | bytes | None
     caption: str | None = None
     error: str | None = None
     detail: str = ""
@@ -312,6 +312,25 @@ def plan_inputs(inputs: Sequence[str | os.PathLike]) -> list[Sample]:
     return plan
 
 
+def samples_from_images(images, captions=None, prefix: str = "sample") -> list[Sample]:
+    """In-memory images (``(name, PIL image or uint8 array)`` pairs) -> samples holding PNG bytes.
+
+    Used for the built-in sample corpus; nothing is written to disk.
+    """
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i, (name, im) in enumerate(images):
+        if isinstance(im, np.ndarray):
+            im = Image.fromarray(im)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        cap = captions[i] if captions is not None else ""
+        out.append(Sample(key=str(name), source=f"{prefix}:{name}", load=buf.getvalue(), caption=cap))
+    return out
+
+
 def plan_fingerprint(plan: Sequence[Sample]) -> str:
     """SHA-256 over the planned keys and sources: identifies the corpus a store was built from."""
     h = hashlib.sha256()
@@ -351,6 +370,8 @@ class SampleReader:
     def fetch(self, s: Sample) -> tuple[bytes | str, str | None]:
         """Return ``(image bytes or path, caption or None)``. Raises ``InputError`` (reason in ``.reason``)."""
         ref = s.load
+        if isinstance(ref, (bytes, bytearray)):
+            return bytes(ref), s.caption
         if isinstance(ref, FileRef):
             caption = s.caption
             if caption is None and ref.caption_path is not None:

@@ -38,6 +38,14 @@ def _zarr():
     return zarr
 
 
+def consolidate(path) -> None:
+    """Consolidate the metadata of the store at ``path`` (quietly: it is not yet in the v3 spec)."""
+    zarr = _zarr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
 def _zstd():
     from zarr.codecs import ZstdCodec
 
@@ -223,7 +231,6 @@ def write_error_table(g) -> int:
 
 def finalize_store(path) -> dict:
     """After every chunk is written: stats, error tables, ``complete`` flag, consolidated metadata."""
-    zarr = _zarr()
     root = open_store(path, mode="r+")
     chunk_rows = int(root.attrs["chunk_rows"])
     stats, counts = {}, {}
@@ -257,5 +264,5 @@ def finalize_store(path) -> dict:
         "complete": True,
         "finalized": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
-    zarr.consolidate_metadata(str(path))
+    consolidate(path)
     return {"mean": mean, "std": std, "counts": counts}

@@ -1,0 +1,116 @@
+"""`cascadekit encode`: an image corpus -> a Zarr latent dataset (resumable, torchrun-aware)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from cascadekit.codec.errors import CascadeKitError
+
+
+def _device(name: str | None):
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if name is None or name == "auto":
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dev = torch.device(f"cuda:{local}")
+    return dev
+
+
+@click.command("encode")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(), help="Store folder to create or resume (STORE.zarr).")
+@click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: the tiny random test weights).")
+@click.option("--resolution", default=768, show_default=True, type=int, help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
+@click.option("--dtype", "dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]), help="Storage dtype of the latents.")
+@click.option("--compute-dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Encoder precision (default: bf16 on CUDA, fp32 on CPU).")
+@click.option("--stage-a", is_flag=True, help="Also store Stage A latents (4, H/4, W/4), for training Stage B.")
+@click.option("--buckets", is_flag=True, help="Aspect-ratio buckets (official multi-aspect list), one group per bucket.")
+@click.option("--min-size", default=None, type=int, help="Skip images whose shorter side is below this (reason too_small).")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--num-workers", default=2, show_default=True, type=int, help="DataLoader processes decoding images.")
+@click.option("--chunk-rows", default=256, show_default=True, type=int, help="Samples per chunk (unit of resume and of each writer).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing store made with different settings.")
+@click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
+@click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def encode(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
+           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet):
+    """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
+    manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
+    --weights it encodes the built-in sample photographs with the tiny default weights.
+
+    Multi-GPU / multi-node: torchrun --nproc-per-node N -m cascadekit.cli encode ...
+    """
+    from cascadekit.datasets import distributed as D
+
+    info = D.from_env()
+    try:
+        summary, codec = _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size,
+                              batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
+        if info.is_main:
+            click.echo(str(summary))
+            if not no_preview:
+                from cascadekit.datasets.inspect import format_report, inspect_store
+
+                rep = inspect_store(out, codec if getattr(codec, "previewer", None) is not None else None, write=True)
+                click.echo(format_report(rep))
+    except CascadeKitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
+         num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info):
+    import warnings
+
+    from cascadekit.codec.codec import Codec
+    from cascadekit.datasets.builder import build_latent_dataset
+
+    dev = _device(device)
+    if compute_dtype is None:
+        compute_dtype = "bf16" if dev.type == "cuda" else "fp32"
+    samples = None
+    if not inputs:
+        if weights is not None:
+            raise click.UsageError("give INPUT... to encode (the built-in sample corpus goes with the default weights)")
+        from cascadekit.codec.defaults import sample_images
+        from cascadekit.datasets.sources import samples_from_images
+
+        samples = samples_from_images(_as_pairs(sample_images()), prefix="sample")
+    if weights is None:
+        from cascadekit.codec.defaults import default_weights
+
+        weights = default_weights()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if not info.is_main else "default")
+        codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=resolution,
+                                      previewer=True)
+    spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
+    summary = build_latent_dataset(samples if samples is not None else list(inputs), out, codec,
+                                   resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
+                                   min_size=min_size, batch_size=batch_size, num_workers=num_workers,
+                                   chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info)
+    if text_embeddings and info.is_main:
+        from cascadekit.codec.text import TextEncoder
+        from cascadekit.datasets.text_embeddings import add_text_embeddings
+
+        te = TextEncoder.from_pretrained(weights, device=dev)
+        res = add_text_embeddings(out, te, overwrite=overwrite, progress=not quiet)
+        click.echo(f"text embeddings: {res['embedded']} captions embedded")
+    return summary, codec
+
+
+def _as_pairs(images):
+    """sample_images() may give a dict, (name, image) pairs, or bare images."""
+    if isinstance(images, dict):
+        return list(images.items())
+    out = []
+    for i, x in enumerate(images):
+        out.append(x if isinstance(x, tuple) and len(x) == 2 else (f"sample_{i:03d}", x))
+    return out

@@ -1,0 +1,41 @@
+"""`cascadekit inspect STORE`: counts, shapes, stats, error summary and a preview grid of a latent store."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cascadekit.codec.errors import CascadeKitError
+
+
+@click.command("inspect")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--weights", default=None, help="Weights with a previewer for the preview grid (default: the store's tiny/default weights).")
+@click.option("--n-preview", default=16, show_default=True, type=int)
+@click.option("--no-preview", is_flag=True, help="Only the report, no previewer decodes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_store(store, weights, n_preview, no_preview, as_json):
+    """Report on STORE and write STORE/inspect/preview.png (previewer decodes of a few latents)."""
+    from cascadekit.datasets.inspect import format_report
+    from cascadekit.datasets.inspect import inspect_store as run
+
+    try:
+        codec = None
+        if not no_preview:
+            import warnings
+
+            from cascadekit.codec.codec import Codec
+
+            if weights is None:
+                from cascadekit.codec.defaults import default_weights
+
+                weights = default_weights()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                codec = Codec.from_pretrained(weights, device="cpu", previewer=True)
+        rep = run(store, codec, n_preview=n_preview, write=True)
+    except CascadeKitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))

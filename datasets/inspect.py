@@ -1,0 +1,151 @@
+"""inspect_store: what a latent store holds (counts, shapes, stats, errors) and a preview grid.
+
+The report is a JSON-able dict. With ``write=True`` it is also saved inside the store as the
+attributes of the ``inspect`` sub-group, next to ``inspect/preview.png`` (a grid of previewer
+decodes of a few latents), so nothing is written outside the store.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cascadekit.datasets import store as S
+
+
+def _disk_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False, max_errors: int = 10) -> dict:
+    """Report on ``store``; with ``codec`` (anything with ``preview(latents)``) also a preview grid.
+
+    Returns a dict: format, complete, encoder, preprocess, and per group: rows, ok, skipped, pending,
+    latent shape/dtype/chunks, stored bytes per sample, per-channel mean/std, skip reasons (with a
+    few examples), missing captions, text-embedding presence. ``preview_png`` is set when written.
+    """
+    path = Path(store)
+    root = S.open_store(path)
+    attrs = dict(root.attrs)
+    report = {
+        "store": str(path),
+        "format": attrs.get("format"),
+        "format_version": attrs.get("format_version"),
+        "tool_version": attrs.get("tool_version"),
+        "created": attrs.get("created"),
+        "complete": bool(attrs.get("complete", False)),
+        "encoder": attrs.get("encoder"),
+        "preprocess": attrs.get("preprocess"),
+        "spaces": attrs.get("spaces"),
+        "groups": {},
+    }
+    preview_latents = []
+    tot_rows = tot_ok = 0
+    for gp in S.group_paths(root):
+        g = S.sample_group(root, gp)
+        st = S.read_status(g)
+        ok = st == S.STATUS_OK
+        sk = st == S.STATUS_SKIPPED
+        lat = g["latents"]
+        reasons = np.asarray(g["skip_reason"][:])
+        keys = np.asarray(g["keys"][:]) if sk.any() else np.array([])
+        by_reason = Counter(reasons[sk].tolist())
+        examples = [{"row": int(r), "key": str(keys[r]), "reason": str(reasons[r])}
+                    for r in np.flatnonzero(sk)[:max_errors]]
+        caps = np.asarray(g["captions"][:])
+        if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
+            mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
+        else:
+            mean, std, _ = S.channel_stats(g, int(attrs["chunk_rows"]))
+        gdir = path / gp if gp else path
+        lat_bytes = _disk_bytes(gdir / "latents")
+        info = {
+            "rows": int(len(st)),
+            "ok": int(ok.sum()),
+            "skipped": int(sk.sum()),
+            "pending": int((st == S.STATUS_PENDING).sum()),
+            "latent_shape": list(lat.shape[1:]),
+            "dtype": str(lat.dtype),
+            "chunks": list(lat.chunks),
+            "latent_bytes_per_sample": lat_bytes / max(1, int(ok.sum())),
+            "raw_bytes_per_sample": int(np.prod(lat.shape[1:])) * np.dtype(str(lat.dtype)).itemsize,
+            "latent_mean": [round(float(m), 5) for m in mean],
+            "latent_std": [round(float(s), 5) for s in std],
+            "skip_reasons": dict(by_reason),
+            "skip_examples": examples,
+            "missing_captions": int((caps[ok] == "").sum()),
+            "stage_a_shape": list(g["stage_a"].shape[1:]) if "stage_a" in g else None,
+            "text_embeddings": {n: list(g[n].shape[1:]) for n in ("clip_text", "clip_text_pooled") if n in g},
+        }
+        report["groups"][gp or "/"] = info
+        tot_rows += info["rows"]
+        tot_ok += info["ok"]
+        okrows = np.flatnonzero(ok)
+        if len(okrows) and len(preview_latents) < n_preview:
+            k = min(n_preview - len(preview_latents), len(okrows))
+            pick = okrows[np.linspace(0, len(okrows) - 1, k).round().astype(int)]
+            for r in pick:
+                preview_latents.append(np.asarray(lat[int(r)]))
+    report["rows"], report["ok"] = tot_rows, tot_ok
+    report["skipped"] = sum(i["skipped"] for i in report["groups"].values())
+    report["store_bytes"] = _disk_bytes(path)
+    report["preview_png"] = None
+
+    if write:
+        import zarr
+
+        w = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        ig = w.require_group("inspect")
+        if codec is not None and preview_latents:
+            from cascadekit.codec.images import save_grid
+
+            pv = []
+            for z in preview_latents:  # groups may differ in shape: one latent at a time
+                pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
+            cols = int(np.ceil(np.sqrt(len(pv))))
+            rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
+            png = save_grid(rows, path / "inspect" / "preview.png")
+            report["preview_png"] = str(png)
+        ig.attrs.update({"report": report})
+        if report["complete"]:
+            S.consolidate(path)
+    return report
+
+
+def format_report(r: dict) -> str:
+    """Human-readable text of an :func:`inspect_store` report."""
+    enc = r.get("encoder") or {}
+    lines = [
+        f"store      {r['store']}  ({'complete' if r['complete'] else 'INCOMPLETE'}, {r['store_bytes'] / 1e6:.2f} MB)",
+        f"format     {r['format']} v{r['format_version']} (cascadekit {r['tool_version']}, created {r['created']})",
+        f"encoder    {enc.get('kind', enc.get('name', '?'))}"
+        + (" [TINY RANDOM WEIGHTS]" if enc.get("tiny_random_weights") else ""),
+        f"samples    {r['rows']} rows, {r['ok']} ok, {r['skipped']} skipped",
+    ]
+    for gp, g in r["groups"].items():
+        lines.append(f"group {gp}: {g['rows']} rows, ok {g['ok']}, skipped {g['skipped']}, pending {g['pending']}")
+        lines.append(f"  latents  {g['latent_shape']} {g['dtype']}, chunks {g['chunks']}, "
+                     f"{g['latent_bytes_per_sample']:.0f} B/sample on disk (raw {g['raw_bytes_per_sample']} B)")
+        if g["stage_a_shape"]:
+            lines.append(f"  stage_a  {g['stage_a_shape']}")
+        if g["text_embeddings"]:
+            lines.append(f"  text     {g['text_embeddings']}")
+        lines.append("  mean     " + " ".join(f"{m:+.3f}" for m in g["latent_mean"]))
+        lines.append("  std      " + " ".join(f"{s:.3f}" for s in g["latent_std"]))
+        lines.append(f"  captions missing: {g['missing_captions']}")
+        for reason, n in sorted(g["skip_reasons"].items()):
+            ex = [e["key"] for e in g["skip_examples"] if e["reason"] == reason][:3]
+            lines.append(f"  skipped  {reason:<20}{n}  e.g. {', '.join(ex)}")
+    if r.get("preview_png"):
+        lines.append(f"preview    {r['preview_png']}")
+    return "\n".join(lines)

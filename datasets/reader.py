@@ -1,0 +1,270 @@
+"""LatentDataset: shuffled, batched training reads from a latent store.
+
+Random single-sample reads from Zarr cost ~1-2 ms per chunk touched, so the dataset never reads
+single samples. Each epoch it
+
+1. lists the complete rows (``status == 1``; rows still being written are invisible) in
+   chunk-aligned *blocks*, and permutes the blocks (``seed``, ``epoch``);
+2. gives rank ``r`` of ``world_size`` the ``r``-th contiguous slice of that block sequence (disjoint,
+   complete, sizes differ by at most one sample), and DataLoader worker ``w`` the ``w``-th
+   contiguous slice of the rank's part;
+3. reads ``buffer_blocks`` blocks at a time (one contiguous read per block and field), shuffles the
+   rows inside this buffer, and emits batches (a batch never mixes aspect-ratio buckets).
+
+When the requested fields fit in memory (``in_memory="auto"``: at most ``memory_budget`` bytes)
+they are read once and every epoch is a full random permutation instead.
+
+Use with ``DataLoader(ds, batch_size=None, num_workers=k)``; call :meth:`set_epoch` each epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cascadekit.codec.errors import InputError
+from cascadekit.datasets import store as S
+
+TENSOR_FIELDS = ("latents", "stage_a", "clip_text", "clip_text_pooled", "orig_size")
+STRING_FIELDS = ("captions", "keys", "source")
+TEXT_FIELDS = ("clip_text", "clip_text_pooled")
+
+
+@dataclass
+class _Group:
+    path: str
+    rows: np.ndarray  # complete rows (status ok), increasing
+    chunk_rows: int
+
+
+class LatentDataset(IterableDataset):
+    """Batches of latents (+ captions, + text embeddings when present) from a latent store.
+
+    Args:
+        store: path of the store (``*.zarr``).
+        fields: arrays to return. Default: ``latents`` and ``captions``, plus ``clip_text`` and
+            ``clip_text_pooled`` when the store has them. Also allowed: ``stage_a``, ``keys``,
+            ``source``, ``orig_size``.
+        batch_size: samples per batch.
+        shuffle: block shuffle + shuffle buffer (or a full permutation in memory); False reads in order.
+        seed: base seed; the epoch's order depends on ``(seed, epoch)`` only.
+        rank, world_size: this process's share (default: ``RANK``/``WORLD_SIZE`` env, else 0/1).
+        group: read only this sample group (e.g. ``"buckets/768x768"``); default all groups.
+        drop_last: drop each group's last incomplete batch of a worker.
+        buffer_blocks: blocks (chunks) per shuffle buffer.
+        in_memory: True, False, or "auto" (when the fields of all complete rows fit in ``memory_budget``).
+        dtype: torch dtype tensors are returned in (default float32).
+
+    Yields:
+        dict with ``latents`` (B,16,h,w) float, ``captions`` list[str], ``clip_text`` (B,77,C),
+        ``clip_text_pooled`` (B,1,C) when requested, plus ``rows`` (B,) int64 and ``group`` str.
+    """
+
+    def __init__(self, store, fields=None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, group: str | None = None,
+                 drop_last: bool = False, buffer_blocks: int = 8, in_memory="auto",
+                 memory_budget: int = 2 << 30, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.path = os.fspath(store)
+        root = S.open_store(self.path)
+        paths = S.group_paths(root)
+        if group is not None:
+            if group not in paths:
+                raise InputError(f"{self.path} has no sample group {group!r}; it has {paths}")
+            paths = [group]
+        self.group_paths = paths
+        first = S.sample_group(root, paths[0])
+        present = [f for f in TENSOR_FIELDS + STRING_FIELDS if all(
+            _field_array(f) in S.sample_group(root, gp) for gp in paths)]
+        if fields is None:
+            fields = ["latents", "captions"] + [f for f in TEXT_FIELDS if f in present]
+        fields = list(dict.fromkeys(fields))
+        missing = [f for f in fields if f not in present]
+        if missing:
+            raise InputError(f"{self.path} has no field(s) {missing}; available: {present}")
+        if batch_size < 1:
+            raise InputError("batch_size must be >= 1")
+        self.fields = fields
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise InputError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.drop_last = drop_last
+        self.buffer_blocks = max(1, buffer_blocks)
+        self.dtype = dtype
+        self.chunk_rows = int(root.attrs["chunk_rows"])
+        self.attrs = dict(root.attrs)
+        self.refresh()
+        if in_memory == "auto":
+            per_row = sum(_row_bytes(first, f) for f in fields)
+            in_memory = per_row * self.num_complete <= memory_budget
+        self.in_memory = bool(in_memory)
+        self._cache = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def refresh(self) -> None:
+        """Re-read ``status`` (a store being written shows more complete rows later)."""
+        root = S.open_store(self.path)
+        self._groups = []
+        for gp in self.group_paths:
+            g = S.sample_group(root, gp)
+            ok = S.read_status(g) == S.STATUS_OK
+            if any(f in TEXT_FIELDS for f in self.fields) and "text_status" in g:
+                ok &= np.asarray(g["text_status"][:]) == S.STATUS_OK  # embeddings written too
+            self._groups.append(_Group(gp, np.flatnonzero(ok), self.chunk_rows))
+        self._cache = None
+
+    @property
+    def num_complete(self) -> int:
+        return sum(len(g.rows) for g in self._groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _blocks(self) -> list[tuple[int, np.ndarray]]:
+        """Epoch order of blocks: (group index, rows) with rows inside one chunk, not empty."""
+        blocks = []
+        for gi, g in enumerate(self._groups):
+            if len(g.rows) == 0:
+                continue
+            cid = g.rows // g.chunk_rows
+            cuts = np.flatnonzero(np.diff(cid)) + 1
+            blocks += [(gi, r) for r in np.split(g.rows, cuts)]
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+        return blocks
+
+    @staticmethod
+    def _slice(blocks, part: int, parts: int):
+        """Contiguous ``part``-th of ``parts`` slices of the concatenated block rows."""
+        total = sum(len(r) for _, r in blocks)
+        lo, hi = total * part // parts, total * (part + 1) // parts
+        out, pos = [], 0
+        for gi, r in blocks:
+            a, b = max(lo - pos, 0), min(hi - pos, len(r))
+            if a < b:
+                out.append((gi, r[a:b]))
+            pos += len(r)
+            if pos >= hi:
+                break
+        return out
+
+    def rank_rows(self) -> list[tuple[str, np.ndarray]]:
+        """(group, rows) blocks this rank reads this epoch, in order (before buffer shuffling)."""
+        return [(self._groups[gi].path, r) for gi, r in self._slice(self._blocks(), self.rank, self.world_size)]
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch with one DataLoader worker (per group rounding)."""
+        n = [0] * len(self._groups)
+        for gi, r in self._slice(self._blocks(), self.rank, self.world_size):
+            n[gi] += len(r)
+        f = math.floor if self.drop_last else math.ceil
+        return int(sum(f(k / self.batch_size) for k in n))
+
+    # ------------------------------------------------------------------ reading
+    def _read_block(self, root, gi: int, rows: np.ndarray) -> dict:
+        g = S.sample_group(root, self._groups[gi].path)
+        a, b = int(rows[0]), int(rows[-1]) + 1
+        sel = rows - a
+        out = {}
+        for f in self.fields:
+            x = np.asarray(g[_field_array(f)][a:b])
+            out[f] = x[sel] if len(sel) != b - a else x
+        out["rows"] = rows
+        return out
+
+    def _load_all(self, root) -> list[dict]:
+        cache = []
+        for g in self._groups:
+            grp = S.sample_group(root, g.path)
+            d = {f: np.asarray(grp[_field_array(f)][:])[g.rows] for f in self.fields}
+            d["rows"] = g.rows
+            cache.append(d)
+        return cache
+
+    def _emit(self, gi: int, cat: dict, idx: np.ndarray) -> dict:
+        b = {}
+        for f in self.fields:
+            x = cat[f][idx]
+            if f in STRING_FIELDS:
+                b[f] = [str(s) for s in x]
+            elif f == "orig_size":
+                b[f] = torch.from_numpy(np.ascontiguousarray(x)).long()
+            else:
+                b[f] = torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+        b["rows"] = torch.from_numpy(cat["rows"][idx].astype(np.int64))
+        b["group"] = self._groups[gi].path
+        return b
+
+    def __iter__(self):
+        root = S.open_store(self.path)
+        blocks = self._slice(self._blocks(), self.rank, self.world_size)
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        blocks = self._slice(blocks, wid, nw)
+        rng = np.random.default_rng([self.seed, self.epoch, 2, self.rank, wid])
+        if self.in_memory:
+            yield from self._iter_memory(root, blocks, rng)
+        else:
+            yield from self._iter_blocks(root, blocks, rng)
+
+    def _iter_memory(self, root, blocks, rng):
+        if self._cache is None:
+            self._cache = self._load_all(root)
+        for gi in range(len(self._groups)):
+            rows = [r for g, r in blocks if g == gi]
+            if not rows:
+                continue
+            want = np.concatenate(rows)
+            pos = np.searchsorted(self._cache[gi]["rows"], want)
+            if self.shuffle:
+                pos = pos[rng.permutation(len(pos))]
+            for s in range(0, len(pos), self.batch_size):
+                idx = pos[s:s + self.batch_size]
+                if len(idx) < self.batch_size and self.drop_last:
+                    break
+                yield self._emit(gi, self._cache[gi], idx)
+
+    def _iter_blocks(self, root, blocks, rng):
+        carry: dict[int, list[dict]] = {}
+        keys = self.fields + ["rows"]
+        for s in range(0, len(blocks), self.buffer_blocks):
+            for gi, rows in blocks[s:s + self.buffer_blocks]:
+                carry.setdefault(gi, []).append(self._read_block(root, gi, rows))
+            for gi in list(carry):
+                parts = carry[gi]
+                cat = {f: np.concatenate([p[f] for p in parts]) for f in keys} if len(parts) > 1 else parts[0]
+                n = len(cat["rows"])
+                order = rng.permutation(n) if self.shuffle else np.arange(n)
+                full = n - n % self.batch_size
+                for a in range(0, full, self.batch_size):
+                    yield self._emit(gi, cat, order[a:a + self.batch_size])
+                if full < n:  # leftover rows stay in the buffer for the next fill
+                    rest = np.sort(order[full:])
+                    carry[gi] = [{f: cat[f][rest] for f in keys}]
+                else:
+                    del carry[gi]
+        for gi, parts in carry.items():
+            n = len(parts[0]["rows"])
+            if n and not (self.drop_last and n < self.batch_size):
+                yield self._emit(gi, parts[0], np.arange(n))
+
+
+def _field_array(field: str) -> str:
+    return field
+
+
+def _row_bytes(g, field: str) -> int:
+    if field in STRING_FIELDS:
+        return 128
+    a = g[_field_array(field)]
+    return int(np.prod(a.shape[1:])) * a.dtype.itemsize if hasattr(a.dtype, "itemsize") else 64
