@@ -54,3 +54,25 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
     path = folder / INCEPTION
     torch.save(net.state_dict(), path)
     return path
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def backbone_dir(tmp_path_factory) -> Path:
+    """A folder with locally created AlexNet, VGG16 and Inception weight files (written once per session)."""
+    d = tmp_path_factory.mktemp("backbones")
+    write_alexnet(d)
+    write_vgg16(d)
+    write_inception(d)
+    return d
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch) -> Path:
+    """Point torch's hub cache at an empty temporary folder so no real cache (or network) is ever used."""
+    home = tmp_path / "torch_home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
