@@ -23,6 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors.torch import save_file
@@ -61,7 +62,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _save(model: torch.nn.Module, path: Path, kind: str) -> None:
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(sd, str(path), metadata={"cascadekit": "tiny_random_weights", "kind": kind})
+    save_file(sd, str(path), metadata={"cascadekit": f"tiny_random_weights {kind}"})  # one key: safetensors does not keep metadata order
 
 
 def _tiny_models():
@@ -81,18 +82,23 @@ def _tiny_models():
     ]
 
 
-def write_tiny_weights(dir: str | os.PathLike, seed: int = 0, with_text: bool = True) -> Path:
+def write_tiny_weights(dir: str | os.PathLike, seed: int = 0, with_text: bool = True,
+                       models: Iterable[str] | None = None) -> Path:
     """Write the tiny random weight set described in the module docstring into ``dir``; return it.
 
-    ``with_text=False`` skips the CLIP text/image encoders and tokenizer. Existing files with the
-    same names are overwritten; nothing outside ``dir`` is touched.
+    ``with_text=False`` skips the CLIP text/image encoders and tokenizer; ``models`` limits the
+    networks written (any of ``stage_a, effnet, previewer, stage_b, stage_c``; default all).
+    Existing files with the same names are overwritten; nothing outside ``dir`` is touched.
     """
     from cascadekit.codec.weights.tiny_clip import write_image_encoder, write_text_encoder, write_tokenizer
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {}
+    chosen = None if models is None else set(models)
     for fname, kind, cfg, cls in _tiny_models():
+        if chosen is not None and kind not in chosen:
+            continue
         with torch.device("meta"):  # skip the (slow) default init: every tensor is overwritten below
             model = cls.from_config(cfg).eval()
         model = model.to_empty(device="cpu")
