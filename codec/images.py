@@ -24,6 +24,7 @@ with the downscale factor, so downsizing is antialiased). Tensors at API boundar
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -386,8 +387,8 @@ def save_grid(
 ) -> Path:
     """Save a PNG grid: ``rows[r][c]`` is an image (3,H,W)/(1,3,H,W) tensor in [0, 1] or PIL image.
 
-    Cells may differ in size: each column is as wide as its widest cell, each row as tall as its
-    tallest, and cells are centred. ``labels`` (one per column) are written above the columns.
+    Cells may differ in size: each column is as wide as its widest cell (and its label), each row as
+    tall as its tallest, and cells are centred. ``labels`` (one per column) are written above the columns.
     The parent folder of ``path`` is created. Returns the path written.
     """
     if not rows or not all(len(r) for r in rows):
@@ -399,6 +400,9 @@ def save_grid(
     col_w = [max(r[c].size[0] for r in cells if c < len(r)) for c in range(ncol)]
     row_h = [max(im.size[1] for im in r) for r in cells]
     label_h = 14 if labels else 0
+    if labels:  # columns at least as wide as their label
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        col_w = [max(w, math.ceil(measure.textlength(str(t)))) for w, t in zip(col_w, labels)]
     W = sum(col_w) + pad * (ncol + 1)
     H = sum(row_h) + pad * (len(cells) + 1) + label_h
     canvas = Image.new("RGB", (W, H), background)

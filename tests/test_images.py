@@ -271,11 +271,17 @@ def test_imagenet_normalize():
 
 def test_save_grid(tmp_path):
     a, b = torch.zeros(3, 16, 16), torch.ones(1, 3, 8, 12)
-    path = save_grid([[a, b], [a, a]], tmp_path / "sub" / "grid.png", labels=["original", "recon"], pad=2)
+    path = save_grid([[a, b], [a, a]], tmp_path / "sub" / "grid.png", pad=2, background=(0, 255, 0))
     g = Image.open(path)
     assert g.format == "PNG"
-    assert g.size == (16 + 16 + 3 * 2, 16 + 16 + 3 * 2 + 14)
-    # first cell is black at its top-left
-    assert g.getpixel((2, 2 + 14)) == (0, 0, 0)
+    assert g.size == (16 + 16 + 3 * 2, 16 + 16 + 3 * 2)
+    assert g.getpixel((2, 2)) == (0, 0, 0)  # first cell (black) at its top-left
+    x1 = 2 + 16 + 2  # second column: a white 12x8 cell centred in a 16x16 slot
+    assert g.getpixel((x1 + 2, 2 + 4)) == (255, 255, 255) and g.getpixel((x1 + 13, 2 + 11)) == (255, 255, 255)
+    assert g.getpixel((x1 + 1, 2 + 4)) == (0, 255, 0) and g.getpixel((x1 + 2, 2 + 3)) == (0, 255, 0)
+    # labels add a header row and widen columns to fit the text
+    g2 = Image.open(save_grid([[a, b]], tmp_path / "l.png", labels=["original", "a long reconstruction label"], pad=2))
+    assert g2.size[1] == 16 + 2 * 2 + 14 and g2.size[0] > 16 + 16 + 3 * 2 + 100
+    assert np.asarray(g2)[:14].min() < 128  # some dark text pixels in the header
     with pytest.raises(InputError):
         save_grid([[a, b]], tmp_path / "x.png", labels=["only one"])

@@ -1,0 +1,189 @@
+"""Defaults for demos and the CLI: which weights to use when none are given, and sample photographs.
+
+:func:`default_weights` looks for official weights in ``$CASCADEKIT_WEIGHTS`` and then
+``~/.cache/cascadekit/weights``; when none are there it writes the built-in tiny RANDOM weight set
+(:func:`cascadekit.codec.weights.tiny.write_tiny_weights`) to ``<cache>/tiny-random-weights`` and says
+so (``DefaultWeights.tiny``), so that commands run anywhere but nobody mistakes the output for a
+real reconstruction. ``<cache>`` is ``$CASCADEKIT_CACHE``, else ``$XDG_CACHE_HOME/cascadekit``, else
+``~/.cache/cascadekit``.
+
+:func:`sample_image_paths` / :func:`sample_images` give photographs shipped inside scikit-image's
+package data (no download).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cascadekit.codec.errors import InputError, WeightsError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ENV_WEIGHTS = "CASCADEKIT_WEIGHTS"
+ENV_CACHE = "CASCADEKIT_CACHE"
+TINY_DIR_NAME = "tiny-random-weights"
+
+#: colour photographs in scikit-image's ``data`` folder (installed with the package, never downloaded)
+SAMPLE_IMAGES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+
+TINY_BANNER = (
+    "!" * 78 + "\n"
+    "!!  NO OFFICIAL WEIGHTS FOUND: using the built-in TINY RANDOM weight set.\n"
+    "!!  Every output below comes from random networks and is MEANINGLESS.\n"
+    f"!!  For real results pass --weights DIR (or set {ENV_WEIGHTS}) to the official\n"
+    "!!  Stable Cascade files (stage_a, effnet_encoder, stage_b[_lite], previewer).\n" + "!" * 78
+)
+
+
+def cache_root() -> Path:
+    """``$CASCADEKIT_CACHE``, else ``$XDG_CACHE_HOME/cascadekit``, else ``~/.cache/cascadekit``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cascadekit"
+
+
+def default_weight_dirs() -> list[Path]:
+    """Where official weights are looked for, in order: ``$CASCADEKIT_WEIGHTS``, ``<cache>/weights``."""
+    dirs = []
+    if os.environ.get(ENV_WEIGHTS):
+        dirs.append(Path(os.environ[ENV_WEIGHTS]).expanduser())
+    dirs.append(cache_root() / "weights")
+    return dirs
+
+
+@dataclass(frozen=True)
+class DefaultWeights:
+    """The weights chosen by :func:`default_weights`: ``source`` folder, ``tiny`` (random weights!), ``why``.
+
+    It is path-like (``os.fspath(w) == str(w.source)``), so it can be passed wherever a weights
+    folder is expected (``Codec.from_pretrained(default_weights())``).
+    """
+
+    source: Path
+    tiny: bool
+    why: str
+
+    def __fspath__(self) -> str:
+        return str(self.source)
+
+    def __str__(self) -> str:
+        return str(self.source)
+
+
+def _tiny_is_current(folder: Path) -> bool:
+    """Whether a cached tiny set was written with the current tiny presets (configs can change between versions)."""
+    from cascadekit.codec.models import (
+        EfficientNetEncoderConfig,
+        PreviewerConfig,
+        StageAConfig,
+        StageBConfig,
+    )
+
+    side = folder / "cascadekit.json"
+    if not side.is_file():
+        return False
+    try:
+        models = json.loads(side.read_text()).get("models", {})
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    want = {
+        "stage_a": StageAConfig.preset("tiny").kwargs(),
+        "effnet": EfficientNetEncoderConfig.preset("official").kwargs(),
+        "previewer": PreviewerConfig.preset("tiny").kwargs(),
+        "stage_b": StageBConfig.preset("tiny").kwargs(),
+    }
+    want = json.loads(json.dumps(want))  # tuples -> lists, as stored
+    return all(models.get(k) == v for k, v in want.items()) and all(
+        (folder / f).is_file()
+        for f in ("stage_a.safetensors", "effnet_encoder.safetensors", "previewer.safetensors", "stage_b_lite.safetensors")
+    )
+
+
+def tiny_weights(folder: str | os.PathLike | None = None) -> Path:
+    """The tiny random weight set in ``folder`` (default ``<cache>/tiny-random-weights``), written if
+    missing or stale. Written to a temporary sibling first and renamed, so concurrent callers never
+    see a half-written set."""
+    from cascadekit.codec.weights.tiny import write_tiny_weights
+
+    target = Path(folder) if folder is not None else cache_root() / TINY_DIR_NAME
+    if _tiny_is_current(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_tiny_weights(tmp)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        try:
+            target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    try:
+        tmp.rename(target)
+    except OSError:  # someone else finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _tiny_is_current(target):
+            raise WeightsError(f"could not write the tiny weight set to {target}") from None
+    return target
+
+
+def default_weights(stage_b: str = "lite") -> DefaultWeights:
+    """Official weights from the default locations, else the tiny random set (``tiny=True``).
+
+    A folder named by ``$CASCADEKIT_WEIGHTS`` must hold usable weights: if it does not, its
+    :class:`WeightsError` is raised instead of silently falling back to random weights.
+    """
+    from cascadekit.codec.weights.sources import resolve_source
+
+    tried = []
+    for i, d in enumerate(default_weight_dirs()):
+        explicit = i == 0 and bool(os.environ.get(ENV_WEIGHTS))
+        if not d.is_dir():
+            if explicit:
+                raise WeightsError(f"${ENV_WEIGHTS}={d} is not a folder")
+            tried.append(f"{d} (missing)")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ws = resolve_source(d, stage_b=stage_b, need=("stage_a", "effnet", "stage_b"))
+        except WeightsError as e:
+            if explicit:
+                raise WeightsError(f"${ENV_WEIGHTS}={d}: {e}") from None
+            tried.append(f"{d} (incomplete)")
+            continue
+        if ws.tiny:
+            return DefaultWeights(d, True, f"{d} holds the tiny random weight set")
+        return DefaultWeights(d, False, f"official weights in {d}")
+    folder = tiny_weights()
+    return DefaultWeights(folder, True, "no official weights in " + ", ".join(tried) + f"; using {folder}")
+
+
+def sample_image_paths(names: tuple[str, ...] = SAMPLE_IMAGES) -> list[Path]:
+    """Paths of colour photographs shipped with scikit-image (``astronaut.png``, ``coffee.png``, ...)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("scikit-image is not installed; pass image paths explicitly")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    paths = [data / n for n in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"scikit-image's data folder {data} lacks {missing}; pass image paths explicitly")
+    return paths
+
+
+def sample_images(names: tuple[str, ...] = SAMPLE_IMAGES) -> list[tuple[str, "Image.Image"]]:
+    """The sample photographs as ``(name, RGB PIL image)`` pairs, name = file stem (``astronaut``, ...)."""
+    from cascadekit.codec.images import load_image
+
+    return [(p.stem, load_image(p)) for p in sample_image_paths(names)]
