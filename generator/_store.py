@@ -59,6 +59,11 @@ def open_groups(path: Path):
                 emb[name] = g[name]
                 fields.add(name)
                 field_shapes[name] = tuple(g[name].shape[1:])
+        if "clip_text" in emb and "text_status" in g:
+            tstat = np.asarray(g["text_status"][:])[rows]
+            if (tstat != STATUS_OK).any():
+                raise InputError(f"{path}: {int((tstat != STATUS_OK).sum())} samples of group {gp or 'root'!r} have "
+                                 "no text embedding yet; rerun `cascadekit embed-text` to finish it")
         fields_per_group.append(fields)
         name = gp or "root"
         grp = Group(name, int(len(rows)), tuple(int(s) for s in lat.shape[1:]))
@@ -73,7 +78,29 @@ def open_groups(path: Path):
             t = torch.from_numpy(np.asarray(t[:], dtype=np.float32))
             p = torch.from_numpy(np.asarray(p[:], dtype=np.float32))
             empty = EmptyCaption(t.reshape(1, *t.shape[-2:]), p.reshape(1, 1, -1))
+    if empty is None and "clip_text" in fields:
+        empty = _empty_from_text_encoder(root.attrs.get("text_encoder"), field_shapes)
     return out, fields, empty, field_shapes
+
+
+def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
+    """Empty-caption embeddings of the text encoder that embedded the store (its cache or its folder)."""
+    if not isinstance(ident, dict) or not ident.get("source") or ident["source"] == "None":
+        return None
+    from cascadekit.codec.errors import CascadeKitError
+    from cascadekit.codec.text import empty_caption_embeddings
+
+    src = Path(ident["source"])
+    for weights_dir in (src.parent, src):
+        if not weights_dir.is_dir():
+            continue
+        try:
+            t, p = empty_caption_embeddings(weights_dir)
+        except (CascadeKitError, OSError, ValueError):
+            continue
+        if t.shape[-1] == field_shapes.get("clip_text", (t.shape[-1],))[-1]:
+            return EmptyCaption(t.float().cpu(), p.float().cpu().reshape(1, 1, -1))
+    return None
 
 
 def _reader(lat, rows: np.ndarray, caps: list[str] | None, emb: dict):

@@ -1,0 +1,320 @@
+"""Text-to-image with Stable Cascade: Stage C (prior) -> Stage B -> Stage A, official notebook defaults.
+
+Stage C: 20 DDPM steps, cfg 4, cfg_rho 0.7, shift 2, t 1 -> 0; conditional inputs are the prompt's
+CLIP embeddings (``clip_text`` last hidden states, ``clip_text_pooled``), ``clip_img`` zeros (or the
+CLIP image embedding of ``image=`` for image variations); unconditional inputs are the embeddings of
+the EMPTY caption (or of ``negative_prompt``) with ``clip_img`` zeros. The sample is the x0 estimate of
+the last step. Latent size: ``ceil(H / 42.67) x ceil(W / 42.67)`` (24x24 for 1024²).
+Stage B + A: :meth:`cascadekit.codec.codec.Codec.decode` (10 steps, cfg 1.1, shift 1) conditioned on
+the prompt's pooled embedding.
+
+Image-to-image (``init_image=``, ``strength``): the image is encoded with the codec's EfficientNet to
+the Stage C latent size, diffused to t = strength (as the official notebook, with the default shift 1
+of ``GDF.diffuse``), and sampled from t_start = strength with ``int(prior_steps * strength)`` steps.
+
+Stage C never runs in float16 (its activations overflow float16; the released weights are bf16):
+``dtype=float16`` runs it in bfloat16 (float32 where bf16 is unsupported) with a warning, and a Stage C
+module cast to float16 by hand is refused with :class:`PrecisionError`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cascadekit.codec.errors import InputError, PrecisionError
+from cascadekit.generator.stage_c import StageC, StageCConfig
+
+LATENT_DIVISOR = 42.67  # official: ceil(H / 42.67) Stage C latent rows for an H-pixel image
+
+
+def stage_c_latent_size(height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the Stage C latent for an image of height x width (24x24 for 1024x1024)."""
+    return math.ceil(height / LATENT_DIVISOR), math.ceil(width / LATENT_DIVISOR)
+
+
+@dataclass
+class PipelineOutput:
+    """images (B,3,H,W) float in [0,1] on CPU; latents (B,16,h,w) Stage C samples; one parameter dict per image."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+
+    def pil(self) -> list:
+        from cascadekit.codec.images import tensor_to_pil
+
+        return [tensor_to_pil(im) for im in self.images]
+
+    def save(self, out_dir: str | Path, prefix: str = "image") -> list[Path]:
+        """Write one PNG per image; each carries its generation parameters as PNG text chunks
+        (``parameters`` = JSON of everything, plus ``prompt``, ``negative_prompt``, ``seed``...)."""
+        from PIL.PngImagePlugin import PngInfo
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (img, params) in enumerate(zip(self.pil(), self.parameters)):
+            info = PngInfo()
+            info.add_text("parameters", json.dumps(params, sort_keys=True))
+            for k in ("prompt", "negative_prompt", "seed", "prior_steps", "prior_guidance", "decoder_steps",
+                      "decoder_guidance", "weights", "software"):
+                if params.get(k) is not None:
+                    info.add_text(k, str(params[k]))
+            path = out / f"{prefix}_{params.get('seed', 0)}_{i:03d}.png"
+            tmp = path.with_name(path.name + ".tmp")
+            img.save(tmp, format="PNG", pnginfo=info)
+            tmp.replace(path)
+            paths.append(path)
+        return paths
+
+
+def read_png_parameters(path: str | Path) -> dict[str, Any]:
+    """The generation parameters stored in a PNG written by :meth:`PipelineOutput.save`."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = getattr(im, "text", None) or im.info
+        if "parameters" not in text:
+            raise InputError(f"{path} carries no cascadekit generation parameters")
+        return json.loads(text["parameters"])
+
+
+def _prior_dtype(requested: torch.dtype, device: torch.device) -> torch.dtype:
+    if requested != torch.float16:
+        return requested
+    from cascadekit.codec.precision import bf16_supported
+
+    sub = torch.bfloat16 if bf16_supported(device) else torch.float32
+    warnings.warn(f"Stage C does not run in float16 (its activations overflow it); running it in "
+                  f"{str(sub).removeprefix('torch.')} instead. Use dtype='bf16' to silence this.", stacklevel=3)
+    return sub
+
+
+class TextToImagePipeline:
+    """Stage C + codec (Stage B, Stage A, EfficientNet) + CLIP text (and optionally image) encoders.
+
+    Build with :meth:`from_pretrained`, or from parts: ``TextToImagePipeline(stage_c, codec,
+    text_encoder, image_encoder=None, empty=(clip_text (1,77,C), clip_text_pooled (1,1,P)))``.
+    """
+
+    def __init__(self, stage_c: StageC, codec: Any, text_encoder: Any, *, image_encoder: Any = None,
+                 empty: tuple[torch.Tensor, torch.Tensor] | None = None, device: str | torch.device = "cpu",
+                 source: str | None = None, tiny: bool = False, image_encoder_source: Any = None):
+        self.stage_c = stage_c.eval().requires_grad_(False)
+        self.codec = codec
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self._image_encoder_source = image_encoder_source
+        self.device = torch.device(device)
+        self.source = source
+        self.tiny = tiny
+        self.lora: str | None = None
+        if empty is None:
+            t, p = text_encoder.encode([""])
+            empty = (t[:1], p[:1])
+        self.empty = (empty[0].float().to(self.device), empty[1].float().reshape(1, 1, -1).to(self.device))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, source: Any = None, device: str | torch.device = "cpu", dtype: Any = torch.float32,
+                        stage_c: str = "lite", stage_b: str = "lite", decoder_dtype: Any = None,
+                        lora: str | Path | None = None) -> "TextToImagePipeline":
+        """Load everything from a weights folder / diffusers snapshot(s) / hub id (see ``resolve_source``).
+
+        source None: the tiny RANDOM default weights (tests/demos; meaningless images, labelled).
+        dtype: Stage C and text encoder dtype (fp32 / bf16; fp16 -> bf16 for Stage C, with a warning);
+        decoder_dtype: the codec's dtype (default ``dtype``; fp16 allowed, see codec.precision).
+        lora: a LoRA file from ``cascadekit train`` merged into Stage C.
+        """
+        from cascadekit.codec.codec import Codec
+        from cascadekit.codec.precision import parse_dtype
+        from cascadekit.codec.text import TextEncoder, empty_caption_embeddings
+        from cascadekit.codec.weights.assign import build
+        from cascadekit.codec.weights.load import load_weights
+        from cascadekit.codec.weights.sources import resolve_source
+
+        if source is None:
+            from cascadekit.codec.defaults import default_weights
+
+            source = default_weights()
+        device = torch.device(device)
+        dt = parse_dtype(dtype)
+        prior_dt = _prior_dtype(dt, device)
+        ws = resolve_source(source, stage_b=stage_b, stage_c=stage_c,
+                            need=("stage_a", "effnet", "stage_b", "stage_c", "text_encoder", "tokenizer"))
+        kwargs = ws.model_kwargs.get("stage_c")
+        if kwargs is None:
+            cfg = StageCConfig.preset(ws.presets.get("stage_c", stage_c) if ws.presets.get("stage_c") in StageCConfig.PRESETS
+                                      else stage_c)
+            kwargs = cfg.kwargs()
+        state = load_weights(ws.path("stage_c"))
+        model = build(lambda: StageC(**kwargs), state, device=device, dtype=prior_dt, name="Stage C")
+        del state
+        text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt if prior_dt != torch.float16 else torch.float32)
+        empty = empty_caption_embeddings(ws, text_encoder=text, device=device)
+        codec = Codec.from_pretrained(source, stage_b=stage_b, device=device,
+                                      dtype=parse_dtype(decoder_dtype, dt), text_encoder=text)
+        pipe = cls(model, codec, text, empty=empty, device=device, source=str(source), tiny=bool(ws.tiny),
+                   image_encoder_source=ws if ws.image_encoder is not None else None)
+        if lora is not None:
+            pipe.load_lora(lora)
+        return pipe
+
+    def load_lora(self, path: str | Path) -> None:
+        """Merge a LoRA (``cascadekit train`` with ``lora_rank > 0``) into Stage C."""
+        from cascadekit.generator.lora import load_lora
+
+        dtype = next(self.stage_c.parameters()).dtype
+        self.stage_c.float()
+        load_lora(self.stage_c, path, merge=True)
+        self.stage_c.to(dtype).eval().requires_grad_(False)
+        self.lora = str(path)
+
+    def _image_encoder(self):
+        if self.image_encoder is None:
+            if self._image_encoder_source is None:
+                raise InputError("image variation needs a CLIP image encoder (image_encoder/ in the weights folder)")
+            from cascadekit.codec.text import ImageEncoder
+
+            self.image_encoder = ImageEncoder.from_pretrained(self._image_encoder_source, device=self.device)
+        return self.image_encoder
+
+    # ------------------------------------------------------------------ helpers
+    def _check_prior_dtype(self) -> torch.dtype:
+        dt = next(self.stage_c.parameters()).dtype
+        if dt == torch.float16:
+            raise PrecisionError("Stage C must not run in float16 (its activations overflow float16 and the "
+                                 "images come out NaN/black); cast it with .to(torch.bfloat16) or .float()")
+        return dt
+
+    def _images(self, images, n: int, what: str) -> torch.Tensor:
+        from cascadekit.codec.images import load_image, to_batch
+
+        if isinstance(images, (str, Path)):
+            images = [images]
+        if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, Path)):
+            images = [load_image(p) for p in images]
+        if isinstance(images, (list, tuple)) and len({tuple(getattr(i, "size", ())) for i in images}) > 1:
+            from cascadekit.codec.images import pil_to_tensor, resize_center_crop
+
+            size = images[0].size[::-1]
+            images = [pil_to_tensor(resize_center_crop(i, size)) for i in images]
+        x = to_batch(images)
+        if x.shape[0] == 1 and n > 1:
+            x = x.expand(n, -1, -1, -1)
+        if x.shape[0] != n:
+            raise InputError(f"{what}: got {x.shape[0]} images for {n} outputs; give one image, or one per output")
+        return x
+
+    def _encode_init(self, images: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Images (B,3,H,W) in [0,1] -> effnet latents (B,16,h,w) at the Stage C latent size."""
+        from cascadekit.codec.images import imagenet_normalize
+
+        x = F.interpolate(images.to(self.device), size=(32 * h, 32 * w), mode="bilinear", antialias=True,
+                          align_corners=False).clamp(0, 1)
+        eff_dtype = next(self.codec.effnet.parameters()).dtype
+        with torch.no_grad():
+            z = self.codec.effnet(imagenet_normalize(x).to(eff_dtype)).float()
+        if tuple(z.shape[-2:]) != (h, w):  # effnet stride is 32: exact for 32h x 32w inputs
+            raise InputError(f"init image encoded to {tuple(z.shape[-2:])}, expected {(h, w)}")
+        return z
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None, *,
+                 height: int = 1024, width: int = 1024, num_images_per_prompt: int = 1, seed: int | None = None,
+                 prior_steps: int = 20, prior_guidance: float = 4.0, prior_shift: float = 2.0,
+                 prior_cfg_rho: float = 0.7, prior_sampler: str = "ddpm",
+                 decoder_steps: int = 10, decoder_guidance: float = 1.1,
+                 image: Any = None, init_image: Any = None, strength: float = 1.0,
+                 return_latents: bool = False) -> PipelineOutput:
+        """Generate ``len(prompts) * num_images_per_prompt`` images.
+
+        prompts: a string or list; negative_prompt: one string or one per prompt (default: the empty
+        caption, the released unconditional). height/width: output size in pixels (>= 32).
+        seed: makes everything reproducible (None: a random seed, recorded in the output).
+        image: image(s) for image variation (their CLIP image embedding conditions Stage C).
+        init_image + strength in (0, 1]: image-to-image. return_latents: skip Stage B/A (images empty).
+        """
+        prior_dt = self._check_prior_dtype()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise InputError("give at least one prompt")
+        if num_images_per_prompt < 1:
+            raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if height < 32 or width < 32:
+            raise InputError(f"height and width must be >= 32 pixels, got {height}x{width}")
+        if not 0 < strength <= 1:
+            raise InputError(f"strength must be in (0, 1], got {strength}")
+        caps = [p for p in prompts for _ in range(num_images_per_prompt)]
+        n = len(caps)
+        if negative_prompt is None:
+            negs = None
+        else:
+            negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) != len(prompts):
+                raise InputError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
+            negs = [q for q in negs for _ in range(num_images_per_prompt)]
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        h, w = stage_c_latent_size(height, width)
+        dev = self.device
+
+        clip_text, pooled = self.text_encoder.encode(caps)
+        if negs is None:
+            u_text, u_pooled = self.empty[0].expand(n, -1, -1), self.empty[1].expand(n, -1, -1)
+        else:
+            u_text, u_pooled = self.text_encoder.encode(negs)
+        c_img = self.stage_c.clip_img_mapper.in_features
+        clip_img = torch.zeros(n, 1, c_img, device=dev)
+        if image is not None:
+            clip_img = self._image_encoder().encode(self._images(image, n, "image")).float().reshape(n, 1, -1).to(dev)
+        cond = {"clip_text": clip_text.float().to(dev), "clip_text_pooled": pooled.float().reshape(n, 1, -1).to(dev),
+                "clip_img": clip_img}
+        uncond = {"clip_text": u_text.float().to(dev), "clip_text_pooled": u_pooled.float().reshape(n, 1, -1).to(dev),
+                  "clip_img": torch.zeros_like(clip_img)}
+
+        from cascadekit.codec.diffusion.gdf import GDF
+        from cascadekit.codec.diffusion.samplers import sample_final
+
+        gen = torch.Generator().manual_seed(seed)
+        steps, t_start, x_init = prior_steps, 1.0, None
+        if init_image is not None:
+            init = self._images(init_image, n, "init_image")
+            z = self._encode_init(init, h, w)
+            t_start = float(strength)
+            steps = max(1, int(prior_steps * strength))
+            noise = torch.randn(z.shape, generator=gen).to(dev)
+            x_init = GDF().diffuse(z, torch.full((n,), t_start), noise).x_t  # official: shift 1 here
+        last = sample_final(self.stage_c, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
+                            shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
+                            unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=dev)
+        latents = last.x0.float()
+        from cascadekit.codec.precision import check_finite
+
+        check_finite(latents, "Stage C sampling", prior_dt)
+        if return_latents:
+            images = torch.zeros(n, 3, 0, 0)
+        else:
+            images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
+                                       size=(height, width), captions=caps).float().cpu()
+        params = []
+        for i in range(n):
+            params.append({
+                "prompt": caps[i], "negative_prompt": negs[i] if negs else "", "seed": seed, "index": i,
+                "batch_size": n, "height": height, "width": width, "prior_steps": steps,
+                "prior_guidance": prior_guidance, "prior_shift": prior_shift, "prior_cfg_rho": prior_cfg_rho,
+                "prior_sampler": prior_sampler, "decoder_steps": decoder_steps, "decoder_guidance": decoder_guidance,
+                "image_variation": image is not None, "init_image": init_image is not None,
+                "strength": strength if init_image is not None else None, "lora": self.lora,
+                "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
+                "prior_dtype": str(prior_dt).removeprefix("torch."), "software": "cascadekit",
+            })
+        return PipelineOutput(images=images, latents=latents.cpu(), parameters=params)

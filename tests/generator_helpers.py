@@ -1,0 +1,85 @@
+"""Helpers for the generator tests: tiny latent stores written through the datasets store API.
+
+Importable by subprocesses (the 2-process DDP test) through ``PYTHONPATH=tests``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TINY = dict(c_text=32, c_pooled=32, c_img=24, tokens=77)
+
+
+def structured_latents(n: int, h: int = 4, w: int = 4, seed: int = 0, c: int = 16) -> torch.Tensor:
+    """Learnable latents: a few smooth per-sample patterns (unit scale)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(4, c, 1, 1, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    pats = []
+    for i in range(n):
+        k = i % 4
+        pats.append(base[k] * (1 + 0.5 * (xx if k % 2 else yy)))
+    return torch.stack(pats).float()
+
+
+def write_store(path: Path, groups: dict[str, torch.Tensor], captions: dict[str, list[str]] | None = None,
+                embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, chunk_rows: int = 4,
+                dtype: str = "float32") -> Path:
+    """A complete store with sample groups ``{"": latents}`` or ``{"buckets/AxB": latents, ...}``.
+
+    captions: per group (default "caption <i>"); embeddings: per group (clip_text, clip_text_pooled)
+    written as the `embed-text` arrays (+ text_status ok).
+    """
+    from cascadekit.datasets import store as S
+
+    layouts = [S.GroupLayout(gp, int(x.shape[0]), tuple(int(s) for s in x.shape[1:])) for gp, x in groups.items()]
+    root = S.create_store(path, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={})
+    for gp, x in groups.items():
+        g = S.sample_group(root, gp)
+        n = x.shape[0]
+        g["latents"][:] = x.numpy().astype(dtype)
+        caps = (captions or {}).get(gp, [f"caption {i}" for i in range(n)])
+        g["captions"][:] = np.asarray(caps, dtype=object).astype(str)
+        g["keys"][:] = np.asarray([f"k{i}" for i in range(n)]).astype(str)
+        g["status"][:] = np.full(n, S.STATUS_OK, np.uint8)
+        if embeddings and gp in embeddings:
+            t, p = embeddings[gp]
+            g.create_array("clip_text", shape=tuple(t.shape), chunks=(chunk_rows, *t.shape[1:]), dtype="float16",
+                           fill_value=0)
+            g.create_array("clip_text_pooled", shape=tuple(p.shape), chunks=(chunk_rows, *p.shape[1:]),
+                           dtype="float16", fill_value=0)
+            g.create_array("text_status", shape=(n,), chunks=(chunk_rows,), dtype="uint8", fill_value=0)
+            g["clip_text"][:] = t.numpy().astype(np.float16)
+            g["clip_text_pooled"][:] = p.numpy().astype(np.float16)
+            g["text_status"][:] = np.full(n, S.STATUS_OK, np.uint8)
+    S.finalize_store(path)
+    return path
+
+
+def random_embeddings(n: int, seed: int = 1, tokens: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, tokens, TINY["c_text"], generator=g).half().float(),
+            torch.randn(n, 1, TINY["c_pooled"], generator=g).half().float())
+
+
+def tiny_store(path: Path, n: int = 8, h: int = 4, w: int = 4, nan_row: int | None = None) -> Path:
+    """Store with structured latents, captions and tiny (32-wide) text embeddings in one group."""
+    lat = structured_latents(n, h, w)
+    if nan_row is not None:
+        lat[nan_row] = float("nan")
+    return write_store(path, {"": lat}, embeddings={"": random_embeddings(n)})
+
+
+class FixedEmpty:
+    """Stand-in text encoder for stores with embeddings: ``encode`` returns fixed embeddings."""
+
+    def __init__(self, tokens: int = 8):
+        g = torch.Generator().manual_seed(99)
+        self.t = torch.randn(1, tokens, TINY["c_text"], generator=g)
+        self.p = torch.randn(1, 1, TINY["c_pooled"], generator=g)
+
+    def encode(self, prompts):
+        n = len(prompts)
+        return self.t.expand(n, -1, -1).clone(), self.p.expand(n, -1, -1).clone()
