@@ -175,7 +175,11 @@ def _manifest_samples(path: Path) -> list[Sample]:
             raise InputError(f"{path}: row {n} has no image path; give a column named one of {PATH_FIELDS}")
         full = Path(p) if os.path.isabs(p) else base / p
         caption = next((str(row[f]) for f in CAPTION_FIELDS if row.get(f) is not None), None)
-        key = str(row.get("key") or row.get("id") or Path(p).with_suffix("").as_posix())
+        try:
+            rel = full.resolve().relative_to(base.resolve()).with_suffix("").as_posix()
+        except ValueError:
+            rel = full.with_suffix("").as_posix()
+        key = str(row.get("key") or row.get("id") or rel)
         out.append(Sample(key=key, source=str(full), load=FileRef(str(full)), caption=(caption or "").strip()))
     return out
 

@@ -4,6 +4,7 @@ The encoder is importable by subprocesses (resume-after-kill, 2-rank gloo) throu
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -54,6 +55,7 @@ class TinyEncoder:
         return {"name": "tiny-test-encoder", "sha256": hashlib.sha256(self.w.numpy().tobytes()).hexdigest()}
 
 
+@functools.lru_cache(maxsize=1)
 def photos() -> list[tuple[str, np.ndarray]]:
     """scikit-image's shipped photographs (RGB and grayscale) as uint8 arrays."""
     from skimage import data
