@@ -33,6 +33,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` for transformers >= 4.56 (where ``torch_dtype`` is deprecated), else ``torch_dtype=``."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def _component_dirs(source, component: str, extra: Sequence[str] = ()) -> list[Path]:
     """Folders to try for a transformers component: ``source/component``, ``source`` itself, siblings."""
     from cascadekit.codec.weights.sources import WeightSet, resolve_source
@@ -79,7 +87,7 @@ class TextEncoder:
                         "CLIP tokenizer (vocab.json/tokenizer.json)", source)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-            model = CLIPTextModelWithProjection.from_pretrained(str(model_dir), torch_dtype=dtype)
+            model = CLIPTextModelWithProjection.from_pretrained(str(model_dir), **_dtype_kwarg(dtype))
         except (OSError, ValueError) as e:
             raise WeightsError(f"cannot load the CLIP text encoder from {model_dir} / {tok_dir}: {e}") from None
         enc = cls(tokenizer, model, device, dtype)
@@ -129,7 +137,7 @@ class ImageEncoder:
         model_dir = _pick(_component_dirs(source, "image_encoder"), lambda d: (d / "config.json").is_file(),
                           "CLIP image encoder (config.json)", source)
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), torch_dtype=dtype)
+            model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), **_dtype_kwarg(dtype))
         except (OSError, ValueError) as e:
             raise WeightsError(f"cannot load the CLIP image encoder from {model_dir}: {e}") from None
         image_size = int(model.config.image_size)
