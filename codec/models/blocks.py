@@ -67,7 +67,10 @@ class LayerNorm2d(nn.Module):
 
 
 class GlobalResponseNorm(nn.Module):
-    """ConvNeXt-V2 GRN on channels-last input (B, H, W, C): ``gamma*(x*Nx) + beta + x``."""
+    """ConvNeXt-V2 GRN on channels-last input (B, H, W, C): ``gamma*(x*Nx) + beta + x``.
+
+    Evaluated as ``x * (gamma*Nx + 1) + beta`` in one fused pass over x (same value up to float rounding).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -76,8 +79,8 @@ class GlobalResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)  # (B,1,1,C)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-        return self.gamma * (x * nx) + self.beta + x
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)  # (B,1,1,C)
+        return torch.addcmul(self.beta, x, self.gamma * nx + 1)
 
 
 class ResBlock(nn.Module):
@@ -198,7 +201,7 @@ class TimestepBlock(nn.Module):
         for i, name in enumerate(self.conds):
             ac, bc = getattr(self, f"mapper_{name}")(t[i + 1])[:, :, None, None].chunk(2, dim=1)
             a, b = a + ac, b + bc
-        return x * (1 + a) + b
+        return torch.addcmul(b, x, 1 + a)  # x * (1 + a) + b in one pass
 
 
 class Resample2d(nn.Module):
