@@ -195,3 +195,54 @@ def test_tiny_writer_is_deterministic(tmp_path, tmp_path_factory):
         assert c[f] != a[f], f
     side = json.loads((ref / "cascadekit.json").read_text())
     assert side["tiny_random_weights"] is True and "RANDOM" in side["warning"]
+
+
+def test_hub_download_patterns(tmp_path, monkeypatch):
+    """The hub path with a fake snapshot_download: only the needed files are requested (bf16 official
+    files first, diffusers subfolders only for what is still missing), and the result resolves."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    remotes = {"org/cascade": tmp_path / "remote_dec", "org/cascade-prior": tmp_path / "remote_prior"}
+    dec, prior = remotes.values()
+    dec.mkdir()
+    for name in ("stage_a.safetensors", "effnet_encoder.safetensors", "previewer.safetensors"):
+        fake_official(dec / name)
+    fake_official(dec / "stage_b_lite.safetensors", B_KEY, (576, 320, 2, 2))
+    fake_official(dec / "stage_b_lite_bf16.safetensors", B_KEY, (576, 320, 2, 2))
+    _diffusers_model(dec / "decoder_lite", {"_class_name": "StableCascadeUNet", **load_manifest("diffusers_decoder_lite")["config"]})
+    prior_cfg = {"_class_name": "StableCascadeUNet", **load_manifest("diffusers_prior_lite")["config"]}
+    (prior / "prior_lite").mkdir(parents=True)
+    (prior / "prior_lite" / "config.json").write_text(json.dumps(prior_cfg))
+    save_file({"x": torch.zeros(1)}, str(prior / "prior_lite" / "diffusion_pytorch_model.bf16.safetensors"))
+    save_file({"x": torch.zeros(1)}, str(prior / "prior_lite" / "diffusion_pytorch_model.safetensors"))
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, local_files_only=False, **kw):
+        calls.append((repo_id, sorted(allow_patterns)))
+        src, dst = remotes[repo_id], tmp_path / "cache" / repo_id.replace("/", "--")
+        for f in src.rglob("*"):
+            rel = str(f.relative_to(src))
+            if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, dst / rel)
+        dst.mkdir(parents=True, exist_ok=True)
+        return str(dst)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    ws = resolve_source(["org/cascade-prior", "org/cascade"], stage_b="lite", stage_c="lite",
+                        need=("stage_a", "effnet", "stage_b", "stage_c"))
+    got = {str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert "org--cascade/stage_b_lite_bf16.safetensors" in got
+    assert "org--cascade/stage_b_lite.safetensors" not in got and not any("decoder_lite" in g for g in got)
+    assert "org--cascade-prior/prior_lite/diffusion_pytorch_model.bf16.safetensors" in got
+    assert "org--cascade-prior/prior_lite/diffusion_pytorch_model.safetensors" not in got
+    assert ws.stage_b.name == "stage_b_lite_bf16.safetensors" and ws.formats["stage_c"] == "diffusers"
+    assert ws.stage_c.name == "prior_lite" and ws.model_kwargs["stage_c"] == load_manifest("stage_c_lite")["constructor_kwargs"]
+    # the prior repo was asked three times (official names, diffusers bf16, diffusers fp32), the decoder repo once
+    assert [c[0] for c in calls] == ["org/cascade-prior"] * 3 + ["org/cascade"]
+    assert calls[-1][1] == sorted(["stage_a.safetensors", "effnet_encoder.safetensors", "stage_b_lite_bf16.safetensors", "cascadekit.json"])

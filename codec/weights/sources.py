@@ -275,7 +275,10 @@ def _expected_text(component: str, variant: str | None) -> str:
 
 
 def _hub_patterns(component: str, variant: str | None, phase: int) -> list[str]:
-    if phase == 1:  # official root files (bf16 first for the big stages: what the official configs use)
+    """allow_patterns for a hub download. Phase 1: official root files (``_bf16`` for Stage B/C, as the
+    official configs use), transformers folders. Phase 2: the float32 official file and diffusers
+    bf16 variants. Phase 3: diffusers float32 files."""
+    if phase == 1:
         if component in ("stage_b", "stage_c"):
             return [official_names(component, variant)[1]]
         if component in MODELS:
@@ -287,13 +290,16 @@ def _hub_patterns(component: str, variant: str | None, phase: int) -> list[str]:
         if component == "image_encoder":
             pats.append("feature_extractor/*")
         return pats
-    if component in MODELS:  # phase 2: float32 official file, then diffusers folders
-        pats = official_names(component, variant)[:1] if component in ("stage_b", "stage_c") else []
-        for sub in diffusers_folders(component, variant):
-            pats += [f"{sub}/config.json", f"{sub}/*.bf16.safetensors", f"{sub}/*.safetensors.index.bf16.json",
-                     f"{sub}/*bf16*.safetensors"]
-        return pats
-    return []
+    if component not in MODELS:
+        return []
+    pats = official_names(component, variant)[:1] if (phase == 2 and component in ("stage_b", "stage_c")) else []
+    for sub in diffusers_folders(component, variant):
+        if phase == 2:
+            pats += [f"{sub}/config.json", f"{sub}/*.bf16.safetensors", f"{sub}/*.safetensors.index.bf16.json"]
+        else:
+            pats += [f"{sub}/config.json", f"{sub}/diffusion_pytorch_model.safetensors",
+                     f"{sub}/diffusion_pytorch_model.safetensors.index.json", f"{sub}/diffusion_pytorch_model-*.safetensors"]
+    return pats
 
 
 def _hub_download(repo_id: str, patterns: list[str]) -> tuple[Path | None, str]:
@@ -357,7 +363,7 @@ def resolve_source(
     for src in sources:
         s = str(src)
         if isinstance(src, str) and _is_hub_id(s):
-            for phase in (1, 2):
+            for phase in (1, 2, 3):
                 todo = [c for c in need if c not in found]
                 pats = sorted({p for c in todo for p in _hub_patterns(c, variants.get(c), phase)})
                 if not pats:
