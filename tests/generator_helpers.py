@@ -83,3 +83,17 @@ class FixedEmpty:
     def encode(self, prompts):
         n = len(prompts)
         return self.t.expand(n, -1, -1).clone(), self.p.expand(n, -1, -1).clone()
+
+
+def ddp_worker(rank: int, world: int, port: int, store, out: str, cfg: dict, overrides: dict) -> None:
+    """One process of a CPU (gloo) DDP training run (started by the DDP test); store: path or TrainData."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.train import train
+
+    train(store, TrainConfig.from_dict(cfg), out, device="cpu", text_encoder=FixedEmpty(), model_overrides=overrides,
+          log=lambda m: None)
