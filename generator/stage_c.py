@@ -150,6 +150,7 @@ class StageC(LevelUNet):
         projections added, in order, before each ResBlock call (``None`` entries skip one).
         Returns (B, c_out, H, W) in the model's dtype.
         """
+        self._check_inputs(x, r)
         dtype = self._working_dtype()
         r_embed = self._r_embed(r, kwargs, dtype)
         clip = self.gen_c_embeddings(clip_text.to(dtype), clip_text_pooled.to(dtype), clip_img.to(dtype))

@@ -102,11 +102,16 @@ def test_flops_match_reference(reference_dir):
         "stage_c_lite": (StageC, StageCConfig.preset("lite"),
                          (m(1, 16, 24, 24), m(1), m(1, 77, 1280), m(1, 1, 1280), m(1, 1, 768))),
         "previewer": (Previewer, PreviewerConfig.preset("official"), (m(1, 16, 24, 24),)),
+        "effnet_encoder": (EfficientNetEncoder, EfficientNetEncoderConfig.preset("official"), (m(1, 3, 768, 768),)),
+        "stage_a_encode": (StageA, StageAConfig.preset("official"), (m(1, 3, 1024, 1024),)),
     }
     for name, (cls, cfg, inputs) in runs.items():
-        got = _flops(_meta(cls, cfg).eval(), inputs)
+        model = _meta(cls, cfg).eval()
+        got = _flops(model.encode if name == "stage_a_encode" else model, inputs)
         want = entries[name]["flops_by_op"]
         for op in ("convolution", "addmm"):
             assert got.get(op, 0) == want.get(op, 0), (name, op, got, want)
+        if name == "stage_a_encode":
+            assert _flops(model.decode, (m(1, 4, 256, 256),)) == entries["stage_a_decode"]["flops_by_op"]
         if "bmm" in got:  # attention counted only when SDPA decomposes into matmuls on this torch
             assert got["bmm"] == want["bmm"], (name, got, want)

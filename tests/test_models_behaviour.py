@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cascadekit.codec.models.unet as unet_module
-from cascadekit.codec.errors import WeightsError
+from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.models import Previewer, PreviewerConfig, StageA, StageAConfig, StageB, StageBConfig, VectorQuantize
 from cascadekit.codec.models import stage_a as stage_a_module
 from cascadekit.codec.models import stage_b as stage_b_module
@@ -213,3 +213,29 @@ def test_configs_round_trip_and_reject_unknown_presets():
         with pytest.raises(ValueError, match="choose one of"):
             cls.preset("huge")
     assert Previewer.from_config(PreviewerConfig.preset("tiny"))(torch.randn(1, 16, 3, 3)).shape == (1, 3, 24, 24)
+
+
+def test_bad_inputs_raise_input_error():
+    model = tiny_b().eval()
+    inputs = b_inputs()
+    with pytest.raises(InputError, match="multiples of patch_size=4"):
+        model(**{**inputs, "x": torch.randn(2, 4, 62, 64)})
+    with pytest.raises(InputError, match=r"\(B, 4, H, W\)"):
+        model(**{**inputs, "x": torch.randn(2, 16, 64, 64)})
+    with pytest.raises(InputError, match="one noise level per sample"):
+        model(**{**inputs, "r": torch.rand(3)})
+
+
+def test_odd_sizes_work_through_skip_interpolation():
+    model = tiny_b().eval()
+    with torch.no_grad():
+        out = model(**{**b_inputs(), "x": torch.randn(2, 4, 52, 44)})  # 13x11 tokens: levels 13->6->3->1
+    assert out.shape == (2, 4, 52, 44) and torch.isfinite(out).all()
+
+
+def test_autocast_bf16_training_step_runs():
+    model = tiny_c().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**c_inputs())
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

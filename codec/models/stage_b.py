@@ -149,6 +149,7 @@ class StageB(LevelUNet):
         Returns (B, c_out, H, W) in the model's dtype. H and W must be multiples of
         patch_size * 2**(levels-1). Inputs are cast to the model's dtype; interpolations run in float32.
         """
+        self._check_inputs(x, r)
         dtype = self._working_dtype()
         if pixels is None:
             pixels = x.new_zeros(x.size(0), self.c_pixels, 8, 8)

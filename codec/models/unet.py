@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cascadekit.codec.errors import InputError
 from cascadekit.codec.models.blocks import AttnBlock, ResBlock, TimestepBlock, interpolate_fp32, r_embedding
 
 
@@ -126,6 +127,19 @@ class LevelUNet(nn.Module):
             value = t_cond_values.get(name)
             embs.append(self.gen_r_embedding(torch.zeros_like(r) if value is None else value))
         return torch.cat(embs, dim=1).to(dtype)
+
+    def _check_inputs(self, x: torch.Tensor, r: torch.Tensor) -> None:
+        """Raise InputError for inputs the network cannot take (wrong rank/channels, size not a patch multiple)."""
+        conv = self.embedding[1]
+        p = self.embedding[0].downscale_factor
+        c_in = conv.in_channels // (p * p)
+        name = type(self).__name__
+        if x.dim() != 4 or x.shape[1] != c_in:
+            raise InputError(f"{name}: x must have shape (B, {c_in}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise InputError(f"{name}: x height/width {tuple(x.shape[-2:])} must be multiples of patch_size={p}")
+        if r.dim() != 1 or r.shape[0] != x.shape[0]:
+            raise InputError(f"{name}: r must have shape ({x.shape[0]},) (one noise level per sample), got {tuple(r.shape)}")
 
     def _working_dtype(self) -> torch.dtype:
         return self.embedding[1].weight.dtype
