@@ -246,3 +246,15 @@ def test_hub_download_patterns(tmp_path, monkeypatch):
     # the prior repo was asked three times (official names, diffusers bf16, diffusers fp32), the decoder repo once
     assert [c[0] for c in calls] == ["org/cascade-prior"] * 3 + ["org/cascade"]
     assert calls[-1][1] == sorted(["stage_a.safetensors", "effnet_encoder.safetensors", "stage_b_lite_bf16.safetensors", "cascadekit.json"])
+
+
+def test_hub_cache_repo_folder(tmp_path):
+    repo = tmp_path / "models--org--cascade"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "snapshots" / "old").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    fake_official(snap / "stage_a.safetensors")
+    ws = resolve_source(repo, need=("stage_a",))
+    assert ws.stage_a == (snap / "stage_a.safetensors").resolve()

@@ -326,8 +326,9 @@ def resolve_source(
     """Find the weight files of every needed component (and any optional one that is present).
 
     ``stage_b``: ``'lite'`` (700M) or ``'big'`` (1.5B); ``stage_c``: ``'lite'`` (1B), ``'big'`` (3.6B)
-    or None (not wanted). ``need``: components that must be found, from
-    ``stage_a, effnet, previewer, stage_b, stage_c, text_encoder, tokenizer, image_encoder``.
+    or None (not wanted; ``'lite'`` is assumed when ``need`` contains ``stage_c``). ``need``: components
+    that must be found, from ``stage_a, effnet, previewer, stage_b, stage_c, text_encoder, tokenizer,
+    image_encoder``. A hub-cache folder (``models--org--name``) is read at its ``refs/main`` snapshot.
     Raises one :class:`WeightsError` naming every missing component, the file names expected and
     every place searched.
     """
@@ -381,7 +382,11 @@ def resolve_source(
         if not root.is_dir():
             searched.append(f"{root} (not a folder)")
             continue
-        scan(root.resolve(), "folder")
+        snap = _hf_cache_snapshot(root)
+        if snap is not None:
+            scan(snap.resolve(), f"hub cache snapshot of {root.name}")
+        else:
+            scan(root.resolve(), "folder")
 
     missing = [c for c in need if c not in found]
     if missing:
@@ -432,6 +437,19 @@ def resolve_source(
     if ws.tiny:
         warnings.warn(f"{ws.weights_dir}: {ws.warning}", stacklevel=2)
     return ws
+
+
+def _hf_cache_snapshot(root: Path) -> Path | None:
+    """For a hub-cache repo folder (``models--org--name`` with ``snapshots/``), its ``refs/main`` snapshot
+    (else the most recently modified one); None for any other folder."""
+    snaps = root / "snapshots"
+    if not snaps.is_dir() or any((root / n).is_file() for n in ("config.json", "stage_a.safetensors")):
+        return None
+    ref = root / "refs" / "main"
+    if ref.is_file() and (snaps / ref.read_text().strip()).is_dir():
+        return snaps / ref.read_text().strip()
+    found = sorted((d for d in snaps.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def _official_preset(path: Path, component: str, variant: str | None) -> str:
