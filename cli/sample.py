@@ -1,0 +1,79 @@
+"""`cascadekit sample`: text-to-image (Stage C -> Stage B -> Stage A) with the official notebook defaults."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cascadekit.codec.errors import CascadeKitError
+
+
+@click.command("sample")
+@click.argument("prompts", nargs=-1)
+@click.option("--weights", default=None, help="Weights folder / diffusers snapshot(s) / hub id (default: the tiny random test weights, clearly labelled).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Folder for the PNGs (generation parameters in their metadata).")
+@click.option("--negative", default=None, help="Negative prompt (default: the empty caption, as released).")
+@click.option("--steps", default=20, show_default=True, type=int, help="Stage C sampling steps.")
+@click.option("--guidance", default=4.0, show_default=True, type=float, help="Stage C classifier-free guidance.")
+@click.option("--shift", default=2.0, show_default=True, type=float, help="Stage C schedule shift.")
+@click.option("--decoder-steps", default=10, show_default=True, type=int, help="Stage B sampling steps.")
+@click.option("--decoder-guidance", default=1.1, show_default=True, type=float, help="Stage B guidance.")
+@click.option("--seed", default=None, type=int, help="Seed (default: random, written into the PNGs).")
+@click.option("--n", "n", default=1, show_default=True, type=int, help="Images per prompt.")
+@click.option("--height", default=1024, show_default=True, type=int)
+@click.option("--width", default=1024, show_default=True, type=int)
+@click.option("--image", "image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image variation: condition on this image's CLIP embedding.")
+@click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image-to-image: start from this image.")
+@click.option("--strength", default=0.8, show_default=True, type=float, help="Image-to-image noise level (0, 1]: 1 ignores the image.")
+@click.option("--lora", default=None, type=click.Path(exists=True, dir_okay=False), help="LoRA file from `cascadekit train` (merged into Stage C).")
+@click.option("--stage-c", "stage_c", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
+@click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
+@click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
+@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+def sample(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
+           width, image, init_image, strength, lora, stage_c, stage_b, dtype, device):
+    """Generate images for PROMPT... and write them as PNGs to --out."""
+    try:
+        _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n,
+             height, width, image, init_image, strength, lora, stage_c, stage_b, dtype, device)
+    except CascadeKitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
+         width, image, init_image, strength, lora, stage_c, stage_b, dtype, device):
+    import warnings
+
+    import torch
+
+    from cascadekit.codec.errors import InputError
+    from cascadekit.generator.pipeline import TextToImagePipeline
+
+    if not prompts and image is None:
+        raise InputError("give at least one PROMPT (or --image for an image variation)")
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    tiny = False
+    if weights is None:
+        from cascadekit.codec.defaults import TINY_BANNER, default_weights
+
+        dw = default_weights()
+        weights, tiny = dw.source, dw.tiny
+        if tiny:
+            click.echo(TINY_BANNER, err=True)
+    with warnings.catch_warnings():
+        if tiny:
+            warnings.simplefilter("ignore")  # the banner above says it once
+        pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=dtype, stage_c=stage_c,
+                                                   stage_b=stage_b, lora=lora)
+    from cascadekit.codec.images import load_image
+
+    res = pipe(list(prompts) or [""], negative_prompt=negative, height=height, width=width, num_images_per_prompt=n,
+               seed=seed, prior_steps=steps, prior_guidance=guidance, prior_shift=shift, decoder_steps=decoder_steps,
+               decoder_guidance=decoder_guidance, image=load_image(image) if image else None,
+               init_image=load_image(init_image) if init_image else None, strength=strength)
+    for p in res.save(out):
+        click.echo(str(p))
+    if pipe.tiny:
+        click.echo("note: generated with TINY RANDOM WEIGHTS: the images are meaningless", err=True)

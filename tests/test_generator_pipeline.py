@@ -1,0 +1,160 @@
+"""Text-to-image pipeline and the `sample` / `train` commands on the tiny random weight set."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from _tiny_weights import tiny_weights_dir
+from click.testing import CliRunner
+from generator_helpers import tiny_store
+
+from cascadekit.codec.errors import PrecisionError
+from cascadekit.codec.weights.assign import load_into
+from cascadekit.generator.pipeline import TextToImagePipeline, read_png_parameters, stage_c_latent_size
+
+SMALL = dict(height=64, width=96, prior_steps=3, decoder_steps=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return tiny_weights_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TextToImagePipeline.from_pretrained(weights)
+
+
+def _count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    return calls, handle
+
+
+def test_latent_size_rule():
+    assert stage_c_latent_size(1024, 1024) == (24, 24)
+    assert stage_c_latent_size(1024, 1536) == (24, 36)
+    assert stage_c_latent_size(64, 96) == (2, 3)
+
+
+def test_sampling_is_deterministic_and_png_carries_parameters(pipe, tmp_path):
+    a = pipe(["a red fox", "a cat"], seed=7, num_images_per_prompt=2, **SMALL)
+    b = pipe(["a red fox", "a cat"], seed=7, num_images_per_prompt=2, **SMALL)
+    c = pipe(["a red fox", "a cat"], seed=8, num_images_per_prompt=2, **SMALL)
+    assert a.images.shape == (4, 3, 64, 96) and a.latents.shape == (4, 16, 2, 3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.latents, c.latents)
+    assert a.images.min() >= 0 and a.images.max() <= 1
+    paths = a.save(tmp_path)
+    assert len(paths) == 4
+    meta = read_png_parameters(paths[2])
+    assert meta["prompt"] == "a cat" and meta["seed"] == 7 and meta["prior_guidance"] == 4.0
+    assert meta["prior_shift"] == 2.0 and meta["prior_steps"] == 3 and meta["decoder_guidance"] == 1.1
+    assert meta["weights"].startswith("TINY RANDOM WEIGHTS")
+    from PIL import Image
+
+    with Image.open(paths[0]) as im:
+        assert im.text["prompt"] == "a red fox" and im.size == (96, 64)
+
+
+def test_negative_prompt_and_image_variation_change_the_prior(pipe):
+    base = pipe("a fox", seed=1, return_latents=True, **SMALL)
+    neg = pipe("a fox", negative_prompt="blurry", seed=1, return_latents=True, **SMALL)
+    img = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    var = pipe("a fox", image=img, seed=1, return_latents=True, **SMALL)
+    assert not torch.allclose(base.latents, neg.latents)
+    assert not torch.allclose(base.latents, var.latents)
+    assert var.parameters[0]["image_variation"] is True
+
+
+def test_img2img_uses_fewer_steps(pipe):
+    init = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    calls, h = _count_calls(pipe.stage_c)
+    try:
+        full = pipe("x", seed=2, return_latents=True, **{**SMALL, "prior_steps": 4})
+        n_full = len(calls)
+        calls.clear()
+        part = pipe("x", seed=2, init_image=init, strength=0.5, return_latents=True, **{**SMALL, "prior_steps": 4})
+        n_part = len(calls)
+    finally:
+        h.remove()
+    assert n_full == 4 and n_part == 2
+    assert part.parameters[0]["prior_steps"] == 2 and full.parameters[0]["prior_steps"] == 4
+    other = pipe("x", seed=2, init_image=torch.zeros(1, 3, 64, 96), strength=0.5, return_latents=True,
+                 **{**SMALL, "prior_steps": 4})
+    assert not torch.allclose(part.latents, other.latents)  # the init image matters
+
+
+def test_stage_c_never_runs_in_fp16(weights, pipe):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        p16 = TextToImagePipeline.from_pretrained(weights, dtype="fp16")
+    assert next(p16.stage_c.parameters()).dtype == torch.bfloat16
+    assert any("float16" in str(w.message) and "Stage C" in str(w.message) for w in rec)
+    p16.stage_c.half()
+    with pytest.raises(PrecisionError, match="float16"):
+        p16("x", seed=0, return_latents=True, **SMALL)
+
+
+def test_trained_checkpoint_reloads_and_samples(pipe, tmp_path):
+    from generator_helpers import FixedEmpty
+    from safetensors.torch import load_file
+
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.train import train
+
+    store = tiny_store(tmp_path / "s.zarr", n=4)
+    res = train(store, TrainConfig.from_dict(dict(model="tiny", batch_size=4, steps=2, save_every=2)),
+                tmp_path / "run", text_encoder=FixedEmpty(), log=lambda m: None)
+    state = load_file(str(res.last_checkpoint / "model.safetensors"))
+    before = pipe("a fox", seed=3, return_latents=True, **SMALL).latents
+    old = {k: v.clone() for k, v in pipe.stage_c.state_dict().items()}
+    try:
+        load_into(pipe.stage_c, state)
+        after = pipe("a fox", seed=3, return_latents=True, **SMALL)
+    finally:
+        load_into(pipe.stage_c, old)
+    assert torch.isfinite(after.latents).all() and not torch.allclose(after.latents, before)
+
+
+def test_sample_command(weights, tmp_path):
+    from cascadekit.cli.main import main
+
+    r = CliRunner().invoke(main, ["sample", "a fox", "--weights", str(weights), "--out", str(tmp_path / "o"),
+                                  "--steps", "2", "--decoder-steps", "2", "--height", "64", "--width", "64",
+                                  "--seed", "11", "--n", "2"])
+    assert r.exit_code == 0, r.output
+    pngs = sorted((tmp_path / "o").glob("*.png"))
+    assert len(pngs) == 2 and read_png_parameters(pngs[1])["seed"] == 11
+    r = CliRunner().invoke(main, ["sample", "x", "--weights", str(weights), "--out", str(tmp_path / "o2"),
+                                  "--strength", "0", "--init-image", str(pngs[0]), "--steps", "2"])
+    assert r.exit_code == 2 and "strength" in r.output
+
+
+def test_train_command(tmp_path):
+    from cascadekit.cli.main import main
+
+    store = tiny_store(tmp_path / "s.zarr", n=4)
+    (tmp_path / "c.yaml").write_text("model: tiny\nbatch_size: 4\nsteps: 2\nsave_every: 2\ncaption_dropout: 0\n")
+    r = CliRunner().invoke(main, ["train", "--data", str(store), "--config", str(tmp_path / "c.yaml"),
+                                  "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["steps"] == 2
+    (tmp_path / "bad.toml").write_text('model = "tiny"\nlr = -1\nbatch_size = 3\ngrad_accum_steps = 2\n')
+    r = CliRunner().invoke(main, ["train", "--data", str(store), "--config", str(tmp_path / "bad.toml"),
+                                  "--out", str(tmp_path / "run2")])
+    assert r.exit_code == 2 and "lr must be" in r.output and "divisible by grad_accum_steps" in r.output
+    assert not (tmp_path / "run2").exists()
