@@ -177,11 +177,15 @@ def _default_cache_root() -> Path:
 
 
 def empty_caption_cache_paths(weights_dir, cache_root: str | os.PathLike | None = None) -> list[Path]:
-    """Where the empty-caption cache is looked for / written: beside the weights, then the user cache."""
+    """Where the empty-caption cache is looked for / written: beside the weights, then the user cache
+    (``<cache_root or $XDG_CACHE_HOME/cascadekit or ~/.cache/cascadekit>/<sha256(weights_dir)[:16]>/``)."""
     weights_dir = Path(weights_dir).expanduser().resolve()
     key = hashlib.sha256(str(weights_dir).encode()).hexdigest()[:16]
     root = Path(cache_root) if cache_root is not None else _default_cache_root()
-    return [weights_dir / EMPTY_CAPTION_FILE, root / key / EMPTY_CAPTION_FILE]
+    user = root / key / EMPTY_CAPTION_FILE
+    if weights_dir.parent.name == "snapshots" and weights_dir.parent.parent.name.startswith("models--"):
+        return [user]  # never add files to a Hugging Face hub cache snapshot
+    return [weights_dir / EMPTY_CAPTION_FILE, user]
 
 
 def _write_atomic(path: Path, tensors: dict, metadata: dict) -> bool:

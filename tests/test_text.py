@@ -128,3 +128,10 @@ def test_empty_caption_loads_text_encoder_from_weights_folder(tiny, tmp_path):
     text, pooled = empty_caption_embeddings(weights, cache_root=tmp_path / "c")
     assert text.shape == (1, 77, 32) and pooled.shape == (1, 1, 32)
     assert (weights / EMPTY_CAPTION_FILE).is_file()
+
+
+def test_hub_cache_snapshot_is_never_written(tmp_path):
+    snap = tmp_path / "models--org--x" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    paths = empty_caption_cache_paths(snap, tmp_path / "c")
+    assert len(paths) == 1 and paths[0].is_relative_to(tmp_path / "c")
