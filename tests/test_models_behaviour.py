@@ -239,3 +239,20 @@ def test_autocast_bf16_training_step_runs():
         out = model(**c_inputs())
     out.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_wrapped_blocks_dispatch_like_plain_ones():
+    """FSDP / checkpoint wrappers hide the block type; the trunk must still pass skip, clip and r_embed."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = tiny_c().eval()
+    inputs = c_inputs()
+    with torch.no_grad():
+        ref = model(**inputs)
+        for levels in (model.down_blocks, model.up_blocks):
+            for level in levels:
+                for i in range(len(level)):
+                    level[i] = checkpoint_wrapper(level[i])
+        out = model(**inputs)
+    assert type(model.up_blocks[1][0]).__name__ == "CheckpointWrapper"
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)

@@ -19,6 +19,14 @@ from cascadekit.codec.errors import InputError
 from cascadekit.codec.models.blocks import AttnBlock, ResBlock, TimestepBlock, interpolate_fp32, r_embedding
 
 
+def _inner(block: nn.Module) -> nn.Module:
+    """The block inside FSDP / activation-checkpoint wrappers (the trunk dispatches on block type)."""
+    for attr in ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "module"):
+        while hasattr(block, attr) and isinstance(getattr(block, attr), nn.Module):
+            block = getattr(block, attr)
+    return block
+
+
 def _as_list(value, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
@@ -151,11 +159,12 @@ class LevelUNet(nn.Module):
         return block(*args)
 
     def _apply_block(self, block: nn.Module, x, r_embed, clip, skip=None) -> torch.Tensor:
-        if isinstance(block, ResBlock):
+        inner = _inner(block)
+        if isinstance(inner, ResBlock):
             return self._call(block, x, skip) if skip is not None else self._call(block, x)
-        if isinstance(block, AttnBlock):
+        if isinstance(inner, AttnBlock):
             return self._call(block, x, clip)
-        if isinstance(block, TimestepBlock):
+        if isinstance(inner, TimestepBlock):
             return self._call(block, x, r_embed)
         return self._call(block, x)
 
@@ -165,7 +174,7 @@ class LevelUNet(nn.Module):
             x = downscaler(x)
             for rep in range(len(repmap) + 1):
                 for block in level:
-                    if cnet is not None and isinstance(block, ResBlock):
+                    if cnet is not None and isinstance(_inner(block), ResBlock):
                         x = self._add_cnet(x, cnet)
                     x = self._apply_block(block, x, r_embed, clip)
                 if rep < len(repmap):
@@ -179,7 +188,7 @@ class LevelUNet(nn.Module):
             for rep in range(len(repmap) + 1):
                 for k, block in enumerate(level):
                     skip = None
-                    if isinstance(block, ResBlock):
+                    if isinstance(_inner(block), ResBlock):
                         skip = level_outputs[i] if k == 0 and i > 0 else None
                         if skip is not None and x.shape[-2:] != skip.shape[-2:]:
                             x = interpolate_fp32(x, size=skip.shape[-2:])
