@@ -151,19 +151,28 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int | N
     return mu, sigma, n
 
 
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _psd_factor(a: np.ndarray) -> np.ndarray:
+    """U (D,r) with a = U·Uᵀ for a symmetric PSD matrix `a`, by LAPACK's pivoted Cholesky (dpstrf), which stops at
+    the numerical rank r; so a covariance of N < D samples costs O(D·N²) instead of O(D³)."""
+    from scipy.linalg.lapack import dpstrf
+
+    c, piv, rank, info = dpstrf(np.ascontiguousarray((a + a.T) / 2), lower=1)
+    if info < 0:
+        raise MetricInputError(f"FID: covariance factorisation failed (LAPACK dpstrf info={info})")
+    low = np.tril(c)[:, :rank]
+    u = np.empty_like(low)
+    u[piv - 1] = low  # dpstrf factors Pᵀ·a·P = L·Lᵀ with P[piv[k]-1, k] = 1, so a = (P·L)(P·L)ᵀ
+    return u
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
     |mu1 - mu2|² + tr(sigma1) + tr(sigma2) - 2·tr((sigma1·sigma2)^½).
 
-    tr((Σ1Σ2)^½) is computed as Σ sqrt(eig(Σ1^½ Σ2 Σ1^½)): the same eigenvalues as Σ1Σ2, but of a symmetric PSD
-    matrix, so the result is real by construction (no imaginary-part clean-up as with scipy.linalg.sqrtm of the
-    non-symmetric product, which is also ~20× slower at D=2048). Agrees with the sqrtm formula to float64 rounding.
+    tr((Σ1Σ2)^½) is the sum of square roots of the eigenvalues of Σ1Σ2. With Σ1 = U·Uᵀ (pivoted Cholesky, U of
+    rank r) those non-zero eigenvalues are the eigenvalues of the symmetric PSD r×r matrix Uᵀ·Σ2·U, so the
+    result is real by construction: no imaginary-part clean-up as with scipy.linalg.sqrtm of the non-symmetric
+    product, and much faster at D=2048. Agrees with the sqrtm formula to float64 rounding (tested).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -173,12 +182,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
         raise MetricInputError("FID: statistics contain NaN or inf")
     diff = mu1 - mu2
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    u = _psd_factor(s1)
+    m = u.T @ ((s2 + s2.T) / 2) @ u
+    ev = np.linalg.eigvalsh((m + m.T) / 2) if m.size else np.zeros(0)
     tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
-    fid = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-    return max(fid, 0.0) if fid > -1e-6 * max(1.0, float(np.trace(s1) + np.trace(s2))) else fid
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def batches_by_size(items: Iterable[tuple[str, torch.Tensor]], batch_size: int
