@@ -75,24 +75,24 @@ def _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, bucket
     dev = _device(device)
     if compute_dtype is None:
         compute_dtype = "bf16" if dev.type == "cuda" else "fp32"
-    samples = None
     if not inputs:
         if weights is not None:
             raise click.UsageError("give INPUT... to encode (the built-in sample corpus goes with the default weights)")
-        from cascadekit.codec.defaults import sample_images
-        from cascadekit.datasets.sources import samples_from_images
+        from cascadekit.codec.defaults import sample_image_paths
 
-        samples = samples_from_images(_as_pairs(sample_images()), prefix="sample")
+        inputs = [str(p) for p in sample_image_paths()]
     if weights is None:
-        from cascadekit.codec.defaults import default_weights
+        from cascadekit.codec.defaults import TINY_BANNER, default_weights
 
         weights = default_weights()
+        if getattr(weights, "tiny", False) and info.is_main:
+            click.echo(TINY_BANNER, err=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if not info.is_main else "default")
         codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=resolution,
                                       previewer=True)
     spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
-    summary = build_latent_dataset(samples if samples is not None else list(inputs), out, codec,
+    summary = build_latent_dataset(list(inputs), out, codec,
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
                                    chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info)
@@ -104,13 +104,3 @@ def _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, bucket
         res = add_text_embeddings(out, te, overwrite=overwrite, progress=not quiet)
         click.echo(f"text embeddings: {res['embedded']} captions embedded")
     return summary, codec
-
-
-def _as_pairs(images):
-    """sample_images() may give a dict, (name, image) pairs, or bare images."""
-    if isinstance(images, dict):
-        return list(images.items())
-    out = []
-    for i, x in enumerate(images):
-        out.append(x if isinstance(x, tuple) and len(x) == 2 else (f"sample_{i:03d}", x))
-    return out
