@@ -109,17 +109,21 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _save_safetensors(weights, tmp / weights_name, weights_metadata)
-    if ema is not None:
-        _save_safetensors(ema, tmp / "ema.safetensors", weights_metadata)
-    torch.save(state, tmp / "state.pt")
-    meta = {"step": step, "time": time.time(), "weights": weights_name, "ema": ema is not None,
-            "format": "cascadekit-train-checkpoint-1"}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        _save_safetensors(weights, tmp / weights_name, weights_metadata)
+        if ema is not None:
+            _save_safetensors(ema, tmp / "ema.safetensors", weights_metadata)
+        torch.save(state, tmp / "state.pt")
+        meta = {"step": step, "time": time.time(), "weights": weights_name, "ema": ema is not None,
+                "format": "cascadekit-train-checkpoint-1"}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint and `latest` stay as they were
+        raise
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
         old = root / f".old-{step_dir_name(step)}-{os.getpid()}"
         final.rename(old)
@@ -137,6 +141,9 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
+    for p in root.iterdir():  # leftovers of writes cut off by a kill
+        if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
+            shutil.rmtree(p, ignore_errors=True)
     done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for p in done[: max(0, len(done) - keep)]:
         if p.name != protect:

@@ -157,3 +157,24 @@ def test_buckets_give_single_shape_batches(tmp_path):
     plan = BatchPlan(data.groups, 4, seed=0)
     shapes = {plan.batch(k)[0].shape for k in range(plan.batches_per_epoch)}
     assert shapes == {(16, 4, 4), (16, 4, 6)}  # both buckets are visited, never mixed in a batch
+
+
+def test_previews_are_written_as_png_grids(tmp_path, store):
+    from PIL import Image
+
+    from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
+
+    torch.manual_seed(0)
+    prev = Previewer(**PreviewerConfig.preset("tiny").kwargs()).eval()
+    res = train(store, cfg(steps=2, save_every=2, preview_every=2, preview_steps=2, preview_count=3, ema_decay=0.5),
+                tmp_path / "run", text_encoder=FixedEmpty(), previewer=prev, **QUIET)
+    png = tmp_path / "run" / "previews" / "step_000002.png"
+    assert png.is_file()
+    with Image.open(png) as im:
+        w, h = im.size
+    assert w > 3 * 32 and h > 2 * 32  # 3 columns (samples), 2 rows (store latents, samples) of 8x-upscaled 4x4 latents
+    # previews do not disturb training: same weights as a run without previews
+    plain = train(store, cfg(steps=2, save_every=2, ema_decay=0.5), tmp_path / "plain", text_encoder=FixedEmpty(),
+                  **QUIET)
+    a, b = load_checkpoint(res.last_checkpoint), load_checkpoint(plain.last_checkpoint)
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
