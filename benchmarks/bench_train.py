@@ -1,0 +1,207 @@
+"""Stage C training throughput: precomputed latents (a Zarr latent store) vs encoding images on the fly.
+
+Both modes run the SAME Stage C training step (GDF epsilon objective + P2 weight, AdamW, grad clip 1.0,
+bf16 autocast on CUDA); they differ only in where the (B,16,h,w) latents come from:
+
+* ``latents``: read from a latent store through the training data path (:mod:`cascadekit.generator.data`
+  + :class:`~cascadekit.generator.batches.BatchPlan`), text embeddings stored too;
+* ``images``: images (B,3,R,R) already decoded in memory go through the EfficientNetV2-S encoder
+  (the real architecture, random weights, ImageNet normalisation) every step, as the official
+  ``train_c.py`` does (it also runs the CLIP text encoder every step; that is NOT included here, so
+  the measured ratio is a lower bound of the saving).
+
+Each mode runs in its own subprocess so that peak memory (CUDA: max allocated; CPU: peak RSS) is
+per mode. Prints a table and writes JSON (default ``benchmarks/results/bench_train.json``).
+
+    python benchmarks/bench_train.py --model tiny --resolution 256 --batch 4 --steps 6
+    python benchmarks/bench_train.py --model lite --resolution 768 --batch 8 --device cuda   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# a mid-size Stage C for CPU runs (same layout as lite: 2 levels of CTA, 16 -> 16 channels)
+SMALL = dict(c_cond=256, c_hidden=[256, 256], nhead=[4, 4], blocks=[[2, 4], [4, 2]], c_clip_text=1280,
+             c_clip_text_pooled=1280, c_clip_img=768)
+
+
+def stage_c(model: str):
+    from cascadekit.generator.stage_c import StageC, StageCConfig
+
+    if model == "small":
+        import dataclasses
+
+        return StageC.from_config(dataclasses.replace(StageCConfig.preset("lite"), **SMALL))
+    return StageC.from_config(StageCConfig.preset(model))
+
+
+def worker(args) -> dict:
+    """Run one mode in this process and return its measurements."""
+    import torch.nn.functional as F
+
+    from cascadekit.codec.diffusion.gdf import GDF
+
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    model = stage_c(args.model).to(dev).train()
+    model.gradient_checkpointing = args.grad_ckpt
+    c_txt = model.clip_txt_mapper.in_features
+    c_pool = model.clip_txt_pooled_mapper.in_features
+    c_img = model.clip_img_mapper.in_features
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gdf = GDF()
+    h = args.resolution // 32
+    B = args.batch
+    auto = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    if args.mode == "latents":
+        from cascadekit.generator.batches import BatchPlan
+        from cascadekit.generator.data import open_store
+
+        data = open_store(args.store)
+        plan = BatchPlan(data.groups, B, seed=0)
+
+        def get_batch(i):
+            g, idx, _ = plan.batch(i)
+            b = data.read(g.name, idx)
+            return b["latents"].to(dev), b["clip_text"].to(dev), b["clip_text_pooled"].to(dev)
+    else:
+        from cascadekit.codec.images import imagenet_normalize
+        from cascadekit.codec.models.effnet import EfficientNetEncoder, EfficientNetEncoderConfig
+
+        effnet = EfficientNetEncoder.from_config(EfficientNetEncoderConfig.preset("official")).to(dev).eval()
+        if dev.type == "cuda":
+            effnet = effnet.to(torch.bfloat16)
+        gen = torch.Generator().manual_seed(0)
+        images = torch.rand(B, 3, args.resolution, args.resolution, generator=gen).to(dev)
+        txt = torch.randn(B, 77, c_txt, generator=gen).to(dev)
+        pool = torch.randn(B, 1, c_pool, generator=gen).to(dev)
+
+        def get_batch(i):
+            with torch.no_grad():
+                z = effnet(imagenet_normalize(images).to(next(effnet.parameters()).dtype)).float()
+            return z, txt, pool
+
+    def step(i):
+        x0, txt, pool = get_batch(i)
+        d = gdf.diffuse(x0, generator=torch.Generator().manual_seed(i))
+        with auto:
+            pred = model(d.x_t, d.noise_cond.to(dev), txt.float(), pool.float().reshape(B, 1, -1),
+                         torch.zeros(B, 1, c_img, device=dev))
+        loss = (F.mse_loss(pred.float(), d.target, reduction="none").mean((1, 2, 3)) * d.loss_weight.to(dev)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(args.warmup):
+        step(i)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        step(args.warmup + i)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"mode": args.mode, "samples_per_s": B * args.steps / dt, "step_s": dt / args.steps,
+            "peak_memory_gib": peak / 2**30, "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
+            "stage_c_params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def make_store(path: Path, n: int, h: int, c_txt: int, c_pool: int) -> None:
+    """A latent store with random latents + text embeddings, written through the datasets store API."""
+    import numpy as np
+
+    from cascadekit.datasets import store as S
+
+    g = torch.Generator().manual_seed(0)
+    root = S.create_store(path, [S.GroupLayout("", n, (16, h, h))], chunk_rows=min(n, 64), dtype="float16", attrs={})
+    grp = S.sample_group(root, "")
+    grp["latents"][:] = torch.randn(n, 16, h, h, generator=g).numpy().astype(np.float16)
+    grp["captions"][:] = np.asarray([f"caption {i}" for i in range(n)]).astype(str)
+    grp["status"][:] = np.ones(n, np.uint8)
+    for name, shape in (("clip_text", (77, c_txt)), ("clip_text_pooled", (1, c_pool))):
+        grp.create_array(name, shape=(n, *shape), chunks=(min(n, 64), *shape), dtype="float16", fill_value=0)
+        grp[name][:] = (torch.randn(n, *shape, generator=g) * 0.5).numpy().astype(np.float16)
+    grp.create_array("text_status", shape=(n,), chunks=(min(n, 64),), dtype="uint8", fill_value=0)
+    grp["text_status"][:] = np.ones(n, np.uint8)
+    S.finalize_store(path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small", choices=["tiny", "small", "lite", "big"])
+    ap.add_argument("--resolution", type=int, default=256, help="image side; latents are resolution/32")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    ap.add_argument("--grad-ckpt", action="store_true")
+    ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "bench_train.json"))
+    ap.add_argument("--mode", choices=["latents", "images"], help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mode:  # child
+        print("RESULT " + json.dumps(worker(args)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = stage_c(args.model) if args.model in ("tiny", "small") else None
+        c_txt = m.clip_txt_mapper.in_features if m is not None else 1280
+        c_pool = m.clip_txt_pooled_mapper.in_features if m is not None else 1280
+        del m
+        store = Path(tmp) / "bench.zarr"
+        make_store(store, max(64, args.batch * (args.steps + args.warmup)), args.resolution // 32, c_txt, c_pool)
+        rows = []
+        for mode in ("latents", "images"):
+            cmd = [sys.executable, __file__, "--mode", mode, "--store", str(store), "--model", args.model,
+                   "--resolution", str(args.resolution), "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--device", args.device]
+            cmd += (["--threads", str(args.threads)] if args.threads else []) + (["--grad-ckpt"] if args.grad_ckpt else [])
+            env = dict(os.environ)
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                sys.stderr.write(out.stdout + out.stderr)
+                raise SystemExit(f"benchmark mode {mode} failed")
+            rows.append(json.loads(line[0][7:]))
+    lat, img = rows
+    report = {
+        "config": {k: getattr(args, k) for k in ("model", "resolution", "batch", "steps", "warmup", "device", "threads", "grad_ckpt")},
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "results": rows,
+        "speedup_latents_vs_images": lat["samples_per_s"] / img["samples_per_s"],
+    }
+    print(f"\nStage C training, model={args.model} ({lat['stage_c_params_m']:.1f}M params), "
+          f"images {args.resolution}px -> latents {args.resolution // 32}x{args.resolution // 32}, batch {args.batch}, "
+          f"{report['device_name']}")
+    print(f"{'source':<28}{'samples/s':>12}{'s/step':>10}{'peak mem GiB':>15}")
+    for r, name in ((lat, "precomputed latents (store)"), (img, "images + effnet on the fly")):
+        print(f"{name:<28}{r['samples_per_s']:>12.2f}{r['step_s']:>10.3f}{r['peak_memory_gib']:>15.2f}")
+    print(f"speed-up of precomputed latents: {report['speedup_latents_vs_images']:.2f}x "
+          f"(peak memory: {lat['peak_memory_kind']})")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
