@@ -57,17 +57,18 @@ class LatentDataset(IterableDataset):
         drop_last: drop each group's last incomplete batch of a worker.
         buffer_blocks: blocks (chunks) per shuffle buffer.
         in_memory: True, False, or "auto" (when the fields of all complete rows fit in ``memory_budget``).
-        dtype: torch dtype tensors are returned in (default float32).
+        dtype: torch dtype float tensors are returned in (default: as stored, usually float16 --
+            cast on the GPU, it is cheaper there than a CPU conversion).
 
     Yields:
-        dict with ``latents`` (B,16,h,w) float, ``captions`` list[str], ``clip_text`` (B,77,C),
+        dict with ``latents`` (B,16,h,w) (stored dtype unless ``dtype``), ``captions`` list[str], ``clip_text`` (B,77,C),
         ``clip_text_pooled`` (B,1,C) when requested, plus ``rows`` (B,) int64 and ``group`` str.
     """
 
     def __init__(self, store, fields=None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, group: str | None = None,
                  drop_last: bool = False, buffer_blocks: int = 8, in_memory="auto",
-                 memory_budget: int = 2 << 30, dtype: torch.dtype = torch.float32):
+                 memory_budget: int = 2 << 30, dtype: torch.dtype | None = None):
         super().__init__()
         self.path = os.fspath(store)
         root = S.open_store(self.path)
@@ -171,13 +172,20 @@ class LatentDataset(IterableDataset):
         return int(sum(f(k / self.batch_size) for k in n))
 
     # ------------------------------------------------------------------ reading
-    def _read_block(self, root, gi: int, rows: np.ndarray) -> dict:
-        g = S.sample_group(root, self._groups[gi].path)
+    def _arrays(self, root) -> list[dict]:
+        """Open every (group, field) array once per iteration (opening costs a metadata read)."""
+        out = []
+        for grp in self._groups:
+            g = S.sample_group(root, grp.path)
+            out.append({f: g[_field_array(f)] for f in self.fields})
+        return out
+
+    def _read_block(self, arrays, gi: int, rows: np.ndarray) -> dict:
         a, b = int(rows[0]), int(rows[-1]) + 1
         sel = rows - a
         out = {}
         for f in self.fields:
-            x = np.asarray(g[_field_array(f)][a:b])
+            x = np.asarray(arrays[gi][f][a:b])
             out[f] = x[sel] if len(sel) != b - a else x
         out["rows"] = rows
         return out
@@ -200,7 +208,8 @@ class LatentDataset(IterableDataset):
             elif f == "orig_size":
                 b[f] = torch.from_numpy(np.ascontiguousarray(x)).long()
             else:
-                b[f] = torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+                t = torch.from_numpy(np.ascontiguousarray(x))
+                b[f] = t if self.dtype is None else t.to(self.dtype)
         b["rows"] = torch.from_numpy(cat["rows"][idx].astype(np.int64))
         b["group"] = self._groups[gi].path
         return b
@@ -235,11 +244,12 @@ class LatentDataset(IterableDataset):
                 yield self._emit(gi, self._cache[gi], idx)
 
     def _iter_blocks(self, root, blocks, rng):
+        arrays = self._arrays(root)
         carry: dict[int, list[dict]] = {}
         keys = self.fields + ["rows"]
         for s in range(0, len(blocks), self.buffer_blocks):
             for gi, rows in blocks[s:s + self.buffer_blocks]:
-                carry.setdefault(gi, []).append(self._read_block(root, gi, rows))
+                carry.setdefault(gi, []).append(self._read_block(arrays, gi, rows))
             for gi in list(carry):
                 parts = carry[gi]
                 cat = {f: np.concatenate([p[f] for p in parts]) for f in keys} if len(parts) > 1 else parts[0]

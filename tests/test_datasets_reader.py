@@ -51,7 +51,8 @@ def test_epoch_is_a_permutation_of_complete_rows(store, in_memory):
     ds.set_epoch(0)
     assert _rows(ds) == r0  # deterministic per (seed, epoch)
     b = next(iter(ds))
-    assert b["latents"].shape == (5, 16, 2, 2) and b["latents"].dtype == torch.float32
+    assert b["latents"].shape == (5, 16, 2, 2) and b["latents"].dtype == torch.float16  # as stored
+    assert next(iter(LatentDataset(store, batch_size=2, dtype=torch.float32)))["latents"].dtype == torch.float32
     i = int(b["rows"][0])
     np.testing.assert_array_equal(b["latents"][0].numpy(), a["/latents"][i].astype(np.float32))
     assert b["captions"][0] == f"caption {i}"

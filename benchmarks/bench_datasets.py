@@ -1,0 +1,258 @@
+"""Latent dataset builder and reader benchmarks.
+
+1. ``overhead``: end-to-end ``build_latent_dataset`` images/s vs the encoder alone on the same
+   (pre-decoded, identically batched) images. Pipeline overhead = e2e time / model time - 1.
+   Encoder: the real EfficientNetV2-S encoder of a ``Codec`` (tiny random weights unless
+   ``--weights``), at ``--resolution`` (256 on CPU; 768 bf16 on CUDA).
+2. ``rss``: peak RSS of a full build of 1k vs 10k small images with a cheap encoder (64 px), each
+   in a fresh process: memory must not grow with the corpus.
+3. ``reader``: ``LatentDataset`` shuffled samples/s on a 16x24x24 float16 store, block-shuffle
+   from disk (page cache warm) and in memory, with 0 and 2 DataLoader workers.
+4. ``bytes``: stored bytes per sample (latents array) for 16x24x24 float16.
+
+    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,bytes]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _corpus(folder: Path, n: int, side: int, seed: int = 0) -> None:
+    """n JPEGs (side x 1.25*side) cut from scikit-image photographs with random offsets/flips."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    srcs = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        a = srcs[i % len(srcs)]
+        h, w = a.shape[:2]
+        ch, cw = min(h, 300), min(w, 375)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = a[y:y + ch, x:x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        sub = folder / f"{i // 1000:03d}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(crop)).resize((int(side * 1.25), side)).save(sub / f"{i:06d}.jpg", quality=90)
+
+
+class CheapEncoder:
+    """(B,3,H,W) -> (B,16,H/32,W/32) by average pooling + a fixed channel mix (for RSS runs)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(16, 3, generator=g)
+
+    def encode(self, x):
+        p = torch.nn.functional.avg_pool2d(x, 32)
+        return torch.einsum("oc,bchw->bohw", self.w, p)
+
+    def identity(self):
+        return {"name": "cheap-bench-encoder"}
+
+
+# ------------------------------------------------------------------------------------ overhead
+def bench_overhead(tmp: Path, n: int, resolution: int, batch: int, workers: int, weights, device, dtype) -> dict:
+    from cascadekit.codec.codec import Codec
+    from cascadekit.codec.images import load_image, resize_center_crop
+    from cascadekit.datasets.builder import build_latent_dataset
+
+    corpus = tmp / "ov"
+    _corpus(corpus, n, max(resolution, 256))
+    if weights is None:
+        from cascadekit.codec.defaults import default_weights
+
+        weights = default_weights()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        codec = Codec.from_pretrained(weights, device=device, dtype=dtype, encoder_resolution=resolution,
+                                      previewer=False)
+    files = sorted(corpus.rglob("*.jpg"))
+    imgs = torch.stack([torch.from_numpy(np.asarray(resize_center_crop(load_image(f), resolution))).permute(2, 0, 1)
+                        for f in files])  # uint8, decoded outside the timing
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    codec.encode(imgs[:batch].to(device).float() / 255)  # warm-up
+    sync()
+    t = time.perf_counter()
+    for s in range(0, n, batch):
+        z = codec.encode(imgs[s:s + batch].to(device).float().div_(255)).float().cpu()
+    sync()
+    t_model = time.perf_counter() - t
+    del z
+    out = tmp / "ov.zarr"
+    t = time.perf_counter()
+    summ = build_latent_dataset([corpus], out, codec, resolution=resolution, batch_size=batch,
+                                chunk_rows=max(batch, 256), num_workers=workers, progress=False)
+    t_e2e = time.perf_counter() - t
+    assert summ.ok == n
+    return {"images": n, "resolution": resolution, "batch_size": batch, "num_workers": workers,
+            "device": str(device), "dtype": str(dtype),
+            "model_images_per_s": n / t_model, "e2e_images_per_s": n / t_e2e,
+            "overhead": t_e2e / t_model - 1.0}
+
+
+# ------------------------------------------------------------------------------------------ rss
+def _rss_child(corpus: str, out: str) -> None:
+    torch.set_num_threads(2)
+    from cascadekit.datasets.builder import build_latent_dataset
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    s = build_latent_dataset([corpus], out, CheapEncoder(), resolution=64, batch_size=64, chunk_rows=256,
+                             num_workers=1, progress=False)
+    dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"images": s.ok, "seconds": dt, "rss_after_imports_mb": base / 1024,
+                      "peak_rss_mb": peak / 1024, "peak_worker_rss_mb": child / 1024}))
+
+
+def bench_rss(tmp: Path, sizes) -> list[dict]:
+    res = []
+    for n in sizes:
+        corpus = tmp / f"rss{n}"
+        _corpus(corpus, n, 96, seed=n)
+        out = tmp / f"rss{n}.zarr"
+        p = subprocess.run([sys.executable, __file__, "--rss-child", str(corpus), str(out)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if p.returncode:
+            raise RuntimeError(p.stderr[-3000:])
+        res.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(corpus)
+    return res
+
+
+# --------------------------------------------------------------------------------------- reader
+def _synthetic_store(path: Path, n: int, chunk_rows: int = 256) -> None:
+    from cascadekit.datasets import store as S
+    from cascadekit.datasets.writer import ChunkWriter, RowBatch
+
+    root = S.create_store(path, [S.GroupLayout("", n, (16, 24, 24))], chunk_rows=chunk_rows, dtype="float16",
+                          attrs={"settings": {}})
+    w = ChunkWriter(root, chunk_rows, "float16")
+    rng = np.random.default_rng(0)
+    for a in range(0, n, chunk_rows):
+        k = min(chunk_rows, n - a)
+        lat = rng.standard_normal((k, 16, 24, 24), dtype=np.float32) * 0.8
+        w.add(RowBatch("", np.arange(a, a + k), np.ones(k, bool), [f"k{i}" for i in range(a, a + k)],
+                       [f"a caption number {i}" for i in range(a, a + k)], [f"/data/{i}.jpg" for i in range(a, a + k)],
+                       np.full((k, 2), 1024, np.int32), [""] * k, lat))
+    S.finalize_store(path)
+
+
+def bench_reader(tmp: Path, n: int) -> list[dict]:
+    from torch.utils.data import DataLoader
+
+    from cascadekit.datasets.reader import LatentDataset
+
+    path = tmp / "reader.zarr"
+    _synthetic_store(path, n)
+    res = []
+    for in_memory in (False, True):
+        for workers in (0, 2):
+            ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=in_memory)
+            dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+            for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
+                ds.set_epoch(epoch)
+                t = time.perf_counter()
+                cnt = 0
+                for b in dl:
+                    cnt += b["latents"].shape[0]
+                dt = time.perf_counter() - t
+            assert cnt == n
+            res.append({"mode": "in-memory" if in_memory else "block-shuffle from disk", "workers": workers,
+                        "samples": cnt, "samples_per_s": cnt / dt})
+    return res
+
+
+def bench_bytes(tmp: Path) -> dict:
+    from cascadekit.datasets.inspect import _disk_bytes
+
+    path = tmp / "reader.zarr"
+    if not path.exists():
+        _synthetic_store(path, 4096)
+    import zarr
+
+    n = zarr.open_group(str(path), mode="r")["latents"].shape[0]
+    lat = _disk_bytes(path / "latents")
+    return {"samples": n, "latents_bytes_per_sample": lat / n, "raw_bytes_per_sample": 16 * 24 * 24 * 2,
+            "store_bytes_per_sample": _disk_bytes(path) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller corpora (CI smoke run)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--only", default="overhead,rss,reader,bytes")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        _rss_child(*args.rss_child)
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    only = set(args.only.split(","))
+    out = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                       "cuda": torch.cuda.get_device_name(0) if cuda else None}}
+    with tempfile.TemporaryDirectory(prefix="bench_datasets_") as td:
+        tmp = Path(td)
+        if "overhead" in only:
+            if cuda:
+                out["overhead"] = bench_overhead(tmp, 512 if args.quick else 2048, 768, 64, 6, args.weights,
+                                                 device, "bf16")
+            else:
+                out["overhead"] = bench_overhead(tmp, 32 if args.quick else 96, 256, 16, 1, args.weights,
+                                                 device, "fp32")
+        if "rss" in only:
+            out["rss"] = bench_rss(tmp, (200, 1000) if args.quick else (1000, 10000))
+        if "reader" in only:
+            out["reader"] = bench_reader(tmp, 4096 if args.quick else 20480)
+        if "bytes" in only:
+            out["bytes"] = bench_bytes(tmp)
+
+    print("\n== cascadekit datasets benchmark ==")
+    if "overhead" in out:
+        o = out["overhead"]
+        print(f"encode {o['images']} images @ {o['resolution']} on {o['device']} ({o['dtype']}), batch {o['batch_size']}, "
+              f"{o['num_workers']} workers")
+        print(f"  model alone        {o['model_images_per_s']:10.1f} images/s")
+        print(f"  end to end         {o['e2e_images_per_s']:10.1f} images/s   overhead {100 * o['overhead']:+.1f} %")
+    for r in out.get("rss", []):
+        print(f"peak RSS {r['images']:6d} images: main {r['peak_rss_mb']:7.1f} MB (after imports "
+              f"{r['rss_after_imports_mb']:.1f}), worker {r['peak_worker_rss_mb']:.1f} MB, {r['images'] / r['seconds']:.0f} images/s")
+    for r in out.get("reader", []):
+        print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s")
+    if "bytes" in out:
+        b = out["bytes"]
+        print(f"bytes/sample (16x24x24 fp16): latents {b['latents_bytes_per_sample']:.0f} (raw {b['raw_bytes_per_sample']}), "
+              f"whole store {b['store_bytes_per_sample']:.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
