@@ -53,9 +53,8 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
     te = None
     if text_encoder is not None:
         from cascadekit.codec.text import TextEncoder
-        from cascadekit.generator.distributed import setup
 
-        te = TextEncoder.from_pretrained(text_encoder, device=setup(device).device)
+        te = TextEncoder.from_pretrained(text_encoder, device=_device(device))
     prev = None
     if previewer is not None:
         prev = _load_previewer(previewer, device)
@@ -65,8 +64,6 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
 
 
 def _load_previewer(source, device):
-    import torch
-
     from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
     from cascadekit.codec.weights.assign import build
     from cascadekit.codec.weights.load import load_weights
@@ -74,5 +71,17 @@ def _load_previewer(source, device):
 
     ws = resolve_source(source, need=("previewer",))
     kwargs = ws.model_kwargs.get("previewer") or PreviewerConfig.preset("official").kwargs()
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return build(lambda: Previewer(**kwargs), load_weights(ws.path("previewer")), device=dev, name="Previewer")
+    return build(lambda: Previewer(**kwargs), load_weights(ws.path("previewer")), device=_device(device),
+                 name="Previewer")
+
+
+def _device(name):
+    """--device, else cuda:LOCAL_RANK when CUDA is available, else cpu (same rule as the trainer)."""
+    import os
+
+    import torch
+
+    if name:
+        return torch.device(name)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")

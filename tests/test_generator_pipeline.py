@@ -158,3 +158,18 @@ def test_train_command(tmp_path):
                                   "--out", str(tmp_path / "run2")])
     assert r.exit_code == 2 and "lr must be" in r.output and "divisible by grad_accum_steps" in r.output
     assert not (tmp_path / "run2").exists()
+
+
+def test_train_command_text_encoder_on_the_fly_and_previews(weights, tmp_path):
+    from generator_helpers import structured_latents, write_store
+
+    from cascadekit.cli.main import main
+
+    store = write_store(tmp_path / "caps.zarr", {"": structured_latents(4)})  # captions, no embeddings
+    r = CliRunner().invoke(main, ["train", "--data", str(store), "--config", "tiny", "--out", str(tmp_path / "run"),
+                                  "--text-encoder", str(weights), "--previewer", str(weights),
+                                  "--set", "steps=2", "--set", "save_every=2", "--set", "preview_every=2",
+                                  "--set", "preview_steps=2"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "previews" / "step_000002.png").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
