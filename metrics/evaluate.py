@@ -35,7 +35,16 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def load_item(key: str, item) -> tuple[torch.Tensor, str | None]:
-    """(key, PIL image | (C,H,W) float tensor in [0,1] | path) -> ((3,H,W) float32 in [0,1], conversion note)."""
+    """(key, PIL image | (C,H,W) float tensor in [0,1] | path | zero-argument callable returning one of those)
+    -> ((3,H,W) float32 in [0,1], conversion note). A callable's exceptions become MetricInputError (the image is
+    then skipped and listed with the reason)."""
+    if callable(item) and not isinstance(item, (torch.Tensor, Image.Image)):
+        try:
+            item = item()
+        except MetricInputError:
+            raise
+        except Exception as e:  # a caller's loader (e.g. the codec's image preparation) refused the input
+            raise MetricInputError(f"{type(e).__name__}: {e}") from e
     if isinstance(item, (str, os.PathLike)):
         img, note = read_image(item)
         return pil_to_tensor(img), note
@@ -86,17 +95,19 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
              seed: int = 0, metrics: str | Iterable[str] = METRICS, batch_size: int = 4,
              weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
              lpips_net: str = "alex", grid_samples: int = 8, heatmap_scale: float = report.HEATMAP_SCALE,
-             settings: dict | None = None, progress: bool = True) -> dict:
+             settings: dict | None = None, notice: str | None = None, progress: bool = True) -> dict:
     """Reconstruct every image, measure, and write the report into `out_dir`.
 
-    images: iterable of (key, item) with item a path, a PIL image (any mode) or a (C,H,W) float tensor in [0,1]
-        (C in 1..4). Grayscale is replicated to RGB, alpha composited over white (listed under "converted");
+    images: iterable of (key, item) with item a path, a PIL image (any mode), a (C,H,W) float tensor in [0,1]
+        (C in 1..4), or a zero-argument callable returning one of those (lazy loading). Grayscale is replicated to RGB, alpha composited over white (listed under "converted");
         unreadable items are skipped and listed under "skipped". Consecutive images of one size are batched.
     reconstruct: callable (B,3,H,W) float in [0,1] -> (B,3,H,W) reconstructions (same shape). If it accepts a
         `seed` keyword it gets `seed + index of the batch's first image`, else torch's global RNG is seeded with
         that; if it accepts `keys` it gets the batch's keys (e.g. to read stored latents).
     metrics: subset of ("psnr", "ssim", "lpips", "fid"). PSNR/SSIM use data_range=1; aggregates of per-image
         metrics are means of per-image values; FID compares the set of originals with the set of reconstructions.
+    settings: extra entries for the report's settings (e.g. the codec identity); notice: a warning shown at the
+        top of index.html and stored in metrics.json (e.g. "tiny random weights").
     Writes metrics.json, per_image.csv, grids/*.png (first `grid_samples` images), index.html,
     fid_stats_original.npz / fid_stats_reconstruction.npz. Returns the metrics.json dictionary.
     Raises MetricInputError (after writing the report) when no image could be evaluated.
@@ -182,6 +193,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
             fid_note = f"FID needs at least 2 images, got {stats_orig.n}"
     result = {
         "n_images": len(rows),
+        "notice": notice,
         "aggregate": aggregate,
         "settings": {
             "seed": seed, "seed_rule": "batch seed = seed + index of the batch's first image",

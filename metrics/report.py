@@ -119,6 +119,8 @@ def write_index_html(path: str | os.PathLike, result: dict, grids: list[dict]) -
                       for s in result.get("skipped", []))
     converted = "".join(f"<li><code>{e(str(c['key']))}</code>: {e(str(c['note']))}</li>"
                         for c in result.get("converted", []))
+    notice = (f'<p style="background:#fdd;border:2px solid #c00;padding:.6em;font-weight:bold">'
+              f'{e(str(result["notice"]))}</p>') if result.get("notice") else ""
     metric_names = [m for m in ("psnr", "ssim", "lpips") if m in result.get("settings", {}).get("metrics", [])]
     figs = []
     for g in grids:
@@ -131,6 +133,7 @@ def write_index_html(path: str | os.PathLike, result: dict, grids: list[dict]) -
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}} figure{{margin:1em 0}} img{{max-width:100%}}
 code{{background:#f4f4f4}}</style></head><body>
 <h1>cascadekit evaluation</h1>
+{notice}
 <p>{result.get('n_images', 0)} images evaluated, {len(result.get('skipped', []))} skipped.
 Aggregates of PSNR/SSIM/LPIPS are means of per-image values; FID is computed between the originals and the
 reconstructions as sets.</p>
