@@ -399,6 +399,9 @@ class Trainer:
         """Sample a few prompts of the store with the current (EMA) weights; previewer-decoded PNG grid."""
         if self.previewer is None or not self.info.is_main:
             return None
+        if dist_util.is_fsdp(self.wrapped):  # the unwrapped module holds only this rank's shard
+            self.log("previews are skipped under FSDP (sample from a saved checkpoint instead)")
+            return None
         from cascadekit.codec.diffusion.samplers import sample_final
         from cascadekit.codec.images import save_grid
 
