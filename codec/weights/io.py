@@ -1,8 +1,12 @@
 """Read checkpoint files into ``{name: tensor}`` dicts, safely.
 
 * ``.safetensors``: the header is validated before anything is loaded (8-byte length, JSON header,
-  every tensor's byte range against its dtype/shape, the file size), so truncated or corrupt files
-  raise :class:`WeightsError` naming the file and the problem instead of a bare Rust panic.
+  every tensor's byte range against its dtype/shape, contiguous non-overlapping ranges, the file
+  size), so truncated or corrupt files raise :class:`WeightsError` naming the file and the problem
+  instead of a bare Rust panic. Tensors are then read with plain file reads straight into their own
+  ``torch.empty`` buffers, one at a time and in file order: no memory map, so the process holds
+  just the tensors (peak RSS ~ file size, not file + mapped pages) and the loaded weights never
+  change or fault if the file is later modified.
 * ``*.safetensors.index.json``: a sharded diffusers/transformers checkpoint; every shard listed in
   ``weight_map`` is read and each key must come from the shard the index names.
 * ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``: only through ``torch.load(weights_only=True)``, which
@@ -19,6 +23,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +41,17 @@ _DTYPE_BYTES = {
     "C64": 8,
 }
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+# safetensors dtype code -> torch dtype, for the codes this torch build can hold
+_TORCH_DTYPES = {
+    code: getattr(torch, name)
+    for code, name in {
+        "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+        "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "I64": "int64", "U64": "uint64",
+        "F64": "float64", "C64": "complex64", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+    }.items()
+    if hasattr(torch, name)
+}
 
 
 def _check_path(path: Path) -> None:
@@ -76,14 +92,17 @@ def safetensors_header(path: str | os.PathLike) -> dict:
         raise WeightsError(f"{path}: the safetensors JSON header is not valid ({e}); the file is corrupt") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
-    end = 0
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype, shape, (start, stop) = info["dtype"], info["shape"], info["data_offsets"]
+            start, stop = int(start), int(stop)
             numel = 1
             for s in shape:
+                if int(s) < 0:
+                    raise ValueError("negative dimension")
                 numel *= int(s)
             width = _DTYPE_BYTES[dtype]
         except (KeyError, TypeError, ValueError):
@@ -93,7 +112,15 @@ def safetensors_header(path: str | os.PathLike) -> dict:
                 f"{path}: tensor {name!r} ({dtype} {shape}) should take {numel * width} bytes but its "
                 f"offsets [{start}, {stop}) span {stop - start}; the file is corrupt"
             )
-        end = max(end, stop)
+        spans.append((start, stop, name))
+    end = 0  # the ranges must tile [0, end) in order, as the safetensors format requires
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise WeightsError(
+                f"{path}: tensor {name!r} starts at data byte {start} but the previous tensor ends at {end} "
+                "(overlapping or gapped offsets); the file is corrupt"
+            )
+        end = stop
     data = size - 8 - n
     if data < end:
         raise WeightsError(
@@ -105,10 +132,51 @@ def safetensors_header(path: str | os.PathLike) -> dict:
     return header
 
 
+def _read_into(f, buf, path: Path, name: str) -> None:
+    """Fill the writable byte buffer ``buf`` from the current position of the unbuffered file ``f``."""
+    view = memoryview(buf).cast("B")
+    got = 0
+    while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+            raise WeightsError(
+                f"{path}: the file ended while reading tensor {name!r} (it was truncated or changed while "
+                "loading); check the file and load it again"
+            )
+        got += k
+
+
 def _read_safetensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Validated header, then each tensor read into its own buffer (file order), moved to ``device``.
+
+    Keys are returned sorted, as ``safetensors.safe_open`` lists them.
+    """
+    header = safetensors_header(path)
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if sys.byteorder != "little" or any(v["dtype"] not in _TORCH_DTYPES for v in entries.values()):
+        return _read_safetensors_mmap(path, device)
+    on_cpu = torch.device(device).type == "cpu"
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with open(path, "rb", buffering=0) as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            for name, info in sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                start, stop = info["data_offsets"]
+                t = torch.empty([int(s) for s in info["shape"]], dtype=_TORCH_DTYPES[info["dtype"]])
+                if stop > start:
+                    f.seek(8 + n + start)
+                    _read_into(f, t.reshape(-1).view(torch.uint8).numpy(), path, name)
+                out[name] = t if on_cpu else t.to(device)
+                del t
+    except (OSError, struct.error) as e:
+        raise WeightsError(f"{path}: could not read safetensors file: {e}") from None
+    return {k: out[k] for k in sorted(out)}
+
+
+def _read_safetensors_mmap(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Fallback through ``safetensors.safe_open`` (memory-mapped) for big-endian hosts or dtypes torch lacks."""
     from safetensors import safe_open
 
-    safetensors_header(path)
     try:
         out = {}
         with safe_open(str(path), framework="pt", device=str(device)) as f:

@@ -72,7 +72,8 @@ def load_weights(
     """Return the state dict at ``path`` with official key names.
 
     ``dtype`` casts floating-point tensors (integer buffers such as ``num_batches_tracked`` keep
-    their dtype). ``kind`` (``'stage_a'``, ``'stage_b'``, ``'stage_c'``, ``'effnet'``, ``'previewer'``)
+    their dtype), one tensor at a time, so converting needs the converted weights plus one tensor,
+    never both full copies. ``kind`` (``'stage_a'``, ``'stage_b'``, ``'stage_c'``, ``'effnet'``, ``'previewer'``)
     makes a file of another model an error instead of a surprise later.
     """
     path = Path(path)
@@ -87,6 +88,8 @@ def load_weights(
     if not sd:
         raise WeightsError(f"{path}: contains no tensors")
     sd, _ = to_official(sd, kind)
-    if dtype is not None:
-        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    if dtype is not None:  # in place, one tensor at a time: each source tensor is freed once converted
+        for k, v in sd.items():
+            if v.is_floating_point() and v.dtype != dtype:
+                sd[k] = v.to(dtype)
     return sd
