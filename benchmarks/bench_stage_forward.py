@@ -3,7 +3,7 @@
 Both networks get the same random weights (ours -> official keys -> diffusers keys through
 ``cascadekit.codec.weights.keys.official_to_diffusers``), the outputs are checked to agree, then each
 forward is timed (warm-up, then the median of ``--repeats`` runs, ours and diffusers interleaved so
-that machine noise hits both alike).
+that machine noise hits both alike; wall median, wall minimum and CPU-time median are reported).
 
     python benchmarks/bench_stage_forward.py --out out/bench_stage_forward.json
     python benchmarks/bench_stage_forward.py --device cuda --dtype bf16 --size mid
@@ -111,14 +111,16 @@ def call_theirs(model, stage, inp):
                  clip_img=inp["clip_img"], return_dict=False)[0]
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call. CPU time is far less sensitive than wall time
+    to other processes competing for the cores (on a shared machine wall times can vary 3x)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_stage(stage, cfg, args, device, dtype) -> dict:
@@ -140,14 +142,19 @@ def bench_stage(stage, cfg, args, device, dtype) -> dict:
         for _ in range(args.repeats):
             t_ours.append(timed(lambda: call_ours(ours, stage, inp), device))
             t_theirs.append(timed(lambda: call_theirs(theirs, stage, inp_t), device))
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    wall_o, cpu_o = zip(*t_ours)
+    wall_t, cpu_t = zip(*t_theirs)
+    mo, mt = statistics.median(wall_o), statistics.median(wall_t)
     return {
         "stage": stage, "config": cfg.kwargs(),
         "params": sum(p.numel() for p in ours.parameters()),
         "inputs": {k: list(v.shape) for k, v in inp.items()},
         "output_rel_l2_diff": rel, "output_max_abs_diff": max_abs,
         "ours_median_s": mo, "diffusers_median_s": mt, "ratio_ours_over_diffusers": mo / mt,
-        "ours_all_s": t_ours, "diffusers_all_s": t_theirs,
+        "ours_min_s": min(wall_o), "diffusers_min_s": min(wall_t), "ratio_min": min(wall_o) / min(wall_t),
+        "ours_cpu_median_s": statistics.median(cpu_o), "diffusers_cpu_median_s": statistics.median(cpu_t),
+        "ratio_cpu": statistics.median(cpu_o) / statistics.median(cpu_t),
+        "ours_all_s": list(wall_o), "diffusers_all_s": list(wall_t),
     }
 
 
@@ -179,10 +186,14 @@ def main(argv=None) -> int:
 
     print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"{dtype_name}, batch {args.batch}, size {args.size}, torch {torch.__version__}, diffusers {diffusers.__version__}")
-    print(f"{'stage':<8}{'params':>12}{'ours ms':>11}{'diffusers ms':>14}{'ratio':>8}{'max|diff|':>12}")
+    print("times in ms; ratio = ours / diffusers (median wall, min wall, median CPU time)")
+    print(f"{'stage':<9}{'params':>12}{'ours':>9}{'diffusers':>11}{'ratio':>7}{'min ours':>10}{'min diff.':>11}"
+          f"{'ratio':>7}{'cpu ratio':>10}{'max|diff|':>11}")
     for r in results:
-        print(f"{'Stage ' + r['stage'].upper():<8}{r['params']:>12,}{r['ours_median_s'] * 1e3:>11.1f}"
-              f"{r['diffusers_median_s'] * 1e3:>14.1f}{r['ratio_ours_over_diffusers']:>8.3f}{r['output_max_abs_diff']:>12.2e}")
+        print(f"{'Stage ' + r['stage'].upper():<9}{r['params']:>12,}{r['ours_median_s'] * 1e3:>9.0f}"
+              f"{r['diffusers_median_s'] * 1e3:>11.0f}{r['ratio_ours_over_diffusers']:>7.3f}"
+              f"{r['ours_min_s'] * 1e3:>10.0f}{r['diffusers_min_s'] * 1e3:>11.0f}{r['ratio_min']:>7.3f}"
+              f"{r['ratio_cpu']:>10.3f}{r['output_max_abs_diff']:>11.2e}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": str(device), "dtype": dtype_name, "batch": args.batch, "size": args.size,
