@@ -173,3 +173,27 @@ def test_train_command_text_encoder_on_the_fly_and_previews(weights, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "previews" / "step_000002.png").is_file()
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+
+
+def test_sample_command_with_lora(weights, tmp_path):
+    from safetensors.torch import load_file
+
+    from cascadekit.cli.main import main
+    from cascadekit.generator.lora import apply_lora, lora_parameters, save_lora
+    from cascadekit.generator.stage_c import StageC
+
+    sc = json.loads((weights / "cascadekit.json").read_text())["models"]["stage_c"]
+    model = load_into(StageC(**sc), load_file(str(weights / "stage_c_lite.safetensors")))
+    apply_lora(model, rank=2, targets=[".attn"])
+    with torch.no_grad():
+        for _, p in lora_parameters(model):
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    lora = save_lora(model, tmp_path / "l.safetensors")
+    args = ["sample", "a fox", "--weights", str(weights), "--steps", "2", "--decoder-steps", "1", "--height", "64",
+            "--width", "64", "--seed", "3"]
+    r1 = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain")])
+    r2 = CliRunner().invoke(main, args + ["--out", str(tmp_path / "lora"), "--lora", str(lora)])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    p1, p2 = next((tmp_path / "plain").glob("*.png")), next((tmp_path / "lora").glob("*.png"))
+    assert read_png_parameters(p2)["lora"] == str(lora) and read_png_parameters(p1)["lora"] is None
+    assert p1.read_bytes() != p2.read_bytes()
