@@ -34,9 +34,27 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in names)
 
 
+def check_weights(metrics: Iterable[str], *, lpips_net: str = "alex",
+                  weights_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Locate the backbone files the chosen metrics need (nothing is loaded); raises MissingWeightsError
+    naming the first missing file. Lets a caller fail before any expensive work."""
+    from .lpips_metric import NETS
+    from .weights import INCEPTION, find_weights
+
+    names = parse_metrics(metrics)
+    found = {}
+    if "lpips" in names:
+        if lpips_net not in NETS:
+            raise MetricInputError(f"LPIPS net must be one of {sorted(NETS)}, got {lpips_net!r}")
+        found["lpips"] = find_weights(NETS[lpips_net][0], weights_dir)
+    if "fid" in names:
+        found["fid"] = find_weights(INCEPTION, weights_dir)
+    return found
+
+
 def load_item(key: str, item) -> tuple[torch.Tensor, str | None]:
     """(key, PIL image | (C,H,W) float tensor in [0,1] | path | zero-argument callable returning one of those)
-    -> ((3,H,W) float32 in [0,1], conversion note). A callable's exceptions become MetricInputError (the image is
+    -> ((3,H,W) float32 in [0,1], conversion note). A callable may also return (image, note). A callable's exceptions become MetricInputError (the image is
     then skipped and listed with the reason)."""
     if callable(item) and not isinstance(item, (torch.Tensor, Image.Image)):
         try:
@@ -45,6 +63,9 @@ def load_item(key: str, item) -> tuple[torch.Tensor, str | None]:
             raise
         except Exception as e:  # a caller's loader (e.g. the codec's image preparation) refused the input
             raise MetricInputError(f"{type(e).__name__}: {e}") from e
+        if isinstance(item, tuple) and len(item) == 2:  # (image, conversion note) from the caller's loader
+            x, note = load_item(key, item[0])
+            return x, item[1] or note
     if isinstance(item, (str, os.PathLike)):
         img, note = read_image(item)
         return pil_to_tensor(img), note
@@ -95,7 +116,8 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
              seed: int = 0, metrics: str | Iterable[str] = METRICS, batch_size: int = 4,
              weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
              lpips_net: str = "alex", grid_samples: int = 8, heatmap_scale: float = report.HEATMAP_SCALE,
-             settings: dict | None = None, notice: str | None = None, progress: bool = True) -> dict:
+             settings: dict | None = None, notice: str | None = None, extra_skipped: list[dict] | None = None,
+             max_images: int | None = None, progress: bool = True) -> dict:
     """Reconstruct every image, measure, and write the report into `out_dir`.
 
     images: iterable of (key, item) with item a path, a PIL image (any mode), a (C,H,W) float tensor in [0,1]
@@ -106,6 +128,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
         that; if it accepts `keys` it gets the batch's keys (e.g. to read stored latents).
     metrics: subset of ("psnr", "ssim", "lpips", "fid"). PSNR/SSIM use data_range=1; aggregates of per-image
         metrics are means of per-image values; FID compares the set of originals with the set of reconstructions.
+    max_images: stop after this many evaluated (readable) images.
     settings: extra entries for the report's settings (e.g. the codec identity); notice: a warning shown at the
         top of index.html and stored in metrics.json (e.g. "tiny random weights").
     Writes metrics.json, per_image.csv, grids/*.png (first `grid_samples` images), index.html,
@@ -123,13 +146,16 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
     inception = InceptionFeatures(weights_dir=weights_dir, device=device) if "fid" in names else None
     stats_orig, stats_rec = FeatureStats(), FeatureStats()
 
-    skipped: list[dict] = []
+    skipped: list[dict] = list(extra_skipped or [])  # inputs the caller already ruled out ({"key", "reason"})
     converted: list[dict] = []
     rows: list[dict] = []
     grids: list[dict] = []
 
     def readable():
+        n = 0
         for key, item in images:
+            if max_images is not None and n >= max_images:
+                return
             key = str(key)
             try:
                 x, note = load_item(key, item)
@@ -138,6 +164,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
                 continue
             if note:
                 converted.append({"key": key, "note": note})
+            n += 1
             yield key, x
 
     from tqdm.auto import tqdm
@@ -197,7 +224,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
         "aggregate": aggregate,
         "settings": {
             "seed": seed, "seed_rule": "batch seed = seed + index of the batch's first image",
-            "batch_size": batch_size, "metrics": list(names), "data_range": 1.0,
+            "batch_size": batch_size, "max_images": max_images, "metrics": list(names), "data_range": 1.0,
             "lpips_net": lpips_net if "lpips" in names else None,
             "fid_features": FEATURE_NAME if "fid" in names else None,
             "fid_note": fid_note, "heatmap_scale": heatmap_scale, "device": str(device),

@@ -1,0 +1,225 @@
+"""`cascadekit evaluate`: how faithful is the codec on these images? PSNR/SSIM/LPIPS/FID + an HTML report."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cascadekit.codec.errors import CascadeKitError
+from cascadekit.metrics.errors import MetricsError
+
+
+@click.command("evaluate")
+@click.argument("images", nargs=-1, type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report folder (created).")
+@click.option("--weights", default=None,
+              help="Codec weights folder / diffusers snapshot / hub id. Default: $CASCADEKIT_WEIGHTS or "
+                   "~/.cache/cascadekit/weights, else the built-in TINY RANDOM weights (clearly labelled).")
+@click.option("--store", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Decode the latents of this store (cascadekit encode) instead of encoding; images are matched "
+                   "by key (IMAGES, or the store's recorded source files when IMAGES is empty) and prepared as "
+                   "the store's preprocessing did.")
+@click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Stage B sampling steps.")
+@click.option("--guidance", default=1.1, show_default=True, type=float, help="Stage B classifier-free guidance.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Decoding is stochastic: batch seed = SEED + index of the batch's first image (in the report).")
+@click.option("--metrics", "metrics", default="psnr,ssim,lpips,fid", show_default=True,
+              help="Comma-separated subset of psnr,ssim,lpips,fid.")
+@click.option("--lpips-net", default="alex", show_default=True, type=click.Choice(["alex", "vgg"]))
+@click.option("--weights-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder with the metric backbones (alexnet-owt-7be5be79.pth, vgg16-397923af.pth, "
+                   "weights-inception-2015-12-05-6726825d.pth); default: torch's hub cache. Never downloaded.")
+@click.option("--size", default=1024, show_default=True, type=click.IntRange(min=4),
+              help="Encode mode: resize each image's short side to this, then centre-crop to multiples of 64.")
+@click.option("--encoder-resolution", default=768, show_default=True, type=click.IntRange(min=32),
+              help="Short side the effnet sees (official 768: 1024² -> 24×24 latents).")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-images", default=None, type=click.IntRange(min=1), help="Evaluate at most N images.")
+@click.option("--grid-samples", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Images shown as original | reconstruction | error grids.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Codec precision (default: bf16 on CUDA, fp32 on CPU). Metrics always run in float32/64.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir, size,
+             encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+    """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
+    Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
+    and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
+    try:
+        result = _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
+                      size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet)
+    except (CascadeKitError, MetricsError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    agg = result["aggregate"]
+    for name, v in agg.items():
+        if isinstance(v, dict):
+            mean = v["mean"]
+            click.echo(f"{name.upper():6s} mean {mean:.4f} over {v['count']} images" if mean is not None
+                       else f"{name.upper():6s} -")
+        else:
+            click.echo(f"{name.upper():6s} {v:.4f}" if v is not None else f"{name.upper():6s} - "
+                       f"({result['settings'].get('fid_note')})")
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} input(s) (listed in {out}/metrics.json):", err=True)
+        for s in result["skipped"][:10]:
+            click.echo(f"  {s['key']}: {s['reason']}", err=True)
+    click.echo(f"report: {Path(out) / 'index.html'}")
+    if result.get("notice"):
+        click.echo(f"NOTE: {result['notice']}", err=True)
+
+
+def _expand(paths) -> list[tuple[str, Path]]:
+    """(key, path) for IMAGES: a folder gives every image under it (key = relative path without the last
+    suffix, as `cascadekit encode` keys folder samples); a file gives key = its stem."""
+    from cascadekit.metrics.images import iter_folder
+
+    items = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            items.extend(iter_folder(p))
+        else:
+            items.append((p.stem, p))
+    return items
+
+
+def _mode_note(path) -> str | None:
+    """'converted from L' etc. when the file is not RGB (the codec's loader converts it to RGB)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return None if im.mode == "RGB" else f"converted from {im.mode} to RGB"
+    except Exception:  # noqa: BLE001 - the loader itself reports unreadable files
+        return None
+
+
+def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir, size,
+         encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+    import warnings
+
+    import torch
+
+    from cascadekit.codec.codec import Codec
+    from cascadekit.codec.defaults import TINY_BANNER, default_weights, sample_image_paths
+    from cascadekit.metrics.evaluate import evaluate as run_evaluation
+    from cascadekit.metrics.evaluate import check_weights, parse_metrics
+
+    metric_names = parse_metrics(metrics)  # fail on a typo or a missing backbone before loading the codec
+    check_weights(metric_names, lpips_net=lpips_net, weights_dir=weights_dir)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    if weights is None:
+        chosen = default_weights(stage_b=stage_b)
+        source, info = chosen.source, {"source": str(chosen.source), "chosen_because": chosen.why}
+    else:
+        source, info = weights, {"source": str(weights)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner below
+        codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
+                                      encoder_resolution=encoder_resolution, previewer=False)
+    notice = None
+    if codec.tiny:
+        click.echo(TINY_BANNER, err=True)
+        notice = ("TINY RANDOM WEIGHTS: no official Stable Cascade weights were found, so these reconstructions "
+                  "come from random networks and every number in this report is meaningless. Pass --weights.")
+    decode_kw = {"steps": steps, "guidance": guidance}
+    settings = {"codec_weights": info, "codec": codec.identity(), "steps": steps, "guidance": guidance,
+                "mode": "store" if store else "encode"}
+    if store:
+        items, reconstruct, extra_skipped, store_info = _store_mode(store, images, codec, decode_kw)
+        settings["store"] = store_info
+    else:
+        from cascadekit.codec.reconstruct_files import prepare_image
+
+        pairs = _expand(images) if images else [(p.stem, p) for p in sample_image_paths()]
+        settings["size"] = size
+        items = [(k, (lambda p=p: (prepare_image(p, size), _mode_note(p)))) for k, p in pairs]
+        extra_skipped = []
+
+        def reconstruct(x, seed):
+            return codec.reconstruct(x, seed=seed, **decode_kw).float().cpu()
+
+    result = run_evaluation(items, reconstruct, out, seed=seed, metrics=metric_names, batch_size=batch_size,
+                            weights_dir=weights_dir, device=dev, lpips_net=lpips_net, grid_samples=grid_samples,
+                            settings=settings, notice=notice, progress=not quiet, extra_skipped=extra_skipped,
+                            max_images=max_images)
+    return result
+
+
+def _store_mode(store, images, codec, decode_kw):
+    """Items and a reconstruct callable that decodes the store's latents for each key.
+
+    Originals are prepared exactly as the store's builder prepared them (its recorded preprocessing), so
+    the reconstruction is compared with the crop the encoder saw."""
+    import numpy as np
+    import torch
+
+    from cascadekit.codec.errors import InputError
+    from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare
+    from cascadekit.datasets.store import STATUS_OK, group_paths, open_store, read_status, sample_group
+
+    root = open_store(store)
+    pre = dict(root.attrs.get("preprocess", {}))
+    cfg = PreprocessConfig(**{k: pre[k] for k in ("resolution", "min_size", "max_pixels", "buckets") if k in pre})
+    latents_of: dict[str, tuple] = {}  # key -> (group, row)
+    sources: dict[str, str] = {}
+    skipped = []
+    for gpath in group_paths(root):
+        g = sample_group(root, gpath)
+        status = read_status(g)
+        keys = [str(k) for k in np.asarray(g["keys"][:])]
+        srcs = [str(s) for s in np.asarray(g["source"][:])]
+        reasons = [str(r) for r in np.asarray(g["skip_reason"][:])]
+        for i, k in enumerate(keys):
+            if status[i] == STATUS_OK:
+                if k in latents_of:
+                    skipped.append({"key": k, "reason": "duplicate key in the store; only the first row is used"})
+                    continue
+                latents_of[k] = (g, i)
+                sources[k] = srcs[i]
+            elif status[i] != 0:
+                skipped.append({"key": k, "reason": f"skipped when the store was built: {reasons[i] or 'unknown'}"})
+            else:
+                skipped.append({"key": k, "reason": "row not encoded yet (store incomplete)"})
+    if not latents_of:
+        raise InputError(f"{store}: no encoded rows (status ok) to evaluate")
+
+    if images:
+        given = dict(_expand(images))
+        pairs = [(k, given[k]) for k in given if k in latents_of]
+        skipped += [{"key": k, "reason": "no latent with this key in the store"} for k in given if k not in latents_of]
+        skipped += [{"key": k, "reason": "in the store but not among IMAGES"} for k in latents_of if k not in given]
+    else:
+        pairs = []
+        for k in latents_of:
+            src = sources[k]
+            if "#" in src or not Path(src).is_file():
+                skipped.append({"key": k, "reason": f"source {src!r} is not a readable local file; pass IMAGES"})
+            else:
+                pairs.append((k, Path(src)))
+
+    def prepare(path):
+        arr, _ = load_and_prepare(str(path), cfg)
+        return torch.from_numpy(arr).float().div_(255.0), _mode_note(path)
+
+    items = [(k, (lambda p=p: prepare(p))) for k, p in pairs]
+
+    def reconstruct(x, keys, seed):
+        z = []
+        for k in keys:
+            g, i = latents_of[k]
+            z.append(torch.from_numpy(np.asarray(g["latents"][i]).astype(np.float32)))
+        z = torch.stack(z)
+        return codec.decode(z, seed=seed, size=tuple(x.shape[-2:]), **decode_kw).float().cpu()
+
+    info = {"path": str(store), "preprocess": pre, "encoder": root.attrs.get("encoder"),
+            "rows_ok": len(latents_of)}
+    stored = ((root.attrs.get("encoder") or {}).get("checkpoints") or {}).get("effnet", {}).get("sha256")
+    ours = (codec.identity().get("checkpoints") or {}).get("effnet", {}).get("sha256")
+    if stored and ours and stored != ours:
+        info["warning"] = "the store was encoded with another effnet checkpoint than this codec's"
+    return items, reconstruct, skipped, info
