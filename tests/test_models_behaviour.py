@@ -256,3 +256,35 @@ def test_wrapped_blocks_dispatch_like_plain_ones():
         out = model(**inputs)
     assert type(model.up_blocks[1][0]).__name__ == "CheckpointWrapper"
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_stage_c_controlnet_projections_are_added_in_order():
+    from cascadekit.codec.models.blocks import ResBlock
+
+    model = tiny_c().eval()
+    inputs = c_inputs()
+    shapes = []  # (B, C, H, W) of x at every ResBlock call, in call order (repeats included)
+    hooks = [m.register_forward_pre_hook(lambda mod, args: shapes.append(args[0].shape))
+             for m in model.modules() if isinstance(m, ResBlock)]
+    with torch.no_grad():
+        ref = model(**inputs)
+    for h in hooks:
+        h.remove()
+    assert len(shapes) == 1 + 2 + 2 * 2 + 1  # down 1 + 2, up level 1 twice (repeat mapper), up level 0
+    with torch.no_grad():
+        zeros = model(**inputs, cnet=[torch.zeros(s) for s in shapes])
+        first = model(**inputs, cnet=[torch.ones(2, 32, 3, 3)])  # resized to the level (12x12)
+        skipped = model(**inputs, cnet=[None, torch.ones(shapes[1])])
+    torch.testing.assert_close(zeros, ref)
+    assert (first - ref).abs().max() > 1e-3 and (skipped - ref).abs().max() > 1e-3
+    assert (first - skipped).abs().max() > 1e-3  # position in the list matters
+
+
+def test_official_init_zeroes_output_and_timestep_mappers():
+    model = StageB.from_config(StageBConfig.preset("tiny")).eval()
+    assert torch.count_nonzero(model.clf[1].weight) == 0
+    assert torch.count_nonzero(model.down_blocks[0][1].mapper.weight) == 0
+    assert torch.count_nonzero(model.down_blocks[0][0].channelwise[0].weight) > 0
+    with torch.no_grad():
+        out = model(**b_inputs())
+    assert torch.count_nonzero(out) == 0
