@@ -61,8 +61,9 @@ def synthetic_tensor(index: int, shape: tuple[int, ...], dtype: torch.dtype) -> 
     n = 1
     for s in shape:
         n *= s
-    v = (torch.arange(n, dtype=torch.int64) * 7 + index * 13) % 256
-    return ((v.to(torch.float32) - 128.0) / 256.0).to(dtype).reshape(shape)
+    period = ((torch.arange(256, dtype=torch.int64) * 7 + index * 13) % 256).to(torch.float32)  # element j: (7j + 13i) mod 256
+    period = ((period - 128.0) / 256.0).to(dtype)
+    return period.repeat(-(-n // 256))[:n].reshape(shape) if n else torch.empty(shape, dtype=dtype)
 
 
 def write_synthetic(path: str | os.PathLike, specs, dtype: torch.dtype) -> int:
