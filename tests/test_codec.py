@@ -21,11 +21,11 @@ from cascadekit.codec.precision import check_finite, parse_dtype, stage_dtypes
 RES = 64  # encoder resolution used throughout (official 768), keeps the effnet fast on CPU
 
 
-def _mirror(src, dst):
+def _mirror(src, dst, skip=()):
     """A private folder whose files are symlinks to the shared tiny set (caches we write stay private)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        if f.name != "empty_caption.safetensors":
+        if f.name not in ("empty_caption.safetensors", *skip):
             (dst / f.name).symlink_to(f)
     return dst
 
@@ -104,9 +104,9 @@ def test_decode_shape_range_and_sizes(codec, latents):
 
 def test_decode_seed_determinism(codec, latents):
     one = latents[:1]
-    a = codec.decode(one, steps=2, seed=123)
-    b = codec.decode(one, steps=2, seed=123)
-    c = codec.decode(one, steps=2, seed=124)
+    a = codec.decode(one, steps=1, seed=123)
+    b = codec.decode(one, steps=1, seed=123)
+    c = codec.decode(one, steps=1, seed=124)
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 0.05
     # each sample has its own noise stream: chunking does not change it (no guidance -> no batch coupling)
@@ -175,15 +175,15 @@ def test_identity(codec, weights):
     json.dumps(ident)  # serialisable (datasets store it)
 
 
-def test_from_pretrained_bf16(weights, images):
+def test_from_pretrained_bf16(weights):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = Codec.from_pretrained(weights, encoder_resolution=RES, dtype="bf16")
+        c = Codec.from_pretrained(weights, encoder_resolution=32, dtype="bf16")
     assert c.stage_b.clip_mapper.weight.dtype == torch.bfloat16
     assert c.effnet.mapper[0].weight.dtype == torch.bfloat16
     assert c.stage_a.in_block[1].weight.dtype == torch.float32  # policy: Stage A stays float32
-    z = c.encode(images)
-    assert z.dtype == torch.float32 and z.shape == (2, 16, 2, 3)
+    z = c.encode(torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(2)))
+    assert z.dtype == torch.float32 and z.shape == (2, 16, 1, 2)
     y = c.decode(z, steps=2, seed=0)
     assert y.dtype == torch.float32 and torch.isfinite(y).all() and 0 <= float(y.min()) <= float(y.max()) <= 1
     assert c.identity()["stage_dtypes"]["stage_b"] == "bfloat16"
@@ -191,8 +191,10 @@ def test_from_pretrained_bf16(weights, images):
 
 def test_fp16_policy(weights):
     small = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # float16 convs are slow on CPU
-    with pytest.warns(UserWarning, match="Stage B runs in bfloat16"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         c = Codec.from_pretrained(weights, encoder_resolution=32, dtype="fp16", previewer=False)
+    assert any("Stage B runs in bfloat16" in str(w.message) for w in caught)
     assert c.dtypes.stage_b == torch.bfloat16 and c.dtypes.effnet == torch.float16
     assert c.stage_b.clip_mapper.weight.dtype == torch.bfloat16
     assert c.effnet.mapper[0].weight.dtype == torch.float16
@@ -239,14 +241,12 @@ def test_precision_helpers():
         check_finite(torch.tensor([float("nan")]), "Stage A decode", torch.float32)
 
 
-def test_missing_empty_caption(tmp_path, monkeypatch, images):
+def test_missing_empty_caption(tmp_path, monkeypatch, tmp_path_factory, images):
     """No text encoder and no cache: encode works, decode raises a clear error unless allow_zero_text."""
-    from cascadekit.codec.weights.tiny import write_tiny_weights
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # no user-level cache either
+    d = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w", skip=("text_encoder", "tokenizer", "image_encoder"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = write_tiny_weights(tmp_path / "w", with_text=False)
         c = Codec.from_pretrained(d, encoder_resolution=RES, previewer=False)
     z = c.encode(images)
     with pytest.raises(WeightsError, match="empty caption") as e:
