@@ -34,7 +34,7 @@ from cascadekit.generator.conditioning import Conditioner, EmptyCaption
 from cascadekit.generator.config import TrainConfig
 from cascadekit.generator.data import TrainData, open_store
 from cascadekit.generator.ema import EMA
-from cascadekit.generator.lora import apply_lora, base_state_dict, lora_parameters, lora_state_dict, read_lora
+from cascadekit.generator.lora import apply_lora, lora_parameters, lora_state_dict, read_lora
 from cascadekit.generator.stage_c import StageC, StageCConfig
 
 LOG_FILE = "train_log.jsonl"
