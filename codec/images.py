@@ -175,7 +175,8 @@ def load_image(
             if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:  # size may change on load
                 raise ImageInputError("decompression_bomb", f"decoded size {img.size} above max_pixels", name)
             try:
-                img = ImageOps.exif_transpose(img) or img
+                if img.getexif().get(0x0112, 1) not in (0, 1):  # rotate/flip only when needed (saves a copy)
+                    img = ImageOps.exif_transpose(img) or img
             except Exception:  # noqa: BLE001 - corrupt EXIF: keep the stored orientation
                 pass
             rgb = to_rgb(img)
