@@ -213,7 +213,8 @@ class Codec:
         with the weights' ``text_encoder/`` and cached (:func:`cascadekit.codec.text.empty_caption_embeddings`);
         when neither exists, :meth:`decode` raises a clear error unless ``allow_zero_text=True``.
         ``text_encoder`` (a ``TextEncoder``, a folder / hub id to load one from, or ``True`` = the one in
-        the weights) is needed for ``decode(captions=...)``. ``previewer=False`` skips the previewer.
+        the weights) is needed for ``decode(captions=...)``. The previewer is loaded when its file is
+        found (``previewer=False`` skips it); :meth:`preview` raises without it.
         """
         from cascadekit.codec.weights.assign import build
         from cascadekit.codec.weights.load import load_weights
@@ -221,7 +222,7 @@ class Codec:
 
         device = torch.device(device)
         dts = stage_dtypes(dtype, device)
-        need = ("stage_a", "effnet", "stage_b") + (("previewer",) if previewer else ())
+        need = ("stage_a", "effnet", "stage_b")  # the previewer is optional (diffusers has none)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tiny-weights warning is re-issued below, once
             ws = resolve_source(source, stage_b=stage_b, need=need)

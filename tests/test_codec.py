@@ -244,11 +244,15 @@ def test_precision_helpers():
 def test_missing_empty_caption(tmp_path, monkeypatch, tmp_path_factory, images):
     """No text encoder and no cache: encode works, decode raises a clear error unless allow_zero_text."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # no user-level cache either
-    d = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w", skip=("text_encoder", "tokenizer", "image_encoder"))
+    d = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w",
+                skip=("text_encoder", "tokenizer", "image_encoder", "previewer.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        c = Codec.from_pretrained(d, encoder_resolution=RES, previewer=False)
+        c = Codec.from_pretrained(d, encoder_resolution=RES)  # no previewer file: optional
+    assert c.previewer is None and "previewer" not in c.identity()["checkpoints"]
     z = c.encode(images)
+    with pytest.raises(InputError, match="no previewer"):
+        c.preview(z)
     with pytest.raises(WeightsError, match="empty caption") as e:
         c.decode(z, steps=1, seed=0)
     assert "allow_zero_text" in str(e.value)
