@@ -183,20 +183,24 @@ class Trainer:
                 empty = EmptyCaption(t[:1].float().cpu(), p[:1].float().cpu())
         self.conditioner = Conditioner(c_clip_img=self.model_cfg.c_clip_img, empty=empty, encode_text=encode)
 
-        # ---- model
-        torch.manual_seed(_mix(cfg.seed, -7))
-        model = StageC.from_config(self.model_cfg)
+        # ---- model: from the checkpoint (full fine-tune resume), the --init weights, or random (official init)
         self.init = str(init) if init is not None else None
-        if init is not None:
-            from cascadekit.codec.weights.assign import load_into
-
-            load_into(model, _load_init_state(init, cfg.model), device="cpu", dtype=torch.float32, name="Stage C")
+        state = None
         if self.resume_from is not None and cfg.lora_rank == 0:
-            from cascadekit.codec.weights.assign import load_into
             from safetensors.torch import load_file
 
-            load_into(model, load_file(str(self.resume_from / "model.safetensors")), device="cpu",
-                      dtype=torch.float32, name="Stage C (checkpoint)")
+            state = load_file(str(self.resume_from / "model.safetensors"))
+        elif init is not None:
+            state = _load_init_state(init, cfg.model)
+        if state is not None:  # built on the meta device, weights assigned: no random init, no second copy
+            from cascadekit.codec.weights.assign import build
+
+            model = build(lambda: StageC.from_config(self.model_cfg), state, device="cpu", dtype=torch.float32,
+                          name="Stage C")
+            del state
+        else:
+            torch.manual_seed(_mix(cfg.seed, -7))
+            model = StageC.from_config(self.model_cfg)
         model = model.float()
         if cfg.lora_rank > 0:
             apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
