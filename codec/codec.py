@@ -19,11 +19,10 @@ and every stage output is checked for NaN/inf.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ from cascadekit.codec.models.effnet import EfficientNetEncoder, EfficientNetEnco
 from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
 from cascadekit.codec.models.stage_a import StageA, StageAConfig
 from cascadekit.codec.models.stage_b import StageB, StageBConfig
-from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, parse_dtype, stage_dtypes
+from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, stage_dtypes
 
 __all__ = ["Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
 
