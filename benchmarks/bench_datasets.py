@@ -175,14 +175,17 @@ def bench_reader(tmp: Path, n: int) -> list[dict]:
             dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
             for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
                 ds.set_epoch(epoch)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 cnt = 0
                 for b in dl:
                     cnt += b["latents"].shape[0]
-                dt = time.perf_counter() - t
+                dt, dc = time.perf_counter() - t, time.process_time() - c
             assert cnt == n
             res.append({"mode": "in-memory" if in_memory else "block-shuffle from disk", "workers": workers,
-                        "samples": cnt, "samples_per_s": cnt / dt})
+                        "samples": cnt, "samples_per_s": cnt / dt,
+                        # CPU seconds of this process (all its threads): samples per CPU-second, a
+                        # load-independent figure when other jobs share the cores (workers: main only)
+                        "samples_per_cpu_s": cnt / max(dc, 1e-9) if workers == 0 else None})
     return res
 
 
@@ -215,7 +218,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     only = set(args.only.split(","))
-    out = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+    out = {"machine": {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(), "torch": torch.__version__, "python": platform.python_version(),
                        "cuda": torch.cuda.get_device_name(0) if cuda else None}}
     with tempfile.TemporaryDirectory(prefix="bench_datasets_") as td:
         tmp = Path(td)
@@ -244,7 +247,8 @@ def main() -> None:
         print(f"peak RSS {r['images']:6d} images: main {r['peak_rss_mb']:7.1f} MB (after imports "
               f"{r['rss_after_imports_mb']:.1f}), worker {r['peak_worker_rss_mb']:.1f} MB, {r['images'] / r['seconds']:.0f} images/s")
     for r in out.get("reader", []):
-        print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s")
+        cpu = f"  ({r['samples_per_cpu_s']:.0f} per CPU-second)" if r.get("samples_per_cpu_s") else ""
+        print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s{cpu}")
     if "bytes" in out:
         b = out["bytes"]
         print(f"bytes/sample (16x24x24 fp16): latents {b['latents_bytes_per_sample']:.0f} (raw {b['raw_bytes_per_sample']}), "

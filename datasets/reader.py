@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ class LatentDataset(IterableDataset):
         drop_last: drop each group's last incomplete batch of a worker.
         buffer_blocks: blocks (chunks) per shuffle buffer.
         in_memory: True, False, or "auto" (when the fields of all complete rows fit in ``memory_budget``).
+        read_threads: threads reading the next shuffle buffer while the current one is emitted.
         dtype: torch dtype float tensors are returned in (default: as stored, usually float16 --
             cast on the GPU, it is cheaper there than a CPU conversion).
 
@@ -68,7 +70,7 @@ class LatentDataset(IterableDataset):
     def __init__(self, store, fields=None, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, group: str | None = None,
                  drop_last: bool = False, buffer_blocks: int = 8, in_memory="auto",
-                 memory_budget: int = 2 << 30, dtype: torch.dtype | None = None):
+                 memory_budget: int = 2 << 30, dtype: torch.dtype | None = None, read_threads: int = 2):
         super().__init__()
         self.path = os.fspath(store)
         root = S.open_store(self.path)
@@ -100,6 +102,7 @@ class LatentDataset(IterableDataset):
             raise InputError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.drop_last = drop_last
         self.buffer_blocks = max(1, buffer_blocks)
+        self.read_threads = max(1, read_threads)
         self.dtype = dtype
         self.chunk_rows = int(root.attrs["chunk_rows"])
         self.attrs = dict(root.attrs)
@@ -247,26 +250,45 @@ class LatentDataset(IterableDataset):
         arrays = self._arrays(root)
         carry: dict[int, list[dict]] = {}
         keys = self.fields + ["rows"]
-        for s in range(0, len(blocks), self.buffer_blocks):
-            for gi, rows in blocks[s:s + self.buffer_blocks]:
-                carry.setdefault(gi, []).append(self._read_block(arrays, gi, rows))
-            for gi in list(carry):
-                parts = carry[gi]
-                cat = {f: np.concatenate([p[f] for p in parts]) for f in keys} if len(parts) > 1 else parts[0]
-                n = len(cat["rows"])
-                order = rng.permutation(n) if self.shuffle else np.arange(n)
-                full = n - n % self.batch_size
-                for a in range(0, full, self.batch_size):
-                    yield self._emit(gi, cat, order[a:a + self.batch_size])
-                if full < n:  # leftover rows stay in the buffer for the next fill
-                    rest = np.sort(order[full:])
-                    carry[gi] = [{f: cat[f][rest] for f in keys}]
-                else:
-                    del carry[gi]
+        starts = list(range(0, len(blocks), self.buffer_blocks))
+
+        def fill(s):  # one buffer's blocks, read concurrently (zstd decoding releases the GIL)
+            return list(readers.map(lambda b: (b[0], self._read_block(arrays, *b)), blocks[s:s + self.buffer_blocks]))
+
+        pool = ThreadPoolExecutor(max_workers=1)  # prefetches the next buffer
+        readers = ThreadPoolExecutor(max_workers=self.read_threads)  # reads its blocks
+        try:
+            ahead = pool.submit(fill, starts[0]) if starts else None
+            for k in range(len(starts)):
+                got = ahead.result()
+                # read the next buffer while this one is shuffled and emitted
+                ahead = pool.submit(fill, starts[k + 1]) if k + 1 < len(starts) else None
+                for gi, part in got:
+                    carry.setdefault(gi, []).append(part)
+                yield from self._drain(carry, keys, rng)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            readers.shutdown(wait=True, cancel_futures=True)
         for gi, parts in carry.items():
             n = len(parts[0]["rows"])
             if n and not (self.drop_last and n < self.batch_size):
                 yield self._emit(gi, parts[0], np.arange(n))
+
+    def _drain(self, carry, keys, rng):
+        """Emit every full batch of the buffer; keep the leftover rows (per group) for the next fill."""
+        for gi in list(carry):
+            parts = carry[gi]
+            cat = {f: np.concatenate([p[f] for p in parts]) for f in keys} if len(parts) > 1 else parts[0]
+            n = len(cat["rows"])
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            full = n - n % self.batch_size
+            for a in range(0, full, self.batch_size):
+                yield self._emit(gi, cat, order[a:a + self.batch_size])
+            if full < n:  # leftover rows stay in the buffer for the next fill
+                rest = np.sort(order[full:])
+                carry[gi] = [{f: cat[f][rest] for f in keys}]
+            else:
+                del carry[gi]
 
 
 def _field_array(field: str) -> str:
