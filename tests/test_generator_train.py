@@ -178,3 +178,13 @@ def test_previews_are_written_as_png_grids(tmp_path, store):
                   **QUIET)
     a, b = load_checkpoint(res.last_checkpoint), load_checkpoint(plain.last_checkpoint)
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, store):
+    a = train(store, cfg(steps=2, save_every=2), tmp_path / "a", text_encoder=FixedEmpty(), **QUIET)
+    b = train(store, cfg(steps=2, save_every=2, gradient_checkpointing=True), tmp_path / "b",
+              text_encoder=FixedEmpty(), **QUIET)
+    wa, wb = load_checkpoint(a.last_checkpoint)["weights"], load_checkpoint(b.last_checkpoint)["weights"]
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.equal(wa[k], v) for k, v in StageC.from_config(StageCConfig.preset("tiny")).state_dict().items())
