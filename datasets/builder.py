@@ -431,7 +431,7 @@ def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
     ds = _TaskDataset(tasks, cfg)
     workers = max(0, min(num_workers, len(tasks)))
     loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_collate_identity,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
     writer = WriterThread(ChunkWriter(root, chunk_rows, dtype), max_queue=8)
     total = sum(len(t.rows) for t in tasks)

@@ -47,6 +47,8 @@ def init(info: DistInfo, device: torch.device | None = None, timeout_s: float = 
     if not info.active or dist.is_initialized():
         return False
     backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(device)  # object collectives use the current device
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return True

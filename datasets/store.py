@@ -212,15 +212,13 @@ def write_error_table(g) -> int:
     """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample."""
     status = read_status(g)
     rows = np.flatnonzero(status == STATUS_SKIPPED)
-    if "errors" in g:
-        del g["errors"]
-    e = g.create_group("errors")
+    e = g.create_group("errors", overwrite=True)  # also replaces a table left half-written by a kill
     n = len(rows)
     chunks = (max(1, min(n, 65536)),)
     comp = _zstd()
-    e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0)
+    e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0, overwrite=True)
     for name in ("key", "source", "reason"):
-        e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="")
+        e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="", overwrite=True)
     if n:
         e["row"][:] = rows
         e["key"][:] = np.asarray(g["keys"][:])[rows]
