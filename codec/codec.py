@@ -236,7 +236,7 @@ class Codec:
 
         def load(component, model_cls, cfg_cls, kwargs, dt, kind):
             path = ws.path(component)
-            state = load_weights(path, kind=kind)
+            state = load_weights(path, kind=kind, dtype=dt)  # converted while reading: never two full copies
             if kwargs is not None:
                 cfg = cfg_cls(**kwargs)
                 same = [n for n in cfg_cls.PRESETS if cfg_cls.preset(n).kwargs() == cfg.kwargs()]
