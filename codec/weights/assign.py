@@ -93,7 +93,10 @@ def build(
 ) -> M:
     """Create ``factory()`` on the meta device, then :func:`load_into` it from ``state``.
 
-    Peak memory is the state dict alone (plus one tensor during a dtype/device conversion).
+    When ``state`` already has the target dtype/device (e.g. ``load_weights(path, dtype=...)``),
+    its tensors are assigned as they are and peak memory is the state dict alone. Otherwise each
+    tensor is converted here while the caller's ``state`` still holds the original, so the peak is
+    state + converted model: convert while reading instead (``benchmarks/bench_load.py``).
     """
     with torch.device("meta"):
         model = factory()
