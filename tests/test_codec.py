@@ -102,6 +102,23 @@ def test_decode_shape_range_and_sizes(codec, latents):
         codec.decode(latents, sampler="euler")
 
 
+def test_official_sizes_on_meta():
+    """Released shapes without weights (meta device): 1024² -> 768² -> 24×24 latents -> 256×256 Stage B latents."""
+    from cascadekit.codec.models import EfficientNetEncoder, StageA, StageAConfig, StageB, StageBConfig
+
+    with torch.device("meta"):
+        eff = EfficientNetEncoder()
+        sb = StageB.from_config(StageBConfig.preset("lite"))
+        sa = StageA.from_config(StageAConfig.preset("official"))
+        x = resize_short_side_tensor(torch.empty(1, 3, 1024, 1024), 768)
+        assert eff(x).shape == (1, 16, 24, 24)
+    c = Codec(sa, eff, sb, device="meta")
+    assert c.stage_b_unit == 16
+    assert c.stage_b_latent_size(default_image_size(24, 24)) == (256, 256)
+    assert c.stage_b_latent_size((768, 1152)) == (192, 288)
+    assert c.stage_b_latent_size((1000, 1000)) == (256, 256)  # nearest clean size; the image is resized after
+
+
 def test_decode_seed_determinism(codec, latents):
     one = latents[:1]
     a = codec.decode(one, steps=1, seed=123)
