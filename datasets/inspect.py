@@ -107,19 +107,40 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
         w = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         ig = w.require_group("inspect")
         if codec is not None and preview_latents:
+            from cascadekit.codec.errors import CascadeKitError
             from cascadekit.codec.images import save_grid
 
-            pv = []
-            for z in preview_latents:  # groups may differ in shape: one latent at a time
-                pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
-            cols = int(np.ceil(np.sqrt(len(pv))))
-            rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
-            png = save_grid(rows, path / "inspect" / "preview.png")
-            report["preview_png"] = str(png)
+            report["preview_warning"] = _previewer_mismatch(attrs.get("encoder"), codec)
+            try:
+                pv = []
+                for z in preview_latents:  # groups may differ in shape: one latent at a time
+                    pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
+                cols = int(np.ceil(np.sqrt(len(pv))))
+                rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
+                png = save_grid(rows, path / "inspect" / "preview.png")
+                report["preview_png"] = str(png)
+            except CascadeKitError as e:  # e.g. no previewer in these weights: the report still counts
+                report["preview_error"] = str(e)
         ig.attrs.update({"report": report})
         if report["complete"]:
             S.consolidate(path)
     return report
+
+
+def _previewer_mismatch(store_encoder, codec) -> str | None:
+    """A warning when the previewer's weights are not the ones recorded with the store's encoder."""
+    ident = getattr(codec, "identity", None)
+    if not callable(ident) or not isinstance(store_encoder, dict):
+        return None
+    try:
+        mine = ident().get("checkpoints", {}).get("previewer", {}).get("sha256")
+        theirs = store_encoder.get("checkpoints", {}).get("previewer", {}).get("sha256")
+    except AttributeError:
+        return None
+    if mine and theirs and mine != theirs:
+        return ("the previewer weights differ from those recorded with the store's encoder; "
+                "pass the weights the store was encoded with (--weights) for meaningful previews")
+    return None
 
 
 def format_report(r: dict) -> str:
@@ -148,4 +169,8 @@ def format_report(r: dict) -> str:
             lines.append(f"  skipped  {reason:<20}{n}  e.g. {', '.join(ex)}")
     if r.get("preview_png"):
         lines.append(f"preview    {r['preview_png']}")
+    if r.get("preview_warning"):
+        lines.append(f"warning    {r['preview_warning']}")
+    if r.get("preview_error"):
+        lines.append(f"no preview {r['preview_error']}")
     return "\n".join(lines)
