@@ -154,7 +154,7 @@ class TextToImagePipeline:
             cfg = StageCConfig.preset(ws.presets.get("stage_c", stage_c) if ws.presets.get("stage_c") in StageCConfig.PRESETS
                                       else stage_c)
             kwargs = cfg.kwargs()
-        state = load_weights(ws.path("stage_c"))
+        state = load_weights(ws.path("stage_c"), dtype=prior_dt)  # converted while reading: never two full copies
         model = build(lambda: StageC(**kwargs), state, device=device, dtype=prior_dt, name="Stage C")
         del state
         text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt if prior_dt != torch.float16 else torch.float32)
