@@ -25,17 +25,22 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Compute precision (default: bf16 on CUDA, fp32 on CPU). fp16 runs Stage B in bf16.")
-def reconstruct(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype):
+@click.option("--allow-zero-text", is_flag=True,
+              help="Decode with a zero text embedding when no empty-caption CLIP embedding (or text encoder) exists.")
+def reconstruct(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
+                allow_zero_text):
     """Reconstruct IMAGES... (encode + decode) into --out: one PNG each, grid.png (original |
     reconstruction) and reconstruct.json. With no IMAGES, scikit-image's sample photographs are used."""
     try:
-        _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype)
+        _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
+             allow_zero_text)
     except CascadeKitError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
 
 
-def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype):
+def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
+         allow_zero_text=False):
     import warnings
 
     import torch
@@ -55,7 +60,7 @@ def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_res
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner below
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
-                                      encoder_resolution=encoder_resolution)
+                                      encoder_resolution=encoder_resolution, allow_zero_text=allow_zero_text)
     if codec.tiny:
         click.echo(TINY_BANNER, err=True)
         click.echo(f"weights: {info['source']} (TINY RANDOM)", err=True)
