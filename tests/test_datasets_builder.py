@@ -75,6 +75,19 @@ def test_photos_and_broken_files(corpus, tmp_path):
     errs = root["errors"]
     assert sorted(np.asarray(errs["key"][:]).tolist()) == sorted(k for k in a["/keys"][~ok])
 
+    from cascadekit.datasets.inspect import format_report, inspect_store
+
+    rep = inspect_store(tmp_path / "s.zarr", enc, n_preview=4, write=True)
+    g = rep["groups"]["/"]
+    assert (g["ok"], g["skipped"], g["pending"]) == (s.ok, sum(s.skipped.values()), 0)
+    assert g["skip_reasons"] == s.skipped and g["latent_shape"] == [16, 2, 2]
+    assert Path(rep["preview_png"]).is_file() and "truncated" in format_report(rep)
+    from PIL import Image
+
+    with Image.open(rep["preview_png"]) as im:  # 2x2 grid of 16x16 previews + padding
+        assert im.size == (2 * 16 + 3 * 4, 2 * 16 + 3 * 4)
+    assert S.open_store(tmp_path / "s.zarr")["inspect"].attrs["report"]["ok"] == s.ok
+
 
 def test_tar_and_manifest_inputs_with_captions(tmp_path):
     a = photos()[0][1][::4, ::4]
