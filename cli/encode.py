@@ -26,6 +26,7 @@ def _device(name: str | None):
 @click.option("--out", "out", required=True, type=click.Path(), help="Store folder to create or resume (STORE.zarr).")
 @click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: the tiny random test weights).")
 @click.option("--resolution", default=768, show_default=True, type=int, help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
+@click.option("--encoder-resolution", default=None, type=int, help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
 @click.option("--dtype", "dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]), help="Storage dtype of the latents.")
 @click.option("--compute-dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Encoder precision (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--stage-a", is_flag=True, help="Also store Stage A latents (4, H/4, W/4), for training Stage B.")
@@ -39,7 +40,7 @@ def _device(name: str | None):
 @click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
 @click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def encode(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
+def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
            num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
@@ -51,7 +52,7 @@ def encode(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buck
 
     info = D.from_env()
     try:
-        summary, codec = _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size,
+        summary, codec = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                               batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
         if info.is_main:
             click.echo(str(summary))
@@ -65,7 +66,7 @@ def encode(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buck
         sys.exit(2)
 
 
-def _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
+def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
          num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info):
     import warnings
 
@@ -89,8 +90,7 @@ def _run(inputs, out, weights, resolution, dtype, compute_dtype, stage_a, bucket
             click.echo(TINY_BANNER, err=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if not info.is_main else "default")
-        codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=resolution,
-                                      previewer=True)
+        codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=encoder_resolution or resolution, previewer=True)
     spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
     summary = build_latent_dataset(list(inputs), out, codec,
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,

@@ -341,7 +341,9 @@ def build_latent_dataset(
             (or a ready list of :class:`~cascadekit.datasets.sources.Sample`).
         out: the store folder (``*.zarr``).
         codec: an :class:`Encoder` (e.g. ``cascadekit.codec.Codec``) already on its device.
-        resolution: crop side in pixels (multiple of 32); latents are (16, resolution/32, resolution/32).
+        resolution: crop side in pixels (multiple of 32). The latent size is whatever the encoder makes
+            of that crop (a ``Codec`` first resizes to its ``encoder_resolution``: crop 1024 with
+            encoder_resolution 768 gives 16x24x24 latents and 4x256x256 Stage A latents).
         dtype: ``float16`` (overflow-checked) or ``float32`` storage.
         spaces: ``("semantic",)`` and/or ``"stage_a"`` (Stage A latents (4, H/4, W/4)).
         buckets: aspect-ratio buckets (official multi-aspect list), one group per bucket.

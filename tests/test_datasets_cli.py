@@ -55,6 +55,15 @@ def test_encode_inspect_embed_text(tiny, tmp_path):
     r = _invoke(["inspect", str(out), "--weights", str(tiny), "--n-preview", "4"])
     assert r.exit_code == 0 and "skipped  empty" in r.output and "9 ok, 6 skipped" in r.output
 
+    out2 = tmp_path / "b.zarr"  # the Stage B training layout: crop 128, effnet at 64, Stage A at 128
+    r = _invoke(["encode", str(tmp_path / "c" / "part0"), "--out", str(out2), "--weights", str(tiny),
+                 "--resolution", "128", "--encoder-resolution", "64", "--stage-a", "--num-workers", "0",
+                 "--quiet", "--no-preview"])
+    assert r.exit_code == 0, r.output
+    b = store_arrays(out2)
+    assert b["/latents"].shape == (8, 16, 2, 2) and b["/stage_a"].shape == (8, 4, 32, 32)
+    assert S.open_store(out2).attrs["encoder"]["encoder_resolution"] == 64
+
     r = _invoke(["embed-text", str(out), "--weights", str(tiny), "--quiet"])
     assert r.exit_code == 0, r.output
     root = S.open_store(out)
