@@ -71,7 +71,7 @@ def _tiny_models():
     from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
     from cascadekit.codec.models.stage_a import StageA, StageAConfig
     from cascadekit.codec.models.stage_b import StageB, StageBConfig
-    from cascadekit.generator.stage_c import StageC, StageCConfig  # lazy: tests/demos only
+    from cascadekit.codec.models.stage_c import StageC, StageCConfig
 
     return [
         ("stage_a.safetensors", "stage_a", StageAConfig.preset("tiny"), StageA),
