@@ -92,6 +92,14 @@ class _NoBar:
         pass
 
 
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    """The floating dtype a module's parameters are in (inputs are cast to it)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def _state_sha256(module: nn.Module) -> str:
     """SHA-256 over a module's state dict (sorted keys, shapes, dtypes, bytes): the identity of in-memory weights."""
     h = hashlib.sha256()
@@ -126,7 +134,8 @@ class Codec:
 
     Build it with :meth:`from_pretrained`, or directly from loaded modules (tests, custom setups):
     ``Codec(stage_a, effnet, stage_b, previewer=None, empty_clip=...)``; modules are used as given
-    (put them on ``device`` in the dtypes of :func:`~cascadekit.codec.precision.stage_dtypes` first).
+    (on ``device``; inputs are cast to each module's own dtype — :meth:`from_pretrained` applies the
+    :func:`~cascadekit.codec.precision.stage_dtypes` policy).
 
     Args:
         stage_a: :class:`StageA`; ``latent_scale`` is multiplied into Stage B's latents before
@@ -389,9 +398,9 @@ class Codec:
         for sl in parts:
             xb = x[sl].to(self.device)
             xb = resize_short_side_tensor(xb, self.encoder_resolution)
-            xb = imagenet_normalize(xb).to(self.dtypes.effnet)
-            z = self.effnet(xb)
-            check_finite(z, "the EfficientNet encoder", self.dtypes.effnet)
+            dt = _dtype_of(self.effnet)
+            z = self.effnet(imagenet_normalize(xb).to(dt))
+            check_finite(z, "the EfficientNet encoder", dt)
             out.append(z.float())
             bar.update()
         bar.close()
@@ -502,7 +511,7 @@ class Codec:
             draw = self._noise_for(B, shape, steps, generator)
         cond_clip = self._caption_pooled(captions, B)  # (B,1,c_clip)
         uncond_clip = self._empty_pooled(B) if guidance is not None else None
-        dt_b = self.dtypes.stage_b
+        dt_b = _dtype_of(sb)
 
         def model(x, r, **kw):
             return sb(x, r, **kw).float()
@@ -533,8 +542,9 @@ class Codec:
         return torch.cat(out)
 
     def _stage_a_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.stage_a.decode(latents.to(self.device, self.dtypes.stage_a) * self.latent_scale)
-        check_finite(x, "Stage A decode", self.dtypes.stage_a)
+        dt = _dtype_of(self.stage_a)
+        x = self.stage_a.decode(latents.to(self.device, dt) * self.latent_scale)
+        check_finite(x, "Stage A decode", dt)
         return x.float()
 
     # ------------------------------------------------------------------------------------ others
@@ -547,8 +557,9 @@ class Codec:
         z = self._latents(latents, self.previewer.blocks[0].in_channels, "latents")
         out = []
         for sl in _chunks(z.shape[0], batch_size):
-            p = self.previewer(z[sl].to(self.device, self.dtypes.previewer))
-            check_finite(p, "the Previewer", self.dtypes.previewer)
+            dt = _dtype_of(self.previewer)
+            p = self.previewer(z[sl].to(self.device, dt))
+            check_finite(p, "the Previewer", dt)
             out.append(p.float().clamp(0, 1))
         return torch.cat(out)
 
@@ -565,8 +576,9 @@ class Codec:
             raise InputError(f"Stage A needs H and W divisible by 4, got {H}x{W}; crop or resize first")
         out = []
         for sl in _chunks(x.shape[0], batch_size):
-            lat = self.stage_a.encode(x[sl].to(self.device, self.dtypes.stage_a))[0]
-            check_finite(lat, "Stage A encode", self.dtypes.stage_a)
+            dt = _dtype_of(self.stage_a)
+            lat = self.stage_a.encode(x[sl].to(self.device, dt))[0]
+            check_finite(lat, "Stage A encode", dt)
             out.append(lat.float() / self.latent_scale)
         return torch.cat(out)
 

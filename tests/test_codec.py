@@ -242,6 +242,20 @@ def test_fp16_overflow_raises_precision_error(codec, latents):
     assert cbf.preview(latents).shape == (2, 3, 16, 24)
 
 
+def test_stage_b_overflow_names_the_sampling_step(codec, latents):
+    """Stage B forced into float16 (bypassing the policy) with activations beyond 65504: PrecisionError naming the step."""
+    import copy
+
+    sb = copy.deepcopy(codec.stage_b)
+    with torch.no_grad():
+        sb.clf[1].weight.mul_(1e4)  # output head: predictions ~1e5, every weight still a finite float16
+        sb.clf[1].bias.mul_(1e4)
+    c = Codec(codec.stage_a, codec.effnet, sb.half(), empty_clip=codec.empty_clip, encoder_resolution=RES)
+    assert all(torch.isfinite(p).all() for p in c.stage_b.parameters())
+    with pytest.raises(PrecisionError, match=r"Stage B \(sampling step [12]/2\).*float16"):
+        c.decode(latents[:1], steps=2, seed=0)
+
+
 def test_precision_helpers():
     assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("FLOAT16") is torch.float16
     assert parse_dtype("torch.float32") is torch.float32 and parse_dtype(torch.bfloat16) is torch.bfloat16
