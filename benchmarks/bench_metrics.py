@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import tempfile
 import time
@@ -117,6 +118,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(args.weights_dir) if args.weights_dir else Path(tmp)
         if not args.weights_dir:
@@ -132,7 +134,8 @@ def main() -> None:
     if args.json:
         env = {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
                "machine": platform.machine(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
-               else None, "weights": "given" if args.weights_dir else "random-init (same speed)"}
+               else None, "weights": "given" if args.weights_dir else "random-init (same speed)",
+               "cpu_count": os.cpu_count(), "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.json}")

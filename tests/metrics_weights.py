@@ -50,7 +50,7 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
         m.momentum = None  # cumulative average: one batch sets the running stats to that batch's statistics
         m.train()
     with torch.no_grad():
-        net((torch.rand(4, 3, 96, 96) * 255).to(torch.uint8))
+        net((torch.rand(2, 3, 64, 64) * 255).to(torch.uint8))
     path = folder / INCEPTION
     torch.save(net.state_dict(), path)
     return path
@@ -59,14 +59,21 @@ def write_inception(folder: Path, seed: int = 0) -> Path:
 import pytest  # noqa: E402
 
 
+_WRITTEN: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def backbone_dir(tmp_path_factory) -> Path:
-    """A folder with locally created AlexNet, VGG16 and Inception weight files (written once per session)."""
-    d = tmp_path_factory.mktemp("backbones")
-    write_alexnet(d)
-    write_vgg16(d)
-    write_inception(d)
-    return d
+    """A folder with locally created AlexNet, VGG16 and Inception weight files, written once per session
+    (test modules import this fixture separately, hence the cache). Read-only for tests."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _WRITTEN:
+        d = tmp_path_factory.mktemp("backbones")
+        write_alexnet(d)
+        write_vgg16(d)
+        write_inception(d)
+        _WRITTEN[key] = d
+    return _WRITTEN[key]
 
 
 @pytest.fixture

@@ -52,20 +52,6 @@ def test_evaluate_encode_mode_and_store_mode(tiny, corpus, backbone_dir, tmp_pat
     assert data["settings"]["codec"]["tiny_random_weights"] is True
     assert len(list((rep / "grids").glob("*.png"))) == 2 and (rep / "per_image.csv").is_file()
 
-    # the same seed gives the same numbers (up to float noise of another batch size); --max-images limits the count
-    r = invoke(["evaluate", corpus, "--out", tmp_path / "rep_b", "--weights", tiny, "--size", 64,
-                "--encoder-resolution", 64, "--steps", 1, "--seed", 5, "--metrics", "psnr", "--max-images", 2,
-                "--quiet"])
-    assert r.exit_code == 0, r.output
-    again = json.loads((tmp_path / "rep_b" / "metrics.json").read_text())
-    assert again["n_images"] == 2
-    first = {row.split(",")[1]: float(row.split(",")[5])
-             for row in (rep / "per_image.csv").read_text().splitlines()[1:]}
-    second = {row.split(",")[1]: float(row.split(",")[5])
-              for row in (tmp_path / "rep_b" / "per_image.csv").read_text().splitlines()[1:]}
-    assert list(second) == ["gray", "im0"]
-    assert second == pytest.approx({k: first[k] for k in second}, rel=1e-4)
-
     # store mode: latents read from a store built by `cascadekit encode`, originals from its sources
     store = tmp_path / "s.zarr"
     r = invoke(["encode", corpus, "--out", store, "--weights", tiny, "--resolution", 64, "--num-workers", 0,

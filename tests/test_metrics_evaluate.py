@@ -96,9 +96,6 @@ def test_fid_in_the_report(tmp_path, backbone_dir):  # noqa: F811
     mu1, s1, n1 = load_stats(tmp_path / "r" / "fid_stats_original.npz")
     mu2, s2, n2 = load_stats(tmp_path / "r" / "fid_stats_reconstruction.npz")
     assert n1 == n2 == 2 and frechet_distance(mu1, s1, mu2, s2) == pytest.approx(res["aggregate"]["fid"])
-    one = evaluate(imgs[:1], noisy, tmp_path / "one", metrics="psnr,fid", weights_dir=backbone_dir,
-                   progress=False)
-    assert one["aggregate"]["fid"] is None and "at least 2" in one["settings"]["fid_note"]
 
 
 def test_identity_gives_perfect_scores_and_inf_is_written_as_string(tmp_path, backbone_dir):  # noqa: F811
@@ -117,6 +114,14 @@ def test_results_do_not_depend_on_batch_size(tmp_path):
     r5 = evaluate(imgs, per_image_offset, tmp_path / "b5", metrics="psnr,ssim", batch_size=5, progress=False)
     for m in ("psnr", "ssim"):
         assert r2["aggregate"][m]["mean"] == pytest.approx(r5["aggregate"][m]["mean"], rel=1e-12)
+
+
+def test_max_images_counts_evaluated_images(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    imgs = [("bad", bad)] + [(f"k{i}", rgb(i)) for i in range(4)]
+    res = evaluate(imgs, lambda x: x, tmp_path / "r", metrics="psnr", max_images=2, progress=False)
+    assert res["n_images"] == 2 and [s["key"] for s in res["skipped"]] == ["bad"]
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -104,33 +104,37 @@ def test_inception_identical_sets_give_zero_and_different_sets_do_not(inception,
     g = torch.Generator().manual_seed(0)
     a = torch.rand(3, 3, 48, 48, generator=g)
     b = (a * 0.5 + 0.4).clamp(0, 1)
-    fa, fb = inception(a), inception(b)
+    for name, imgs in (("a", a), ("b", b)):  # the same images as 8-bit PNG files
+        (tmp_path / name).mkdir()
+        for i, x in enumerate(to_uint8(imgs)):
+            Image.fromarray(x.permute(1, 2, 0).numpy()).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+
+    fa = inception(a)  # tensors, one batch of 3
     assert fa.shape == (3, 2048) and fa.dtype == torch.float64
-    sa, sb = FeatureStats(), FeatureStats()
+    sa = FeatureStats()
     sa.update(fa)
-    sb.update(fb)
+    skipped = []
+    sb = folder_stats(tmp_path / "b", inception, batch_size=2, skipped=skipped)  # files, batches of 2 + 1
+    assert sb.n == 3 and [s[0].endswith("broken.png") for s in skipped] == [True]
     scale = np.trace(sa.sigma)
     assert abs(frechet_distance(sa.mu, sa.sigma, sa.mu, sa.sigma)) < 1e-9 * scale
     fid_ab = frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
     assert fid_ab > 1e-3 * scale
 
-    # folders of PNG files of the same images, read in batches of 2 (vs 3 above): the same FID, since float
-    # input is rounded like PNG export and the statistics do not depend on batching; a broken file is skipped
-    for name, imgs in (("a", a), ("b", b)):
-        (tmp_path / name).mkdir()
-        for i, x in enumerate(to_uint8(imgs)):
-            Image.fromarray(x.permute(1, 2, 0).numpy()).save(tmp_path / name / f"{i}.png")
-    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
-    skipped = []
-    assert fid_folders(tmp_path / "a", tmp_path / "b", weights_dir=backbone_dir, batch_size=2,
-                       skipped=skipped) == pytest.approx(fid_ab, rel=1e-4)
-    assert [s[0].endswith("broken.png") for s in skipped] == [True]
-    with pytest.raises(MetricInputError, match="broken.png"):
-        folder_stats(tmp_path / "b", inception)  # without a `skipped` list, unreadable files are an error
-    # statistics saved once and used in place of a folder
+    # statistics saved once and used in place of a folder; the PNG folder of `a`, read in batches of 2, gives
+    # the same FID as the tensors in one batch (float input is rounded like PNG export; stats ignore batching)
     save_stats(sa, tmp_path / "a.npz")
     save_stats(sb, tmp_path / "b.npz")
     assert fid_folders(tmp_path / "a.npz", tmp_path / "b.npz") == pytest.approx(fid_ab, rel=1e-12)
+    assert fid_folders(tmp_path / "a", tmp_path / "b.npz", weights_dir=backbone_dir,
+                       batch_size=2) == pytest.approx(fid_ab, rel=1e-4)
+
+
+def test_unreadable_file_without_skip_list_is_an_error(inception, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(MetricInputError, match="broken.png"):
+        folder_stats(tmp_path, inception)
 
 
 def test_inception_missing_and_bad_weights(empty_torch_home, tmp_path, backbone_dir):  # noqa: F811
