@@ -8,9 +8,9 @@ the weights in memory. Each measurement then runs in a FRESH Python process (cle
     model = build(lambda: StageB.from_config(cfg), state, dtype=...)   # meta device + assign
 
 then touches every page of every weight (a memory-mapped state dict is only really read then), and
-reports the load time, the time until the weights are resident, the RSS after imports (baseline), the
-peak RSS (``ru_maxrss``), and the ratios peak/file, (peak - baseline)/file and (peak - baseline)/model
-bytes. A few tensors of the loaded model are checked bit-exactly against the generator, so a
+reports the load time, the time until the weights are resident, the RSS after imports (baseline),
+the peak RSS (``VmHWM``; ``ru_maxrss`` is recorded too), and the ratios peak/file,
+(peak - baseline)/file and (peak - baseline)/model bytes. A few tensors of the loaded model are checked bit-exactly against the generator, so a
 fast-but-wrong loader cannot pass.
 
     python benchmarks/bench_load.py                      # bf16 + fp32 files in /tmp, all cases
@@ -94,21 +94,38 @@ def write_synthetic(path: str | os.PathLike, specs, dtype: torch.dtype) -> int:
 
 # ------------------------------------------------------------------------------ one measurement (child)
 
-def _rss_now() -> int:
-    """Current resident set size in bytes (Linux /proc; falls back to ru_maxrss)."""
+def _proc_status(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return _peak_rss()
+    return None
+
+
+def _ru_maxrss() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+
+
+def _rss_now() -> int:
+    """Current resident set size in bytes."""
+    v = _proc_status("VmRSS")
+    return v if v is not None else _ru_maxrss()
 
 
 def _peak_rss() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+    """Peak RSS of this process image in bytes: ``VmHWM`` on Linux, else ``ru_maxrss``.
+
+    ``ru_maxrss`` alone is not enough on Linux: at ``exec`` it inherits the high-water mark of the
+    process that forked (or vforked) us, so a child started from a big parent (pytest after other
+    tests) reports the parent's peak. ``VmHWM`` belongs to the fresh address space.
+    """
+    v = _proc_status("VmHWM")
+    return v if v is not None else _ru_maxrss()
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:
@@ -154,6 +171,7 @@ def measure(path: str, model_dtype: str, convert_at: str, preset: str, config: d
     t3 = time.perf_counter()
     peak = _peak_rss()
     end_rss = _rss_now()
+    ru_maxrss = _ru_maxrss()
 
     # exactness: ``check`` tensors (first, last, evenly in between; 0 = all) against the generator
     keys = list(own)
@@ -169,6 +187,7 @@ def measure(path: str, model_dtype: str, convert_at: str, preset: str, config: d
     return {
         "read_s": t1 - t0, "build_s": t2 - t1, "touch_s": t3 - t2, "total_s": t3 - t0,
         "baseline_rss": base_rss, "baseline_peak": base_peak, "peak_rss": peak, "end_rss": end_rss,
+        "ru_maxrss": ru_maxrss,
         "params": params, "model_bytes": model_bytes, "checked_tensors": len(picks),
     }
 
