@@ -19,7 +19,6 @@ import io
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -114,18 +113,38 @@ def bench_overhead(tmp: Path, n: int, resolution: int, batch: int, workers: int,
 
 # ------------------------------------------------------------------------------------------ rss
 def _rss_child(corpus: str, out: str) -> None:
+    import threading
+
+    import psutil
+
     torch.set_num_threads(2)
     from cascadekit.datasets.builder import build_latent_dataset
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = {"main": base, "workers": 0}
+    stop = threading.Event()
+
+    def sample():  # current RSS every 20 ms: main process, and the sum over DataLoader workers
+        while not stop.is_set():
+            try:
+                peak["main"] = max(peak["main"], me.memory_info().rss)
+                peak["workers"] = max(peak["workers"], sum(c.memory_info().rss for c in me.children(recursive=True)))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     t = time.perf_counter()
     s = build_latent_dataset([corpus], out, CheapEncoder(), resolution=64, batch_size=64, chunk_rows=256,
                              num_workers=1, progress=False)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"images": s.ok, "seconds": dt, "rss_after_imports_mb": base / 1024,
-                      "peak_rss_mb": peak / 1024, "peak_worker_rss_mb": child / 1024}))
+    stop.set()
+    th.join()
+    print(json.dumps({"images": s.ok, "seconds": dt, "rss_after_imports_mb": base / 2**20,
+                      "peak_rss_mb": peak["main"] / 2**20, "peak_worker_rss_mb": peak["workers"] / 2**20,
+                      "growth_mb": (peak["main"] - base) / 2**20}))
 
 
 def bench_rss(tmp: Path, sizes) -> list[dict]:
@@ -169,8 +188,8 @@ def bench_reader(tmp: Path, n: int) -> list[dict]:
     path = tmp / "reader.zarr"
     _synthetic_store(path, n)
     res = []
-    for in_memory in (False, True):
-        for workers in (0, 2):
+    for in_memory, workers in ((False, 0), (False, 2), (True, 0)):  # in memory: no workers (see LatentDataset)
+        if True:
             ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=in_memory)
             dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
             for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
@@ -245,7 +264,8 @@ def main() -> None:
         print(f"  end to end         {o['e2e_images_per_s']:10.1f} images/s   overhead {100 * o['overhead']:+.1f} %")
     for r in out.get("rss", []):
         print(f"peak RSS {r['images']:6d} images: main {r['peak_rss_mb']:7.1f} MB (after imports "
-              f"{r['rss_after_imports_mb']:.1f}), worker {r['peak_worker_rss_mb']:.1f} MB, {r['images'] / r['seconds']:.0f} images/s")
+              f"{r['rss_after_imports_mb']:.1f}, growth {r['growth_mb']:+.1f}), worker {r['peak_worker_rss_mb']:.1f} MB, "
+              f"{r['images'] / r['seconds']:.0f} images/s")
     for r in out.get("reader", []):
         cpu = f"  ({r['samples_per_cpu_s']:.0f} per CPU-second)" if r.get("samples_per_cpu_s") else ""
         print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s{cpu}")

@@ -57,7 +57,8 @@ class LatentDataset(IterableDataset):
         group: read only this sample group (e.g. ``"buckets/768x768"``); default all groups.
         drop_last: drop each group's last incomplete batch of a worker.
         buffer_blocks: blocks (chunks) per shuffle buffer.
-        in_memory: True, False, or "auto" (when the fields of all complete rows fit in ``memory_budget``).
+        in_memory: True, False, or "auto" (when the fields of all complete rows fit in ``memory_budget``,
+            and only with ``num_workers=0``: it is fastest without workers).
         read_threads: threads reading the next shuffle buffer while the current one is emitted.
         dtype: torch dtype float tensors are returned in (default: as stored, usually float16 --
             cast on the GPU, it is cheaper there than a CPU conversion).
@@ -107,6 +108,7 @@ class LatentDataset(IterableDataset):
         self.chunk_rows = int(root.attrs["chunk_rows"])
         self.attrs = dict(root.attrs)
         self.refresh()
+        self._auto_memory = in_memory == "auto"
         if in_memory == "auto":
             per_row = sum(_row_bytes(first, f) for f in fields)
             in_memory = per_row * self.num_complete <= memory_budget
@@ -224,7 +226,9 @@ class LatentDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         blocks = self._slice(blocks, wid, nw)
         rng = np.random.default_rng([self.seed, self.epoch, 2, self.rank, wid])
-        if self.in_memory:
+        # "auto" keeps the in-memory copy to the main process: DataLoader workers would each load
+        # (and, without persistent workers, reload every epoch) the whole store.
+        if self.in_memory and not (self._auto_memory and info is not None):
             yield from self._iter_memory(root, blocks, rng)
         else:
             yield from self._iter_blocks(root, blocks, rng)
