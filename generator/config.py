@@ -54,6 +54,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     fsdp: bool = False                        # FULL_SHARD, one unit per block (GPU only)
     log_every: int = 10
+    tensorboard: bool = False                 # also write scalars to RUN/tensorboard (needs `tensorboard`)
     preview_every: int = 0                    # 0: no previews
     preview_steps: int = 20
     preview_count: int = 4
@@ -175,6 +176,7 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing must be true or false")
         need(isinstance(self.fsdp, bool), "fsdp must be true or false")
+        need(isinstance(self.tensorboard, bool), "tensorboard must be true or false")
         need(is_num(self.lora_alpha) and self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
         need(isinstance(self.lora_targets, list) and len(self.lora_targets) > 0
              and all(isinstance(t, str) and t for t in self.lora_targets),

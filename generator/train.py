@@ -159,6 +159,12 @@ class Trainer:
 
         # ---- everything that can be wrong is checked before any training step
         check_data(data, self.model_cfg, cfg, text_encoder is not None)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise InputError("tensorboard: true needs the `tensorboard` package (pip install tensorboard), "
+                                 "or set tensorboard: false (train_log.jsonl is always written)") from None
         self.plan = BatchPlan(data.groups, self.global_micro, cfg.seed)
         latest = ckpt.latest_checkpoint(self.run_dir)
         if latest is not None and not resume:
@@ -451,6 +457,11 @@ class Trainer:
                  f"for {cfg.steps} updates of {cfg.batch_size} samples on {self.info.world_size} process(es), "
                  f"device {self.device}, starting at step {self.step}")
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        tb = None
+        if cfg.tensorboard and self.info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         while self.step < end:
             rec = self.train_step()
             self.history.append(rec)
@@ -460,12 +471,17 @@ class Trainer:
                     rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
+                if tb is not None:
+                    for k in ("loss", "loss_weighted", "lr", "grad_norm", "samples_per_s"):
+                        tb.add_scalar(f"train/{k}", rec[k], rec["step"])
                 self.log(f"step {rec['step']:>6}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
                          f"grad_norm {rec['grad_norm']:.3f}  {rec['samples_per_s']:.1f} samples/s")
             if cfg.preview_every and self.step % cfg.preview_every == 0:
                 self.preview()
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save()
+        if tb is not None:
+            tb.close()
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.history)
 
     def close(self) -> None:

@@ -188,3 +188,16 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path, store):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
     assert any(not torch.equal(wa[k], v) for k, v in StageC.from_config(StageCConfig.preset("tiny")).state_dict().items())
+
+
+def test_tensorboard_option(tmp_path, store):
+    import importlib.util
+
+    c = cfg(steps=1, save_every=1, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(InputError, match="pip install tensorboard"):
+            train(store, c, tmp_path / "run", text_encoder=FixedEmpty(), **QUIET)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    else:
+        train(store, c, tmp_path / "run", text_encoder=FixedEmpty(), **QUIET)
+        assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
