@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # our own pixel limit below replaces PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if w * h > max_pixels:
                 raise MetricInputError(

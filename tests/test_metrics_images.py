@@ -67,3 +67,22 @@ def test_folder_keys(tmp_path):
     assert [k for k, _ in iter_folder(tmp_path)] == ["b", "sub/a"]
     with pytest.raises(MetricInputError, match="not a folder"):
         list(iter_folder(tmp_path / "missing"))
+
+
+def test_metrics_package_imports_nothing_else_of_cascadekit():
+    import ast
+    from pathlib import Path
+
+    import cascadekit.metrics as m
+
+    folder = Path(m.__file__).parent
+    for py in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            assert not any(n.startswith("cascadekit") for n in names), f"{py.name} imports {names}"
+    assert m.psnr_per_image.__module__ == "cascadekit.metrics.pixel"
