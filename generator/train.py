@@ -453,6 +453,8 @@ class Trainer:
         cfg = self.cfg
         self._write_run_json()
         log_path = self.run_dir / LOG_FILE
+        if self.resume_from is not None and self.info.is_main and log_path.is_file():
+            _truncate_log(log_path, self.step)  # drop lines of steps that will be redone
         self.log(f"training Stage C ({cfg.model}{', LoRA r=%d' % cfg.lora_rank if cfg.lora_rank else ''}) "
                  f"for {cfg.steps} updates of {cfg.batch_size} samples on {self.info.world_size} process(es), "
                  f"device {self.device}, starting at step {self.step}")
@@ -486,6 +488,19 @@ class Trainer:
 
     def close(self) -> None:
         dist_util.teardown(self.info)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut off by a kill
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _copy_named(named: list[tuple[str, torch.Tensor]], values: dict[str, torch.Tensor]) -> None:

@@ -76,8 +76,9 @@ def test_tiny_model_learns_the_store(tmp_path, store):
 def test_resume_is_bit_exact(tmp_path, store):
     c = cfg(steps=6, save_every=3, ema_decay=0.9, loss_weighting="adaptive", grad_accum_steps=2)
     straight = train(store, c, tmp_path / "a", text_encoder=FixedEmpty(), **QUIET)
-    first = train(store, c, tmp_path / "b", text_encoder=FixedEmpty(), stop_after=3, **QUIET)  # "killed" at 3
-    assert first.step == 3 and latest_checkpoint(tmp_path / "b").name == "step_000003"
+    # "killed" after step 4: its last checkpoint is step 3, step 4 is lost and must be redone identically
+    first = train(store, c, tmp_path / "b", text_encoder=FixedEmpty(), stop_after=4, **QUIET)
+    assert first.step == 4 and latest_checkpoint(tmp_path / "b").name == "step_000003"
     torch.manual_seed(1234)  # a resumed process starts with whatever global RNG state
     second = train(store, c, tmp_path / "b", resume=True, text_encoder=FixedEmpty(), **QUIET)
     assert second.step == 6
@@ -89,6 +90,12 @@ def test_resume_is_bit_exact(tmp_path, store):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     assert torch.equal(a["state"]["gdf"]["adaptive.bucket_losses"], b["state"]["gdf"]["adaptive.bucket_losses"])
     assert [h["loss"] for h in straight.history[3:]] == [h["loss"] for h in second.history]
+    log_a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k not in ("time", "samples_per_s", "step_time_s")}
+             for x in log_a], [{k: v for k, v in json.loads(x).items() if k not in ("time", "samples_per_s", "step_time_s")}
+                               for x in log_b]
+    assert strip[0] == strip[1]  # one line per step, no duplicates after the resume
     # the checkpoint loads into the official-key StageC
     load_into(StageC.from_config(StageCConfig.preset("tiny")), b["weights"])
 
