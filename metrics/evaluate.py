@@ -121,11 +121,14 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
     """Reconstruct every image, measure, and write the report into `out_dir`.
 
     images: iterable of (key, item) with item a path, a PIL image (any mode), a (C,H,W) float tensor in [0,1]
-        (C in 1..4), or a zero-argument callable returning one of those (lazy loading). Grayscale is replicated to RGB, alpha composited over white (listed under "converted");
-        unreadable items are skipped and listed under "skipped". Consecutive images of one size are batched.
+        (C in 1..4), or a zero-argument callable returning one of those (lazy loading). Grayscale is replicated
+        to RGB, alpha composited over white (listed under "converted"); unreadable items are skipped and listed
+        under "skipped". Consecutive images of one size are batched.
     reconstruct: callable (B,3,H,W) float in [0,1] -> (B,3,H,W) reconstructions (same shape). If it accepts a
         `seed` keyword it gets `seed + index of the batch's first image`, else torch's global RNG is seeded with
-        that; if it accepts `keys` it gets the batch's keys (e.g. to read stored latents).
+        that; if it accepts `keys` it gets the batch's keys (e.g. to read stored latents). If it raises, the
+        batch's images are skipped and listed with the error; a result of the wrong shape or with NaN/inf is an
+        error (MetricInputError).
     metrics: subset of ("psnr", "ssim", "lpips", "fid"). PSNR/SSIM use data_range=1; aggregates of per-image
         metrics are means of per-image values; FID compares the set of originals with the set of reconstructions.
     max_images: stop after this many evaluated (readable) images.
@@ -169,12 +172,21 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="evaluate", unit="img", disable=not progress)
+    total = len(images) if hasattr(images, "__len__") else None
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
+    bar = tqdm(desc="evaluate", unit="img", total=total, disable=not progress)
     t0 = time.perf_counter()
     index = 0
     for keys, batch in batches_by_size(readable(), batch_size):
         batch_seed = seed + index
-        rec = _call_reconstruct(reconstruct, batch, keys, batch_seed)
+        try:
+            rec = _call_reconstruct(reconstruct, batch, keys, batch_seed)
+        except Exception as e:  # the codec refused these images (size, memory, ...): list them, go on
+            reason = f"reconstruct failed on its batch: {type(e).__name__}: {e}"
+            skipped.extend({"key": k, "reason": reason} for k in keys)
+            bar.update(len(keys))
+            continue
         if not isinstance(rec, torch.Tensor) or tuple(rec.shape) != tuple(batch.shape):
             got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
             raise MetricInputError(f"reconstruct returned {got} for a batch of shape {tuple(batch.shape)} "

@@ -149,6 +149,20 @@ def test_bad_reconstruction_is_explained(tmp_path):
         evaluate(imgs, lambda x: x * float("nan"), tmp_path / "r", metrics="psnr", progress=False)
 
 
+def test_reconstruct_errors_skip_the_batch(tmp_path):
+    imgs = [("small", rgb(0, 32, 32)), ("ok", rgb(1))]
+
+    def picky(x):
+        if x.shape[-1] < 64:
+            raise RuntimeError("images must be at least 64 pixels wide")
+        return x
+
+    res = evaluate(imgs, picky, tmp_path / "r", metrics="psnr", progress=False)
+    assert res["n_images"] == 1
+    assert res["skipped"] == [{"key": "small", "reason": "reconstruct failed on its batch: RuntimeError: "
+                                                         "images must be at least 64 pixels wide"}]
+
+
 def test_nothing_readable_still_writes_report(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
