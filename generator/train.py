@@ -74,18 +74,14 @@ def _load_init_state(init: str | Path, preset: str) -> dict[str, torch.Tensor]:
     """Official-key Stage C weights from a file, folder, diffusers snapshot or hub id."""
     from cascadekit.codec.weights.load import load_weights
 
+    from cascadekit.codec.weights.sources import resolve_source
+
     p = Path(init)
     if p.is_file():
         return load_weights(p)
-    try:
-        from cascadekit.codec.weights.sources import resolve_source
-    except ImportError as e:  # pragma: no cover - sources lands with the weights helper
-        raise InputError(f"--init {init}: give a Stage C weights file ({e})") from e
-    ws = resolve_source(str(init), stage_c=preset if preset in ("lite", "big") else "lite")
-    path = getattr(ws, "stage_c", None)
-    if path is None:
-        raise InputError(f"--init {init}: no Stage C weights found there")
-    return load_weights(path)
+    # tiny models are stored under the lite file names (the tiny random weight set)
+    ws = resolve_source(str(init), stage_c="big" if preset == "big" else "lite", need=("stage_c",))
+    return load_weights(ws.path("stage_c"))
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:

@@ -197,3 +197,20 @@ def test_sample_command_with_lora(weights, tmp_path):
     p1, p2 = next((tmp_path / "plain").glob("*.png")), next((tmp_path / "lora").glob("*.png"))
     assert read_png_parameters(p2)["lora"] == str(lora) and read_png_parameters(p1)["lora"] is None
     assert p1.read_bytes() != p2.read_bytes()
+
+
+def test_finetune_from_a_weights_folder(weights, tmp_path):
+    from generator_helpers import FixedEmpty
+    from safetensors.torch import load_file
+
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.train import train
+
+    store = tiny_store(tmp_path / "s.zarr", n=4)
+    c = TrainConfig.from_dict(dict(model="tiny", batch_size=4, steps=1, save_every=1, lr=1e-6))
+    res = train(store, c, tmp_path / "run", init=weights, text_encoder=FixedEmpty(), log=lambda m: None)
+    got = load_file(str(res.last_checkpoint / "model.safetensors"))
+    base = load_file(str(weights / "stage_c_lite.safetensors"))
+    # one tiny step away from the folder's weights (not from a random init)
+    assert max((got[k] - base[k]).abs().max().item() for k in base) < 1e-4
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["init"] == str(weights)
