@@ -164,6 +164,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
                 x, note = load_item(key, item)
             except MetricInputError as e:
                 skipped.append({"key": key, "reason": str(e)})
+                bar.update(1)
                 continue
             if note:
                 converted.append({"key": key, "note": note})
