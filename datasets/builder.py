@@ -465,7 +465,7 @@ def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
 
 
 def store_summary(out) -> Summary:
-    """Counts of a store as it is on disk (works on complete and partial stores)."""
+    """Counts of a store as it is on disk (works on complete and partial stores; reads chunk by chunk)."""
     root = S.open_store(out)
     rows = ok = missing = 0
     reasons: Counter = Counter()
@@ -473,12 +473,13 @@ def store_summary(out) -> Summary:
         g = S.sample_group(root, gp)
         st = S.read_status(g)
         rows += len(st)
-        okm = st == S.STATUS_OK
-        ok += int(okm.sum())
-        sk = st == S.STATUS_SKIPPED
-        if sk.any():
-            reasons.update(np.asarray(g["skip_reason"][:])[sk].tolist())
-        if okm.any():
-            missing += int((np.asarray(g["captions"][:])[okm] == "").sum())
+        ok += int((st == S.STATUS_OK).sum())
+        c = g["status"].chunks[0]
+        for a in range(0, len(st), c):
+            s = st[a:a + c]
+            if (s == S.STATUS_SKIPPED).any():
+                reasons.update(np.asarray(g["skip_reason"][a:a + c])[s == S.STATUS_SKIPPED].tolist())
+            if (s == S.STATUS_OK).any():
+                missing += int((np.asarray(g["captions"][a:a + c])[s == S.STATUS_OK] == "").sum())
     return Summary(store=str(out), rows=rows, ok=ok, skipped=dict(reasons), missing_captions=missing,
                    groups=S.group_paths(root))

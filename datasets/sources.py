@@ -41,7 +41,7 @@ CAPTION_FIELDS = ("caption", "text", "prompt")
 PATH_FIELDS = ("path", "image", "file", "filename")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRef:
     """An image file on disk, with an optional sidecar caption file."""
 
@@ -49,7 +49,7 @@ class FileRef:
     caption_path: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TarRef:
     """Sample number ``index`` (0-based, in stream order) of the tar shard ``url``."""
 
@@ -59,7 +59,7 @@ class TarRef:
     caption_member: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One planned store row.
 
@@ -126,24 +126,23 @@ def _local_path(url: str) -> Path | None:
 
 # ------------------------------------------------------------------------------------------ folder
 def _folder_samples(root: Path) -> list[Sample]:
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    # plain strings and the directory listing (no Path objects, no stat per sidecar): the plan of a
+    # million-image folder stays a few hundred MB at most
+    found = []
+    top = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames.sort()
+        names = set(filenames)
+        rel_dir = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
         for fn in filenames:
-            if _ext(fn) in IMAGE_EXTS and not fn.startswith("."):
-                paths.append(Path(dirpath) / fn)
-    rels = sorted((p.relative_to(root).as_posix(), p) for p in paths)
-    out = []
-    for rel, p in rels:
-        stem = p.with_suffix("")
-        cap = None
-        for ext in CAPTION_EXTS:
-            c = stem.with_name(stem.name + "." + ext)
-            if c.is_file():
-                cap = str(c)
-                break
-        out.append(Sample(key=rel.rsplit(".", 1)[0], source=str(p), load=FileRef(str(p), cap)))
-    return out
+            if fn.startswith(".") or _ext(fn) not in IMAGE_EXTS:
+                continue
+            stem = fn.rsplit(".", 1)[0]
+            cap = next((os.path.join(dirpath, f"{stem}.{e}") for e in CAPTION_EXTS if f"{stem}.{e}" in names), None)
+            found.append((rel_dir + fn, os.path.join(dirpath, fn), cap))
+    found.sort()
+    return [Sample(key=rel.rsplit(".", 1)[0], source=path, load=FileRef(path, cap)) for rel, path, cap in found]
 
 
 # ---------------------------------------------------------------------------------------- manifest

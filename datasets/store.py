@@ -209,9 +209,19 @@ def channel_stats(g, chunk_rows: int) -> tuple[list[float], list[float], int]:
 
 
 def write_error_table(g) -> int:
-    """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample."""
+    """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample.
+
+    Reads only the chunks that hold skipped rows, so memory does not grow with the store size.
+    """
     status = read_status(g)
     rows = np.flatnonzero(status == STATUS_SKIPPED)
+    chunk = g["status"].chunks[0]
+    cols = {"key": [], "source": [], "reason": []}
+    for c in np.unique(rows // chunk):
+        a = int(c) * chunk
+        sel = rows[(rows >= a) & (rows < a + chunk)] - a
+        for name, arr in (("key", "keys"), ("source", "source"), ("reason", "skip_reason")):
+            cols[name] += np.asarray(g[arr][a:a + chunk])[sel].tolist()
     e = g.create_group("errors", overwrite=True)  # also replaces a table left half-written by a kill
     n = len(rows)
     chunks = (max(1, min(n, 65536)),)
@@ -221,9 +231,8 @@ def write_error_table(g) -> int:
         e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="", overwrite=True)
     if n:
         e["row"][:] = rows
-        e["key"][:] = np.asarray(g["keys"][:])[rows]
-        e["source"][:] = np.asarray(g["source"][:])[rows]
-        e["reason"][:] = np.asarray(g["skip_reason"][:])[rows]
+        for name, vals in cols.items():
+            e[name][:] = np.asarray(vals, dtype=object).astype(str)
     return n
 
 
