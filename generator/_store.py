@@ -66,7 +66,7 @@ def open_groups(path: Path):
                                  "no text embedding yet; rerun `cascadekit embed-text` to finish it")
         fields_per_group.append(fields)
         name = gp or "root"
-        grp = Group(name, int(len(rows)), tuple(int(s) for s in lat.shape[1:]))
+        grp = Group(name, int(len(rows)), tuple(int(s) for s in lat.shape[1:]), chunk=int(lat.chunks[0]))
         out.append((grp, _reader(lat, rows, caps, emb)))
     if not out:
         raise InputError(f"latent store {path} has no complete samples (status ok); did `cascadekit encode` finish?")
@@ -103,24 +103,52 @@ def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
     return None
 
 
+class _ChunkCache:
+    """Decoded row chunks of one array, least recently used dropped first (all of them for small arrays)."""
+
+    def __init__(self, arr, keep: int):
+        self.arr, self.keep = arr, keep
+        self.rows_per_chunk = int(arr.chunks[0])
+        self.chunks: dict[int, np.ndarray] = {}
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        out = None
+        c = self.rows_per_chunk
+        for ci in np.unique(rows // c):
+            block = self.chunks.pop(int(ci), None)
+            if block is None:
+                block = np.asarray(self.arr[int(ci) * c:(int(ci) + 1) * c])
+            self.chunks[int(ci)] = block  # most recently used last
+            sel = np.flatnonzero(rows // c == ci)
+            if out is None:
+                out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)
+            out[sel] = block[rows[sel] - int(ci) * c]
+        while len(self.chunks) > self.keep:
+            self.chunks.pop(next(iter(self.chunks)))
+        return out
+
+
+SMALL_BYTES = 256 << 20  # arrays up to this size are kept decoded in memory entirely
+
+
+def _cache_for(arr) -> _ChunkCache:
+    n_chunks = -(-arr.shape[0] // int(arr.chunks[0]))
+    nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
+    return _ChunkCache(arr, n_chunks if nbytes <= SMALL_BYTES else 16)
+
+
 def _reader(lat, rows: np.ndarray, caps: list[str] | None, emb: dict):
+    caches = {"latents": _cache_for(lat)}
+    caches.update({name: _cache_for(arr) for name, arr in emb.items()})
+
     def read(indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
-        sel = rows[idx]
-        order = np.argsort(sel, kind="stable")
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
-        sorted_rows = sel[order]
-
-        def take(arr) -> torch.Tensor:
-            x = np.asarray(arr.get_orthogonal_selection((sorted_rows,)))[inv]
-            return torch.from_numpy(np.ascontiguousarray(x).astype(np.float32))
-
-        batch: dict[str, Any] = {"latents": take(lat)}
+        sel = rows[idx]  # store rows of the requested samples, in the requested order
+        batch: dict[str, Any] = {"latents": torch.from_numpy(caches["latents"].rows(sel).astype(np.float32))}
         if caps is not None:
             batch["captions"] = [caps[i] for i in idx.tolist()]
-        for name, arr in emb.items():
-            batch[name] = take(arr)
+        for name in emb:
+            batch[name] = torch.from_numpy(caches[name].rows(sel).astype(np.float32))
         return batch
 
     return read

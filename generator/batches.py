@@ -1,8 +1,11 @@
 """Deterministic, resumable, world-size independent batch plan over a (bucketed) latent store.
 
-The plan of epoch ``e`` is a pure function of ``(seed, e)`` and the group sizes: every group (aspect
+The plan of epoch ``e`` is a pure function of ``(seed, e)`` and the group layout: every group (aspect
 bucket) is shuffled with its own generator, cut into GLOBAL batches of ``global_batch`` samples
-(incomplete tails are dropped), and the batches of all groups are shuffled together. Global batch
+(incomplete tails are dropped), and the batches of all groups are shuffled together. A group stored
+in chunks of ``chunk`` rows is shuffled chunk-aware (the order of its chunks is permuted, then the
+samples inside each window of ``window`` consecutive chunks), so that a batch touches few chunks and
+consecutive batches reuse decoded chunks; a group that fits in one chunk gets a full permutation. Global batch
 ``k`` of the run is ``plan(e)[k - offset(e)]``; each of ``world_size`` processes takes the contiguous
 slice ``[rank * per_rank, (rank + 1) * per_rank)`` of it. So the position of a run is ONE integer
 (the number of global batches consumed), a resumed run reads exactly what the uninterrupted run
@@ -20,18 +23,21 @@ from cascadekit.codec.errors import InputError
 
 @dataclass(frozen=True)
 class Group:
-    """One shape group of the store: ``name`` (bucket key), ``size`` (samples), latent ``shape`` (C, h, w)."""
+    """One shape group of the store: ``name`` (bucket key), ``size`` (samples), latent ``shape`` (C, h, w),
+    ``chunk``: samples per storage chunk (0: the whole group is one block, e.g. in memory)."""
 
     name: str
     size: int
     shape: tuple[int, int, int]
+    chunk: int = 0
 
 
 class BatchPlan:
     """Maps a global batch index to (group name, sample indices) — see the module docstring."""
 
-    def __init__(self, groups: Sequence[Group], global_batch: int, seed: int, shuffle: bool = True):
+    def __init__(self, groups: Sequence[Group], global_batch: int, seed: int, shuffle: bool = True, window: int = 8):
         self.groups = list(groups)
+        self.window = int(window)
         self.global_batch = int(global_batch)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -49,7 +55,7 @@ class BatchPlan:
         for gi, g in enumerate(self.groups):
             if self.shuffle:
                 gen = torch.Generator().manual_seed(_mix(self.seed, epoch, gi))
-                order = torch.randperm(g.size, generator=gen)
+                order = _block_shuffle(g.size, g.chunk, self.window, gen)
             else:
                 order = torch.arange(g.size)
             n = g.size // self.global_batch
@@ -67,6 +73,19 @@ class BatchPlan:
         gi, idx = self._epoch(epoch)[k]
         per = self.global_batch // world_size
         return self.groups[gi], idx[rank * per:(rank + 1) * per].tolist(), epoch
+
+
+def _block_shuffle(n: int, chunk: int, window: int, gen: torch.Generator) -> torch.Tensor:
+    """A permutation of range(n): chunk order permuted, then samples shuffled within windows of chunks."""
+    if chunk <= 0 or chunk * window >= n:
+        return torch.randperm(n, generator=gen)
+    starts = torch.arange(0, n, chunk)
+    blocks = [torch.arange(int(a), min(int(a) + chunk, n)) for a in starts[torch.randperm(len(starts), generator=gen)]]
+    parts = []
+    for w in range(0, len(blocks), window):
+        ids = torch.cat(blocks[w:w + window])
+        parts.append(ids[torch.randperm(len(ids), generator=gen)])
+    return torch.cat(parts)
 
 
 def _mix(*values: int) -> int:

@@ -133,3 +133,30 @@ def test_ema_follows_the_official_update():
         p.fill_(2.0)
     ema.update([("p", p)], step=2)
     torch.testing.assert_close(ema.shadow["p"], torch.full((2,), 0.9 * 1 + 0.1 * 2))
+
+
+def test_chunk_aware_shuffle_touches_few_chunks():
+    plan = BatchPlan([Group("a", 64, (16, 2, 2), chunk=4)], 8, seed=0, window=2)
+    order = []
+    for k in range(plan.batches_per_epoch):
+        idx = plan.batch(k)[1]
+        assert len({i // 4 for i in idx}) <= 2  # one window = 2 chunks
+        order += idx
+    assert sorted(order) == list(range(64)) and order != list(range(64))
+    assert [i // 4 for i in order[:8]] != [0] * 4 + [1] * 4  # the chunk order is permuted too (seed 0)
+
+
+def test_store_reader_returns_requested_rows_in_order(tmp_path):
+    from generator_helpers import random_embeddings, write_store
+
+    from cascadekit.generator.data import open_store
+
+    lat = torch.randn(13, 16, 2, 3)
+    emb = random_embeddings(13)
+    s = write_store(tmp_path / "r.zarr", {"": lat}, embeddings={"": emb}, chunk_rows=4)
+    data = open_store(s)
+    assert data.groups[0].chunk == 4 and data.groups[0].size == 13
+    idx = [12, 0, 5, 4, 11, 3]
+    b = data.read(data.groups[0].name, idx)
+    assert torch.equal(b["latents"], lat[idx])
+    assert torch.equal(b["clip_text"], emb[0][idx]) and b["captions"] == [f"caption {i}" for i in idx]
