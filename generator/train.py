@@ -126,6 +126,9 @@ def check_data(data: TrainData, model_cfg: StageCConfig, cfg: TrainConfig, has_t
         p = shapes.get("clip_text_pooled")
         if p is not None and p[-1] != model_cfg.c_clip_text_pooled:
             errs.append(f"stored clip_text_pooled width {p[-1]} != model c_clip_text_pooled {model_cfg.c_clip_text_pooled}")
+    i = getattr(data, "field_shapes", {}).get("clip_img")
+    if i is not None and i[-1] != model_cfg.c_clip_img:
+        errs.append(f"stored clip_img width {i[-1]} != model c_clip_img {model_cfg.c_clip_img}")
     if cfg.caption_dropout > 0 and data.empty is None and not has_text_encoder:
         errs.append("caption_dropout > 0 needs the empty-caption embeddings: the store has none and no text "
                     "encoder was given (pass --text-encoder, or set caption_dropout: 0)")

@@ -208,3 +208,13 @@ def test_tensorboard_option(tmp_path, store):
     else:
         train(store, c, tmp_path / "run", text_encoder=FixedEmpty(), **QUIET)
         assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
+
+
+def test_text_embedding_width_must_match_the_model(tmp_path):
+    from cascadekit.generator.data import TensorData
+
+    data = TensorData(structured_latents(4), ["a"] * 4, clip_text=torch.randn(4, 8, 48),
+                      clip_text_pooled=torch.randn(4, 1, 32), clip_img=torch.randn(4, 1, 7))
+    with pytest.raises(InputError) as e:
+        train(data, cfg(), tmp_path / "r", text_encoder=FixedEmpty(), **QUIET)
+    assert "clip_text width 48" in str(e.value) and "clip_img width 7" in str(e.value)
