@@ -176,3 +176,12 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     except Exception as e:
         raise WeightsError(f"checkpoint {folder} cannot be read ({e}); resume from an older step_* folder") from e
     return {"weights": weights, "weights_name": meta["weights"], "ema": ema, "state": state, "meta": meta}
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    """Only the resumable training state (``state.pt``) of a checkpoint folder."""
+    folder = Path(folder)
+    try:
+        return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"checkpoint {folder} cannot be read ({e}); resume from an older step_* folder") from e

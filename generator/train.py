@@ -285,8 +285,7 @@ class Trainer:
         }
 
     def _load_state(self) -> None:
-        loaded = ckpt.load_checkpoint(self.resume_from)
-        st = loaded["state"]
+        st = ckpt.load_state(self.resume_from)
         if st["data"]["global_micro_batch"] != self.global_micro:
             raise InputError("the checkpoint was written with another micro-batch layout")
         dist_util.load_optim_state(self.wrapped, self.optimizer, st["optimizer"])
