@@ -122,6 +122,24 @@ def test_inception_identical_sets_give_zero_and_different_sets_do_not(inception,
     fid_ab = frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
     assert fid_ab > 1e-3 * scale
 
+    # the same number as torch-fidelity's own FID pipeline (same weights file, its eigvals-based formula)
+    import torch_fidelity
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = to_uint8(x)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    ref = torch_fidelity.calculate_metrics(
+        input1=Images(a), input2=Images(b), fid=True, feature_extractor_weights_path=str(backbone_dir / INCEPTION),
+        cuda=False, verbose=False, cache=False, batch_size=3, save_cpu_ram=True)["frechet_inception_distance"]
+    assert fid_ab == pytest.approx(ref, rel=1e-6)
+
     # statistics saved once and used in place of a folder; the PNG folder of `a`, read in batches of 2, gives
     # the same FID as the tensors in one batch (float input is rounded like PNG export; stats ignore batching)
     save_stats(sa, tmp_path / "a.npz")
