@@ -77,11 +77,11 @@ def _load_init_state(init: str | Path, preset: str) -> dict[str, torch.Tensor]:
     from cascadekit.codec.weights.sources import resolve_source
 
     p = Path(init)
-    if p.is_file():
-        return load_weights(p)
-    # tiny models are stored under the lite file names (the tiny random weight set)
-    ws = resolve_source(str(init), stage_c="big" if preset == "big" else "lite", need=("stage_c",))
-    return load_weights(ws.path("stage_c"))
+    if not p.is_file():
+        # tiny models are stored under the lite file names (the tiny random weight set)
+        p = resolve_source(str(init), stage_c="big" if preset == "big" else "lite", need=("stage_c",)).path("stage_c")
+    # float32 master weights, converted while reading (bf16 releases never exist twice in memory)
+    return load_weights(p, dtype=torch.float32, kind="stage_c")
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
