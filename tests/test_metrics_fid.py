@@ -147,6 +147,10 @@ def test_inception_identical_sets_give_zero_and_different_sets_do_not(inception,
     save_stats(sa, tmp_path / "a.npz")
     save_stats(sb, tmp_path / "b.npz")
     assert fid_folders(tmp_path / "a.npz", tmp_path / "b.npz") == pytest.approx(fid_ab, rel=1e-12)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "a" / "0.png").rename(tmp_path / "one" / "0.png")
+    with pytest.raises(MetricInputError, match="at least 2 images"):
+        fid_folders(tmp_path / "one", tmp_path / "b.npz", weights_dir=backbone_dir)
 
 
 def test_unreadable_file_without_skip_list_is_an_error(inception, tmp_path):
