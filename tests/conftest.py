@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the tests use tiny tensors (thread overhead dominates) and several spawn worker processes.
+torch.set_num_threads(1)
 
 REFERENCE = Path(os.environ.get("CASCADEKIT_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 MANIFESTS = REFERENCE / "manifests"
