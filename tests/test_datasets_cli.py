@@ -33,6 +33,7 @@ def _invoke(args):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*TINY RANDOM")
 def test_encode_inspect_embed_text(tiny, tmp_path):
     make_folder(tmp_path / "c")
     make_broken(tmp_path / "c" / "broken")
@@ -71,6 +72,7 @@ def test_encode_inspect_embed_text(tiny, tmp_path):
     assert float(np.abs(np.asarray(root["clip_text"][:])).sum()) > 0
 
 
+@pytest.mark.filterwarnings("ignore:.*TINY RANDOM")
 def test_unusable_weights_fail_before_any_work(tmp_path):
     make_folder(tmp_path / "c")
     out = tmp_path / "s.zarr"
