@@ -189,22 +189,21 @@ def bench_reader(tmp: Path, n: int) -> list[dict]:
     _synthetic_store(path, n)
     res = []
     for in_memory, workers in ((False, 0), (False, 2), (True, 0)):  # in memory: no workers (see LatentDataset)
-        if True:
-            ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=in_memory)
-            dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
-            for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
-                ds.set_epoch(epoch)
-                t, c = time.perf_counter(), time.process_time()
-                cnt = 0
-                for b in dl:
-                    cnt += b["latents"].shape[0]
-                dt, dc = time.perf_counter() - t, time.process_time() - c
-            assert cnt == n
-            res.append({"mode": "in-memory" if in_memory else "block-shuffle from disk", "workers": workers,
-                        "samples": cnt, "samples_per_s": cnt / dt,
-                        # CPU seconds of this process (all its threads): samples per CPU-second, a
-                        # load-independent figure when other jobs share the cores (workers: main only)
-                        "samples_per_cpu_s": cnt / max(dc, 1e-9) if workers == 0 else None})
+        ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=in_memory)
+        dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+        for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
+            ds.set_epoch(epoch)
+            t, c = time.perf_counter(), time.process_time()
+            cnt = 0
+            for b in dl:
+                cnt += b["latents"].shape[0]
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+        assert cnt == n
+        res.append({"mode": "in-memory" if in_memory else "block-shuffle from disk", "workers": workers,
+                    "samples": cnt, "samples_per_s": cnt / dt,
+                    # CPU seconds of this process (all its threads): samples per CPU-second, a
+                    # load-independent figure when other jobs share the cores (workers: main only)
+                    "samples_per_cpu_s": cnt / max(dc, 1e-9) if workers == 0 else None})
     return res
 
 
