@@ -7,7 +7,7 @@ For each metric the timed call is exactly what the evaluation driver runs per ba
     lpips-alex  LPIPSMetric("alex")(rec, orig)          both images through AlexNet
     lpips-vgg   LPIPSMetric("vgg")(rec, orig)           both images through VGG16
     fid-feat    InceptionFeatures()(x)                  one image set: uint8 -> TF resize to 299 -> pool3
-    fid-stats   FeatureStats.update(features)           float64 streaming mean/co-moment (per image)
+    fid-stats   FeatureStats.update(features)           float64 streaming mean/co-moment, 256-row merges
     frechet     frechet_distance at D=2048              per call (full-rank covariances), not per image
 
 Images are random (B,3,S,S) in [0,1]. Backbone weights: --weights-dir, else random-init files written to a
@@ -94,9 +94,14 @@ def bench_device(device: torch.device, weights_dir: Path, size: int, batch: int,
         del m
     inc = InceptionFeatures(weights_dir=weights_dir, device=device)
     add("fid-feat", timed(lambda: inc(r), device, batches), batch, "one set; FID of recon needs 2x")
-    feats = inc(r).numpy()
-    stats = FeatureStats()
-    add("fid-stats", timed(lambda: stats.update(feats), torch.device("cpu"), batches), batch, "CPU float64")
+    feats = np.tile(inc(r).numpy(), (256 // batch + 1, 1))[:256]  # one buffer flush worth of rows
+
+    def accumulate():
+        stats = FeatureStats()
+        stats.update(feats)
+        return stats.comoment  # forces the float64 merge
+
+    add("fid-stats", timed(accumulate, torch.device("cpu"), batches), 256, "CPU float64, per 256-row merge")
     rng = np.random.default_rng(0)
     f1, f2 = rng.standard_normal((4096, 2048)), rng.standard_normal((4096, 2048)) * 1.1 + 0.1
     mu1, s1, mu2, s2 = f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False)

@@ -77,15 +77,20 @@ class InceptionFeatures(nn.Module):
 class FeatureStats:
     """Streaming mean and covariance of feature vectors in float64, in O(D²) memory for any number of images.
 
-    Batches are merged with Chan et al.'s pairwise update (batch mean and centred co-moment matrix), which gives
-    the same result as np.mean/np.cov over all features at once (up to float64 rounding), whatever the batching.
+    Rows are buffered (at most `flush_rows`, 4 MiB at D=2048) and merged into the running mean and centred
+    co-moment matrix with Chan et al.'s pairwise update, so the O(D²) merge is paid once per `flush_rows` rows,
+    not once per small batch. The result equals np.mean/np.cov over all features at once (up to float64
+    rounding), whatever the batching.
     """
 
-    def __init__(self, dim: int = FEATURE_DIM):
+    def __init__(self, dim: int = FEATURE_DIM, flush_rows: int = 256):
         self.dim = dim
-        self.n = 0
-        self.mean = np.zeros(dim, np.float64)
-        self.comoment = np.zeros((dim, dim), np.float64)  # sum of (x - mean)(x - mean)^T
+        self.flush_rows = max(1, int(flush_rows))
+        self._n = 0
+        self._mean = np.zeros(dim, np.float64)
+        self._comoment = np.zeros((dim, dim), np.float64)  # sum of (x - mean)(x - mean)^T
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
 
     def update(self, features: torch.Tensor | np.ndarray) -> None:
         """Add a batch of features (N,D)."""
@@ -93,17 +98,41 @@ class FeatureStats:
             features, np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise MetricInputError(f"FID: features must be (N,{self.dim}), got {x.shape}")
-        nb = x.shape[0]
-        if nb == 0:
+        if x.shape[0] == 0:
             return
+        self._pending.append(np.array(x, np.float64, copy=True))
+        self._pending_rows += x.shape[0]
+        if self._pending_rows >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        x = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        nb = x.shape[0]
         mb = x.mean(axis=0)
-        xc = x - mb
-        mb_comoment = xc.T @ xc
-        n = self.n + nb
-        delta = mb - self.mean
-        self.comoment += mb_comoment + np.outer(delta, delta) * (self.n * nb / n)
-        self.mean += delta * (nb / n)
-        self.n = n
+        n = self._n + nb
+        delta = mb - self._mean
+        # co-moment of the new rows about their mean, plus the between-means term, in one matrix product
+        y = np.concatenate([x - mb, np.sqrt(self._n * nb / n) * delta[None]])
+        self._comoment += y.T @ y
+        self._mean += delta * (nb / n)
+        self._n = n
+
+    @property
+    def n(self) -> int:
+        return self._n + self._pending_rows
+
+    @property
+    def mean(self) -> np.ndarray:
+        self._flush()
+        return self._mean
+
+    @property
+    def comoment(self) -> np.ndarray:
+        self._flush()
+        return self._comoment
 
     @property
     def mu(self) -> np.ndarray:

@@ -53,8 +53,8 @@ def test_frechet_distance_rejects_mismatched_statistics():
 def test_streaming_stats_equal_numpy_and_do_not_depend_on_batch_size():
     f = gaussian_features(37, 16, 3, shift=100.0)  # large offset: naive sum-of-squares would lose digits
     results = []
-    for bs in (2, 5, 37):
-        s = FeatureStats(16)
+    for bs, flush in ((2, 1), (5, 1), (37, 1), (2, 8), (5, 256)):
+        s = FeatureStats(16, flush_rows=flush)
         for i in range(0, len(f), bs):
             s.update(torch.from_numpy(f[i:i + bs]))
         results.append(s)
