@@ -312,9 +312,21 @@ def _hub_download(repo_id: str, patterns: list[str]) -> tuple[Path | None, str]:
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10)
     except Exception as e:  # offline, not cached, no network, gated, unknown repo ...
-        why = "offline (HF_HUB_OFFLINE=1) and not in the local hub cache" if offline else f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        cache = _hub_cache_dir()
+        where = f"the local hub cache {cache}" if cache else "the local hub cache"
+        why = (f"offline (HF_HUB_OFFLINE=1) and not in {where}" if offline else
+               f"download failed and not in {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return None, why
     return Path(folder), "hub snapshot " + str(folder)
+
+
+def _hub_cache_dir() -> str | None:
+    """The hub cache folder huggingface_hub actually reads (fixed when it was imported), for messages."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return str(getattr(constants, "HF_HUB_CACHE", "")) or None
 
 
 def resolve_source(

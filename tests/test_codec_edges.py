@@ -1,0 +1,136 @@
+"""Codec behaviours a user meets with real checkpoints: official decode defaults, official file
+naming (``stage_b_lite_bf16``), optional ``num_batches_tracked``, and clear errors for corrupt,
+truncated or wrong files and for an offline hub id — all through ``Codec.from_pretrained``."""
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+from _tiny_weights import tiny_weights_dir
+from safetensors.torch import load_file, save_file
+
+from cascadekit.codec.codec import DECODE_DEFAULTS, Codec
+from cascadekit.codec.diffusion.samplers import sample
+from cascadekit.codec.errors import WeightsError
+
+RES = 32
+
+
+def _folder(tmp_path, tmp_path_factory, skip=()):
+    """A private folder of symlinks to the shared tiny set (minus ``skip``), with no cached empty caption."""
+    src = tiny_weights_dir(tmp_path_factory)
+    dst = tmp_path / "w"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name not in ("empty_caption.safetensors", *skip):
+            (dst / f.name).symlink_to(f)
+    return dst
+
+
+def _load(folder, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Codec.from_pretrained(folder, encoder_resolution=RES, previewer=False, allow_zero_text=True, **kw)
+
+
+def test_decode_defaults_are_the_official_notebook_settings(tmp_path, tmp_path_factory):
+    """decode() with no settings == DDPM, 10 steps, cfg 1.1, cfg_rho 0.7, shift 1; result = last step's x0."""
+    params = inspect.signature(Codec.decode).parameters
+    assert {k: params[k].default for k in ("steps", "guidance", "cfg_rho", "shift", "sampler")} == DECODE_DEFAULTS
+    assert DECODE_DEFAULTS == {"steps": 10, "guidance": 1.1, "cfg_rho": 0.7, "shift": 1.0, "sampler": "ddpm"}
+
+    codec = _load(_folder(tmp_path, tmp_path_factory))
+    z = torch.randn(2, 16, 1, 1, generator=torch.Generator().manual_seed(0))
+    lh, lw = codec.stage_b_latent_size((64, 64))
+    g = torch.Generator().manual_seed(1)
+    x_init = torch.randn(2, 4, lh, lw, generator=g)
+    noise = [torch.randn(2, 4, lh, lw, generator=g) for _ in range(10)]
+    ours = codec.decode(z, x_init=x_init, noise=noise, size=(4 * lh, 4 * lw))
+    clip = codec.empty_clip.expand(2, -1, -1)  # computed once with the tiny set's text_encoder/
+    assert clip.abs().max() > 0
+    with torch.no_grad():
+        steps = list(sample(codec.stage_b, x_init, steps=10, cfg=1.1, cfg_rho=0.7, shift=1.0, sampler="ddpm",
+                            model_inputs={"effnet": z, "clip": clip},
+                            unconditional_inputs={"effnet": torch.zeros_like(z), "clip": clip}, noise=noise))
+        ref = codec.stage_a.decode(steps[-1].x0).clamp(0, 1)
+        not_last = codec.stage_a.decode(steps[-2].x0).clamp(0, 1)
+    assert len(steps) == 10
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert (ours - not_last).abs().max() > 1e-4
+    # other settings really change the result (the defaults above are not ignored)
+    other = codec.decode(z, x_init=x_init, noise=noise, size=(4 * lh, 4 * lw), guidance=3.0)
+    assert (ours - other).abs().max() > 1e-4
+
+
+def test_official_bf16_file_name_loads_and_converts(tmp_path, tmp_path_factory):
+    """Only ``stage_b_lite_bf16.safetensors`` present (the file the official configs use): found, read, cast."""
+    d = _folder(tmp_path, tmp_path_factory, skip=("stage_b_lite.safetensors",))
+    src = load_file(str(tiny_weights_dir(tmp_path_factory) / "stage_b_lite.safetensors"))
+    save_file({k: (v.bfloat16() if v.is_floating_point() else v) for k, v in src.items()},
+              str(d / "stage_b_lite_bf16.safetensors"))
+    codec = _load(d)
+    assert codec.files["stage_b"].name == "stage_b_lite_bf16.safetensors"
+    w = codec.stage_b.clip_mapper.weight
+    assert w.dtype == torch.float32  # fp32 requested: converted while reading
+    assert torch.equal(w, src["clip_mapper.weight"].bfloat16().float())
+    bf = _load(d, dtype="bf16")
+    assert bf.stage_b.clip_mapper.weight.dtype == torch.bfloat16
+
+
+def test_num_batches_tracked_is_optional(tmp_path, tmp_path_factory):
+    """Files without BatchNorm's ``num_batches_tracked`` counters (some converters drop them) still load."""
+    d = _folder(tmp_path, tmp_path_factory, skip=("effnet_encoder.safetensors", "stage_a.safetensors"))
+    tiny = tiny_weights_dir(tmp_path_factory)
+    dropped = {}
+    for name in ("effnet_encoder.safetensors", "stage_a.safetensors"):
+        sd = load_file(str(tiny / name))
+        keep = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+        dropped[name] = len(sd) - len(keep)
+        save_file(keep, str(d / name))
+    assert dropped["effnet_encoder.safetensors"] > 0
+    codec = _load(d)
+    counters = [b for n, b in codec.effnet.named_buffers() if n.endswith("num_batches_tracked")]
+    assert counters and all(b.dtype == torch.long and int(b) == 0 for b in counters)
+    (tmp_path / "ref").mkdir()
+    ref = _load(_folder(tmp_path / "ref", tmp_path_factory))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(codec.encode(x), ref.encode(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_stage_b_file_is_a_clear_error(tmp_path, tmp_path_factory, damage):
+    d = _folder(tmp_path, tmp_path_factory, skip=("stage_b_lite.safetensors",))
+    data = (tiny_weights_dir(tmp_path_factory) / "stage_b_lite.safetensors").read_bytes()
+    bad = {"truncated": data[: len(data) // 2], "garbage": b"\x10\x00\x00\x00\x00\x00\x00\x00{not json!!!!!!!" + data[:64],
+           "empty": b""}[damage]
+    (d / "stage_b_lite.safetensors").write_bytes(bad)
+    with pytest.raises(WeightsError) as e:
+        _load(d)
+    text = str(e.value)
+    assert "stage_b_lite.safetensors" in text
+    assert {"truncated": "truncated", "garbage": "header", "empty": "empty"}[damage] in text.lower()
+
+
+def test_file_of_another_model_is_a_clear_error(tmp_path, tmp_path_factory):
+    """A Stage C file under Stage B's name: one WeightsError naming both, not a shape crash later."""
+    d = _folder(tmp_path, tmp_path_factory, skip=("stage_b_lite.safetensors",))
+    (d / "stage_b_lite.safetensors").symlink_to(tiny_weights_dir(tmp_path_factory) / "stage_c_lite.safetensors")
+    with pytest.raises(WeightsError, match=r"(?s)stage_b.*stage_c|stage_c.*stage_b"):
+        _load(d)
+
+
+def test_hub_id_offline_through_codec(tmp_path, monkeypatch):
+    """Offline and not cached: one error naming the files expected and where they were looked for."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # what snapshot_download reads
+    with pytest.raises(WeightsError) as e:
+        Codec.from_pretrained("stabilityai/stable-cascade", stage_b="big")
+    text = str(e.value)
+    for expected in ("stage_a.safetensors", "effnet_encoder.safetensors", "stage_b.safetensors",
+                     "stage_b_bf16.safetensors", "decoder/", "hub:stabilityai/stable-cascade", "offline",
+                     str(tmp_path / "hf" / "hub")):
+        assert expected in text, expected
