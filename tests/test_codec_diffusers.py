@@ -142,3 +142,15 @@ def test_diffusers_bf16_variant_file(tmp_path):
     ref = unet.state_dict()
     q, k, v = (ref[f"down_blocks.2.2.attention.to_{n}.weight"] for n in "qkv")
     assert torch.equal(state["down_blocks.2.2.attention.attn.in_proj_weight"], torch.cat([q, k, v]).float())
+
+
+def test_diffusers_config_scalar_dropout_and_per_level_self_attn():
+    """diffusers accepts a single dropout and per-level self_attn; both translate (or fail clearly)."""
+    from cascadekit.codec.errors import WeightsError
+    from cascadekit.codec.weights.sources import unet_kwargs_from_diffusers
+
+    cfg = dict(TINY_DECODER_CONFIG, dropout=0.1, self_attn=[True, True, True, True])
+    kw = unet_kwargs_from_diffusers(cfg, "stage_b")
+    assert kw["dropout"] == [0.1] * 4 and kw["self_attn"] is True
+    with pytest.raises(WeightsError, match="self_attn"):
+        unet_kwargs_from_diffusers(dict(cfg, self_attn=[True, False, True, True]), "stage_b")

@@ -198,8 +198,8 @@ def unet_kwargs_from_diffusers(cfg: dict, component: str) -> dict:
             "level_config": ["".join(letters[b] for b in types) for types in cfg["block_types_per_layer"]],
             "c_clip_seq": cfg.get("clip_seq", 4),
             "kernel_size": cfg.get("kernel_size", 3),
-            "dropout": list(cfg.get("dropout", [0.0] * len(cfg["block_out_channels"]))),
-            "self_attn": cfg.get("self_attn", True),
+            "dropout": _per_level(cfg.get("dropout", 0.0), len(cfg["block_out_channels"])),
+            "self_attn": _uniform_self_attn(cfg.get("self_attn", True)),
             "t_conds": list(cfg.get("timestep_conditioning_type", ["sca"])),
         }
         if component == "stage_b":
@@ -211,6 +211,24 @@ def unet_kwargs_from_diffusers(cfg: dict, component: str) -> dict:
     except KeyError as e:
         raise WeightsError(f"diffusers UNet config lacks {e}; is it a Stable Cascade prior/decoder config?") from None
     return kw
+
+
+def _per_level(value, levels: int) -> list:
+    """diffusers allows one dropout for every level (a number) or one per level (a list)."""
+    if isinstance(value, (int, float)):
+        return [value] * levels
+    return list(value)
+
+
+def _uniform_self_attn(value) -> bool:
+    """diffusers allows ``self_attn`` per level; the official networks have one flag for all levels."""
+    if isinstance(value, bool):
+        return value
+    flags = set(bool(v) for v in value)
+    if len(flags) != 1:
+        raise WeightsError(f"diffusers UNet config has self_attn={list(value)} per level; the official "
+                           "Stage B/C networks support only one value for every level")
+    return flags.pop()
 
 
 def vqgan_kwargs_from_diffusers(cfg: dict) -> dict:
