@@ -134,3 +134,20 @@ def test_hub_id_offline_through_codec(tmp_path, monkeypatch):
                      "stage_b_bf16.safetensors", "decoder/", "hub:stabilityai/stable-cascade", "offline",
                      str(tmp_path / "hf" / "hub")):
         assert expected in text, expected
+
+
+def test_sampler_seed_is_the_cpu_generator_shorthand():
+    """``sample(seed=s)`` == ``sample(generator=torch.Generator('cpu').manual_seed(s))``, x_init included."""
+    from cascadekit.codec.errors import InputError
+    from cascadekit.codec.diffusion.samplers import sample_final
+
+    def model(x, r, cond):
+        return 0.5 * x + cond.view(-1, 1, 1, 1) * r.view(-1, 1, 1, 1)
+
+    kw = dict(shape=(2, 3, 4, 4), steps=3, cfg=None, model_inputs={"cond": torch.tensor([0.5, -0.5])})
+    a = sample_final(model, None, seed=5, **kw)
+    b = sample_final(model, None, generator=torch.Generator().manual_seed(5), **kw)
+    c = sample_final(model, None, seed=6, **kw)
+    assert torch.equal(a.x0, b.x0) and not torch.equal(a.x0, c.x0)
+    with pytest.raises(InputError, match="seed or generator"):
+        sample_final(model, None, seed=5, generator=torch.Generator(), **kw)

@@ -202,6 +202,7 @@ def sample(
     unconditional_inputs: Mapping[str, Any] | None = None,
     noise: Sequence[torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     eta: float | None = None,
     target: str = "epsilon",
     shape: Sequence[int] | None = None,
@@ -228,7 +229,8 @@ def sample(
     model_inputs / unconditional_inputs: keyword inputs of the model, paired by order (see
         :func:`guided_inputs`); ``unconditional_inputs=None`` = zeros.
     sampler: 'ddpm' (default, official), 'ddim' or 'lcm'; eta overrides the DDIM/DDPM eta.
-    noise / generator: where the per-step Gaussian draws come from (module docstring).
+    noise / generator: where the per-step Gaussian draws come from (module docstring). ``seed``: shorthand
+        for ``generator=torch.Generator('cpu').manual_seed(seed)`` (also draws ``x_init`` when it is None).
     schedule / noise_cond: logSNR(t, shift) and r(logSNR); defaults are the official cosine pair. The
         logSNR and r tables are computed on CPU in float32 and then moved, so r does not depend on the
         device the model runs on.
@@ -238,6 +240,10 @@ def sample(
     model runs lazily, one step per iteration.
     """
     check_target(target)
+    if seed is not None:
+        if generator is not None:
+            raise InputError("give either seed or generator, not both")
+        generator = torch.Generator("cpu").manual_seed(int(seed))
     step_fn = get_step(sampler, eta)
     t_grid = timesteps(steps, t_start, t_end)  # (steps+1,) CPU float32
     logsnr_grid = schedule(t_grid, shift)  # (steps+1,)
