@@ -24,3 +24,6 @@ from cascadekit.codec.images import (  # noqa: E402
     to_batch,
 )
 from cascadekit.codec.precision import check_finite, parse_dtype, stage_dtypes  # noqa: E402
+from cascadekit.codec.errors import CascadeKitError, InputError, PrecisionError, WeightsError  # noqa: E402
+from cascadekit.codec.weights.load import load_weights  # noqa: E402
+from cascadekit.codec.weights.sources import resolve_source  # noqa: E402

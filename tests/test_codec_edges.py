@@ -151,3 +151,13 @@ def test_sampler_seed_is_the_cpu_generator_shorthand():
     assert torch.equal(a.x0, b.x0) and not torch.equal(a.x0, c.x0)
     with pytest.raises(InputError, match="seed or generator"):
         sample_final(model, None, seed=5, generator=torch.Generator(), **kw)
+
+
+def test_public_names_of_the_codec_package():
+    """The names the issue promises are importable from cascadekit.codec."""
+    import cascadekit.codec as codec_pkg
+    from cascadekit.codec.weights.load import load_weights as lw
+
+    for name in ("StageA", "EfficientNetEncoder", "Previewer", "StageB", "Codec", "load_weights", "WeightsError"):
+        assert hasattr(codec_pkg, name), name
+    assert codec_pkg.load_weights is lw
