@@ -161,3 +161,19 @@ def test_public_names_of_the_codec_package():
     for name in ("StageA", "EfficientNetEncoder", "Previewer", "StageB", "Codec", "load_weights", "WeightsError"):
         assert hasattr(codec_pkg, name), name
     assert codec_pkg.load_weights is lw
+
+
+def test_effnet_encoder_is_built_without_any_download(monkeypatch):
+    """Building the EfficientNetV2-S backbone never fetches torchvision's pretrained weights."""
+    import torch.hub
+
+    from cascadekit.codec.models import EfficientNetEncoder
+
+    def no_download(*a, **k):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    with torch.device("meta"):
+        eff = EfficientNetEncoder()
+    assert not eff.mapper[1].affine and eff.mapper[0].out_channels == 16
