@@ -177,3 +177,10 @@ def test_effnet_encoder_is_built_without_any_download(monkeypatch):
     with torch.device("meta"):
         eff = EfficientNetEncoder()
     assert not eff.mapper[1].affine and eff.mapper[0].out_channels == 16
+
+
+def test_unknown_stage_b_variant_is_an_input_error(tmp_path):
+    from cascadekit.codec.errors import InputError
+
+    with pytest.raises(InputError, match="'lite' or 'big'"):
+        Codec.from_pretrained(tmp_path, stage_b="medium")

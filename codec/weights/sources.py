@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from cascadekit.codec.errors import WeightsError
+from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.weights.io import safetensors_header
 
 SIDECAR = "cascadekit.json"
@@ -363,13 +363,13 @@ def resolve_source(
     every place searched.
     """
     if stage_b not in ("lite", "big"):
-        raise ValueError(f"stage_b must be 'lite' or 'big', got {stage_b!r}")
+        raise InputError(f"stage_b must be 'lite' or 'big', got {stage_b!r}")
     if stage_c not in ("lite", "big", None):
-        raise ValueError(f"stage_c must be 'lite', 'big' or None, got {stage_c!r}")
+        raise InputError(f"stage_c must be 'lite', 'big' or None, got {stage_c!r}")
     need = tuple(need)
     unknown = [c for c in need if c not in COMPONENTS]
     if unknown:
-        raise ValueError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
+        raise InputError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
     if "stage_c" in need and stage_c is None:
         stage_c = "lite"
     variants = {"stage_b": stage_b, "stage_c": stage_c}
