@@ -208,12 +208,21 @@ def _store_mode(store, images, codec, decode_kw):
 
     items = [(k, (lambda p=p: prepare(p))) for k, p in pairs]
 
+    cache: dict = {}  # (group id, chunk index) -> latents of that row chunk; reading row by row would
+    # decompress a whole chunk per row
+
+    def latent(k):
+        g, i = latents_of[k]
+        arr = g["latents"]
+        c = arr.chunks[0]
+        key = (id(g), i // c)
+        if key not in cache:
+            cache.clear()  # keep one chunk: rows are visited mostly in store order
+            cache[key] = np.asarray(arr[(i // c) * c:(i // c + 1) * c])
+        return torch.from_numpy(cache[key][i % c].astype(np.float32))
+
     def reconstruct(x, keys, seed):
-        z = []
-        for k in keys:
-            g, i = latents_of[k]
-            z.append(torch.from_numpy(np.asarray(g["latents"][i]).astype(np.float32)))
-        z = torch.stack(z)
+        z = torch.stack([latent(k) for k in keys])
         return codec.decode(z, seed=seed, size=tuple(x.shape[-2:]), **decode_kw).float().cpu()
 
     info = {"path": str(store), "preprocess": pre, "encoder": root.attrs.get("encoder"),
