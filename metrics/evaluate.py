@@ -196,16 +196,22 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
         if not torch.isfinite(rec).all():
             raise MetricInputError(f"reconstruct returned NaN/inf for keys {keys}")
         rec = rec.clamp(0, 1)  # decoders overshoot slightly; an image file would clamp the same way
-        values = {}
-        if "psnr" in names:
-            values["psnr"] = psnr_per_image(rec, batch, data_range=1.0).tolist()
-        if "ssim" in names:
-            values["ssim"] = ssim_per_image(rec, batch, data_range=1.0).tolist()
-        if lpips_model is not None:
-            values["lpips"] = lpips_model(rec, batch).tolist()
-        if inception is not None:
-            stats_orig.update(inception(batch))
-            stats_rec.update(inception(rec))
+        try:
+            values = {}
+            if "psnr" in names:
+                values["psnr"] = psnr_per_image(rec, batch, data_range=1.0).tolist()
+            if "ssim" in names:
+                values["ssim"] = ssim_per_image(rec, batch, data_range=1.0).tolist()
+            if lpips_model is not None:
+                values["lpips"] = lpips_model(rec, batch).tolist()
+            feats = (inception(batch), inception(rec)) if inception is not None else None
+        except MetricInputError as e:  # e.g. images too small for the SSIM window or the LPIPS network
+            skipped.extend({"key": k, "reason": f"cannot be measured: {e}"} for k in keys)
+            bar.update(len(keys))
+            continue
+        if feats is not None:
+            stats_orig.update(feats[0])
+            stats_rec.update(feats[1])
         for i, key in enumerate(keys):
             row = {"index": index + i, "key": key, "width": batch.shape[-1], "height": batch.shape[-2],
                    "seed": batch_seed}

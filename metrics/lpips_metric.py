@@ -110,4 +110,11 @@ class LPIPSMetric(nn.Module):
         dev = self.device
         p = preds.to(dev, torch.float32) * 2 - 1  # [0,1] -> [-1,1]
         t = target.to(dev, torch.float32) * 2 - 1
-        return self.model(p, t, normalize=False).reshape(-1).double().cpu()
+        try:
+            d = self.model(p, t, normalize=False)
+        except RuntimeError as e:
+            if min(preds.shape[-2:]) < 64:  # the trunk's strides and pools leave nothing of tiny images
+                raise MetricInputError(f"LPIPS ({self.net_name}) cannot measure {tuple(preds.shape[-2:])} images; "
+                                       f"they are too small for the network ({e})") from e
+            raise
+        return d.reshape(-1).double().cpu()

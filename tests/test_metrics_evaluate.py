@@ -163,6 +163,14 @@ def test_reconstruct_errors_skip_the_batch(tmp_path):
                                                          "images must be at least 64 pixels wide"}]
 
 
+def test_images_too_small_to_measure_are_skipped(tmp_path, backbone_dir):  # noqa: F811
+    imgs = [("tiny", rgb(0, 8, 8)), ("ok", rgb(1))]
+    res = evaluate(imgs, lambda x: x, tmp_path / "r", metrics="psnr,ssim,lpips", weights_dir=backbone_dir,
+                   progress=False)
+    assert res["n_images"] == 1 and res["skipped"][0]["key"] == "tiny"
+    assert "11" in res["skipped"][0]["reason"]  # the SSIM window
+
+
 def test_nothing_readable_still_writes_report(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")

@@ -59,6 +59,12 @@ def test_minus_one_one_input_is_rejected(alex):
         alex(a[:1], a)
 
 
+def test_too_small_images_are_explained(alex):
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(MetricInputError, match="too small"):
+        alex(x, x)
+
+
 def test_batch_size_independence(alex):
     a, b = images(5)
     whole = alex(b, a)
