@@ -209,7 +209,7 @@ class LatentDataset(IterableDataset):
         for f in self.fields:
             x = cat[f][idx]
             if f in STRING_FIELDS:
-                b[f] = [str(s) for s in x]
+                b[f] = [str(s) for s in x.tolist()]
             elif f == "orig_size":
                 b[f] = torch.from_numpy(np.ascontiguousarray(x)).long()
             else:
