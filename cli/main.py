@@ -15,6 +15,7 @@ COMMANDS = {
     "encode": ("cascadekit.cli.encode", "encode"),
     "inspect": ("cascadekit.cli.inspect_store", "inspect_store"),
     "evaluate": ("cascadekit.cli.evaluate", "evaluate"),
+    "fid": ("cascadekit.cli.fid", "fid"),
     "embed-text": ("cascadekit.cli.embed_text", "embed_text"),
     "train": ("cascadekit.cli.train", "train"),
     "sample": ("cascadekit.cli.sample", "sample"),
