@@ -277,6 +277,10 @@ def _prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overw
             if not S.is_store(out):
                 return f"{out} exists and is not a cascadekit latent store; choose another --out"
             root = S.open_store(out, mode="r")
+            if root.attrs.get("initializing", False):  # killed while being created: holds no data
+                S.remove_store(out)
+                S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})
+                return None
             old = root.attrs.get("settings")
             diffs = _diff(old, settings) if old is not None else ["settings: missing"]
             if diffs and not overwrite:

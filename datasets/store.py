@@ -133,7 +133,10 @@ def remove_store(path: str | os.PathLike) -> None:
 def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: str, attrs: dict):
     """Create a new store at ``path`` with every group and array at final size."""
     zarr = _zarr()
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    # mark the store as ours and unfinished first: a run killed while creating arrays leaves a store
+    # that the next run recognises and recreates (it holds no data yet)
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3,
+                           attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "initializing": True})
     for lay in layouts:
         create_group_arrays(root, lay, chunk_rows, dtype)
     base = {
@@ -145,6 +148,7 @@ def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: st
         "dtype": dtype,
         "groups": [lay.path for lay in layouts],
         "complete": False,
+        "initializing": False,
     }
     root.attrs.update({**base, **attrs})
     return root

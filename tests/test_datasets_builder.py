@@ -273,3 +273,19 @@ def test_reader_sees_only_complete_rows(corpus, tmp_path):
                              {"": S.read_status(g)}, 4, 2, D.DistInfo())
     assert done == 4 and [t.rows for t in tasks] == [(4, 5), (6, 7)]
     assert store_summary(out).ok == 4
+
+
+def test_store_killed_during_creation_is_recreated(tmp_path):
+    """A kill between 'group created' and 'all arrays created' leaves an initializing store: rebuilt."""
+    import zarr
+
+    from cascadekit.datasets.sources import samples_from_images
+
+    out = tmp_path / "init.zarr"
+    g = zarr.open_group(str(out), mode="w-", zarr_format=3,
+                        attributes={"format": S.FORMAT_NAME, "format_version": S.FORMAT_VERSION, "initializing": True})
+    g.create_array("latents", shape=(3, 16, 2, 2), dtype="float16")  # half-created
+    samples = samples_from_images([(f"a{i}", np.full((64, 64, 3), 40 * i, np.uint8)) for i in range(3)])
+    s = build_latent_dataset(samples, out, TinyEncoder(), **KW)
+    root = S.open_store(out)
+    assert s.ok == 3 and root.attrs["initializing"] is False and root["status"][:].tolist() == [1, 1, 1]
