@@ -11,7 +11,7 @@ from cascadekit.codec.errors import CascadeKitError
 @click.command("sample")
 @click.argument("prompts", nargs=-1)
 @click.option("--weights", default=None, help="Weights folder / diffusers snapshot(s) / hub id (default: the tiny random test weights, clearly labelled).")
-@click.option("--out", "out", required=True, type=click.Path(), help="Folder for the PNGs (generation parameters in their metadata).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Folder for the PNGs (generation parameters in their metadata), grid.png and samples.json.")
 @click.option("--negative", default=None, help="Negative prompt (default: the empty caption, as released).")
 @click.option("--steps", default=20, show_default=True, type=int, help="Stage C sampling steps.")
 @click.option("--guidance", default=4.0, show_default=True, type=float, help="Stage C classifier-free guidance.")
@@ -73,7 +73,10 @@ def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps,
                seed=seed, prior_steps=steps, prior_guidance=guidance, prior_shift=shift, decoder_steps=decoder_steps,
                decoder_guidance=decoder_guidance, image=load_image(image) if image else None,
                init_image=load_image(init_image) if init_image else None, strength=strength)
-    for p in res.save(out):
+    files = res.write(out)
+    for p in files.images:
         click.echo(str(p))
+    click.echo(f"grid: {files.grid}")
+    click.echo(f"record: {files.manifest}")
     if pipe.tiny:
         click.echo("note: generated with TINY RANDOM WEIGHTS: the images are meaningless", err=True)

@@ -55,24 +55,16 @@ class PipelineOutput:
     def save(self, out_dir: str | Path, prefix: str = "image") -> list[Path]:
         """Write one PNG per image; each carries its generation parameters as PNG text chunks
         (``parameters`` = JSON of everything, plus ``prompt``, ``negative_prompt``, ``seed``...)."""
-        from PIL.PngImagePlugin import PngInfo
+        from cascadekit.generator.outputs import write_pngs
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, (img, params) in enumerate(zip(self.pil(), self.parameters)):
-            info = PngInfo()
-            info.add_text("parameters", json.dumps(params, sort_keys=True))
-            for k in ("prompt", "negative_prompt", "seed", "prior_steps", "prior_guidance", "decoder_steps",
-                      "decoder_guidance", "weights", "software"):
-                if params.get(k) is not None:
-                    info.add_text(k, str(params[k]))
-            path = out / f"{prefix}_{params.get('seed', 0)}_{i:03d}.png"
-            tmp = path.with_name(path.name + ".tmp")
-            img.save(tmp, format="PNG", pnginfo=info)
-            tmp.replace(path)
-            paths.append(path)
-        return paths
+        return write_pngs(self.pil(), self.parameters, out_dir, prefix)
+
+    def write(self, out_dir: str | Path, prefix: str = "image"):
+        """The PNGs plus ``grid.png`` (all images labelled by prompt and seed) and ``samples.json`` (every
+        file with its parameters) in ``out_dir``; returns :class:`cascadekit.generator.outputs.SampleFiles`."""
+        from cascadekit.generator.outputs import write_samples
+
+        return write_samples(self.images, self.parameters, out_dir, prefix)
 
 
 def read_png_parameters(path: str | Path) -> dict[str, Any]:
@@ -116,6 +108,7 @@ class TextToImagePipeline:
         self.source = source
         self.tiny = tiny
         self.lora: str | None = None
+        self.stage_c_weights: str | None = None  # the Stage C file loaded (weights identity in outputs)
         if empty is None:
             t, p = text_encoder.encode([""])
             empty = (t[:1], p[:1])
@@ -163,6 +156,7 @@ class TextToImagePipeline:
                                       dtype=parse_dtype(decoder_dtype, dt), text_encoder=text)
         pipe = cls(model, codec, text, empty=empty, device=device, source=str(source), tiny=bool(ws.tiny),
                    image_encoder_source=ws if ws.image_encoder is not None else None)
+        pipe.stage_c_weights = str(ws.path("stage_c"))
         if lora is not None:
             pipe.load_lora(lora)
         return pipe
@@ -315,6 +309,7 @@ class TextToImagePipeline:
                 "image_variation": image is not None, "init_image": init_image is not None,
                 "strength": strength if init_image is not None else None, "lora": self.lora,
                 "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
+                "tiny_weights": bool(self.tiny), "stage_c_weights": self.stage_c_weights,
                 "prior_dtype": str(prior_dt).removeprefix("torch."), "software": "cascadekit",
             })
         return PipelineOutput(images=images, latents=latents.cpu(), parameters=params)

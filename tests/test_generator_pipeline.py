@@ -136,7 +136,7 @@ def test_sample_command(weights, tmp_path):
                                   "--steps", "2", "--decoder-steps", "2", "--height", "64", "--width", "64",
                                   "--seed", "11", "--n", "2"])
     assert r.exit_code == 0, r.output
-    pngs = sorted((tmp_path / "o").glob("*.png"))
+    pngs = sorted((tmp_path / "o").glob("image_*.png"))
     assert len(pngs) == 2 and read_png_parameters(pngs[1])["seed"] == 11
     r = CliRunner().invoke(main, ["sample", "x", "--weights", str(weights), "--out", str(tmp_path / "o2"),
                                   "--strength", "0", "--init-image", str(pngs[0]), "--steps", "2"])
@@ -194,7 +194,7 @@ def test_sample_command_with_lora(weights, tmp_path):
     r1 = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain")])
     r2 = CliRunner().invoke(main, args + ["--out", str(tmp_path / "lora"), "--lora", str(lora)])
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
-    p1, p2 = next((tmp_path / "plain").glob("*.png")), next((tmp_path / "lora").glob("*.png"))
+    p1, p2 = next((tmp_path / "plain").glob("image_*.png")), next((tmp_path / "lora").glob("image_*.png"))
     assert read_png_parameters(p2)["lora"] == str(lora) and read_png_parameters(p1)["lora"] is None
     assert p1.read_bytes() != p2.read_bytes()
 
