@@ -89,7 +89,8 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
         if getattr(weights, "tiny", False) and info.is_main:
             click.echo(TINY_BANNER, err=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore" if not info.is_main else "default")
+        if not info.is_main:  # one rank reports (the tiny-weights warning, ...)
+            warnings.simplefilter("ignore")
         codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=encoder_resolution or resolution, previewer=True)
     spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
     summary = build_latent_dataset(list(inputs), out, codec,
