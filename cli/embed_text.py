@@ -10,7 +10,7 @@ from cascadekit.codec.errors import CascadeKitError
 
 @click.command("embed-text")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--weights", default=None, help="Folder / snapshot with text_encoder/ and tokenizer/ (default: the tiny default weights).")
+@click.option("--weights", default=None, help="Folder / snapshot with text_encoder/ and tokenizer/ (default: as for encode: $CASCADEKIT_WEIGHTS, the cache, else the tiny random weights).")
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace embeddings made by another text encoder.")

@@ -24,7 +24,7 @@ def _device(name: str | None):
 @click.command("encode")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out", required=True, type=click.Path(), help="Store folder to create or resume (STORE.zarr).")
-@click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: the tiny random test weights).")
+@click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: $CASCADEKIT_WEIGHTS or ~/.cache/cascadekit/weights, else the tiny RANDOM test weights).")
 @click.option("--resolution", default=768, show_default=True, type=int, help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
 @click.option("--encoder-resolution", default=None, type=int, help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
 @click.option("--dtype", "dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]), help="Storage dtype of the latents.")

@@ -11,7 +11,7 @@ from cascadekit.codec.errors import CascadeKitError
 
 @click.command("inspect")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--weights", default=None, help="Weights with a previewer for the preview grid (default: the store's tiny/default weights).")
+@click.option("--weights", default=None, help="Weights with a previewer for the preview grid (default: as for encode: $CASCADEKIT_WEIGHTS, the cache, else the tiny random weights).")
 @click.option("--n-preview", default=16, show_default=True, type=int)
 @click.option("--no-preview", is_flag=True, help="Only the report, no previewer decodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

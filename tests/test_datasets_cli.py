@@ -59,10 +59,11 @@ def test_encode_inspect_embed_text(tiny, tmp_path):
     out2 = tmp_path / "b.zarr"  # the Stage B training layout: crop 128, effnet at 64, Stage A at 128
     r = _invoke(["encode", str(tmp_path / "c" / "part0"), "--out", str(out2), "--weights", str(tiny),
                  "--resolution", "128", "--encoder-resolution", "64", "--stage-a", "--num-workers", "0",
-                 "--quiet", "--no-preview"])
+                 "--quiet", "--no-preview", "--text-embeddings"])
     assert r.exit_code == 0, r.output
     b = store_arrays(out2)
     assert b["/latents"].shape == (8, 16, 2, 2) and b["/stage_a"].shape == (8, 4, 32, 32)
+    assert "8 captions embedded" in r.output and S.open_store(out2)["clip_text"].shape[:2] == (8, 77)
     assert S.open_store(out2).attrs["encoder"]["encoder_resolution"] == 64
 
     r = _invoke(["embed-text", str(out), "--weights", str(tiny), "--quiet"])
