@@ -5,11 +5,14 @@ the network sees ``r = noise_cond(logSNR)``; per-sample MSE weighted by P2 (or t
 weighting), AdamW with linear warm-up, gradient clipping at 1.0, optional EMA, bf16 autocast on CUDA,
 gradient accumulation, gradient checkpointing, DDP / FSDP through torchrun, LoRA.
 
-Determinism: every random draw of update ``s`` / micro-batch ``m`` (diffusion time, noise, caption
-dropout, image-embedding choice) comes from a generator seeded by ``(seed, s * accum + m)``, and the
-global RNG (dropout) is re-seeded from ``(seed, s, rank)`` at each update; the data order is a pure
-function of ``(seed, epoch)`` (:mod:`batches`). So a run resumed from a checkpoint continues exactly
-like the uninterrupted run, and N processes draw the same numbers as one.
+Determinism: update ``s`` trains on global batch ``s`` of the plan (``batch_size`` samples of one
+bucket, a pure function of ``(seed, epoch)``, :mod:`batches`), and every random draw of that batch
+(diffusion time, noise, caption dropout, image-embedding choice) comes from a generator seeded by
+``(seed, s)``; the batch and its draws are then cut into ``grad_accum_steps * world_size`` micro-batches.
+The global RNG (dropout) is re-seeded from ``(seed, s, rank)`` at each update. So a run resumed from a
+checkpoint continues exactly like the uninterrupted run, N processes compute what one does, and
+``grad_accum_steps`` micro-batches give the gradient of the full batch (the adaptive loss buckets are
+updated once per update with the whole batch).
 """
 from __future__ import annotations
 
@@ -154,7 +157,6 @@ class Trainer:
         self.previewer = previewer
         self.text_encoder = text_encoder
         self.micro = cfg.micro_batch(self.info.world_size)
-        self.global_micro = self.micro * self.info.world_size
 
         # ---- everything that can be wrong is checked before any training step
         check_data(data, self.model_cfg, cfg, text_encoder is not None)
@@ -164,7 +166,7 @@ class Trainer:
             except ImportError:
                 raise InputError("tensorboard: true needs the `tensorboard` package (pip install tensorboard), "
                                  "or set tensorboard: false (train_log.jsonl is always written)") from None
-        self.plan = BatchPlan(data.groups, self.global_micro, cfg.seed)
+        self.plan = BatchPlan(data.groups, cfg.batch_size, cfg.seed)  # one plan batch = one update
         latest = ckpt.latest_checkpoint(self.run_dir)
         if latest is not None and not resume:
             raise InputError(f"{self.run_dir} already holds a training run (checkpoint {latest.name}); "
@@ -279,15 +281,15 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "gdf": self.gdf.state_dict(),
             "rng": ckpt.rng_state(),
-            "data": {"global_batches": self.step * self.cfg.grad_accum_steps, "seed": self.cfg.seed,
-                     "global_micro_batch": self.global_micro},
+            "data": {"global_batches": self.step, "seed": self.cfg.seed, "global_batch": self.cfg.batch_size},
             "config": self.cfg.to_dict(),
         }
 
     def _load_state(self) -> None:
         st = ckpt.load_state(self.resume_from)
-        if st["data"]["global_micro_batch"] != self.global_micro:
-            raise InputError("the checkpoint was written with another micro-batch layout")
+        if st["data"].get("global_batch") != self.cfg.batch_size:
+            raise InputError(f"the checkpoint was written with batch_size {st['data'].get('global_batch')}, "
+                             f"this run has {self.cfg.batch_size}")
         dist_util.load_optim_state(self.wrapped, self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.ema is not None:
@@ -326,20 +328,30 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one micro-batch
-    def _micro_batch(self, gidx: int):
-        group, idx, epoch = self.plan.batch(gidx, self.info.rank, self.info.world_size)
+    def _update_draws(self) -> dict[str, Any]:
+        """The random draws of the whole global batch of this update (identical for any split)."""
+        g = step_generator(self.cfg.seed, self.step)
+        n = self.cfg.batch_size
+        group = self.plan.batch(self.step)[0]
+        return {"t": self.gdf.sample_t(n, g),  # official training t draw
+                "noise": torch.randn((n, *group.shape), generator=g),
+                "drop": torch.rand(n, generator=g) < self.cfg.caption_dropout,
+                "use_img": torch.rand(n, generator=g) < self.cfg.image_embedding_fraction}
+
+    def _micro_batch(self, m: int, draws: dict[str, Any]):
+        """Micro-batch ``m`` of this update on this rank: its slice of the update's global batch.
+
+        The global batch (``batch_size`` samples, one bucket) is cut into ``grad_accum_steps * world_size``
+        equal parts; part ``m * world_size + rank`` is this process's micro-batch ``m``. Data and draws are
+        those of the global batch, so accumulation and DDP give the result of one full batch."""
+        parts = self.cfg.grad_accum_steps * self.info.world_size
+        part = m * self.info.world_size + self.info.rank
+        group, idx, epoch = self.plan.batch(self.step, part, parts)
         batch = self.data.read(group.name, idx)
         x0 = batch["latents"].to(self.device, torch.float32)  # (b,16,h,w)
-        n = self.global_micro
-        g = step_generator(self.cfg.seed, gidx)
-        t = self.gdf.sample_t(n, g)  # official training t draw, for the whole global micro-batch
-        noise = torch.randn((n, *group.shape), generator=g)
-        drop = torch.rand(n, generator=g) < self.cfg.caption_dropout
-        use_img = torch.rand(n, generator=g) < self.cfg.image_embedding_fraction
-        sl = slice(self.info.rank * self.micro, (self.info.rank + 1) * self.micro)
-        t, noise, drop, use_img = t[sl], noise[sl].to(self.device), drop[sl], use_img[sl]
-
-        d = self.gdf.diffuse(x0, t, noise, shift=self.cfg.shift, loss_shift=self.cfg.loss_shift)
+        sl = slice(part * self.micro, (part + 1) * self.micro)
+        t, noise, drop, use_img = (draws[k][sl] for k in ("t", "noise", "drop", "use_img"))
+        d = self.gdf.diffuse(x0, t, noise.to(self.device), shift=self.cfg.shift, loss_shift=self.cfg.loss_shift)
         cond = self.conditioner(batch, drop, use_img, self.device)
         # d.noise_cond: the r (b,) the network sees; d.loss_weight: P2 / adaptive weight (b,)
         return d.x_t, d.noise_cond.to(self.device), cond, d.target, d.loss_weight.to(self.device), d.logsnr, epoch
@@ -355,10 +367,11 @@ class Trainer:
         torch.manual_seed(_mix(cfg.seed, self.step, self.info.rank))  # dropout masks: a function of the step
         t0 = time.perf_counter()
         raw_losses, weighted = [], 0.0
+        logsnrs = []
         epoch = 0
+        draws = self._update_draws()
         for m in range(cfg.grad_accum_steps):
-            gidx = self.step * cfg.grad_accum_steps + m
-            noised, r, cond, target, weight, logsnr, epoch = self._micro_batch(gidx)
+            noised, r, cond, target, weight, logsnr, epoch = self._micro_batch(m, draws)
             last = m == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if (last or not self.info.enabled) else self.wrapped.no_sync()
             with sync:
@@ -369,11 +382,11 @@ class Trainer:
                 if not dist_util.all_finite(loss, self.info):
                     self._diverged(f"the loss is {loss.item()} at step {self.step + 1}")
                 loss.backward()
-            if cfg.loss_weighting == "adaptive":  # buckets see the whole global batch, on every rank
-                self.gdf.update_loss_weight(dist_util.all_gather_cat(logsnr, self.info),
-                                            dist_util.all_gather_cat(loss_per.detach(), self.info))
-            raw_losses.append(dist_util.all_gather_cat(loss_per.detach(), self.info).mean())
+            raw_losses.append(dist_util.all_gather_cat(loss_per.detach(), self.info))
+            logsnrs.append(dist_util.all_gather_cat(logsnr, self.info))
             weighted += float(loss.detach())
+        if cfg.loss_weighting == "adaptive":  # buckets see the whole global batch once per update, on every rank
+            self.gdf.update_loss_weight(torch.cat(logsnrs), torch.cat(raw_losses))
         grad_params = [p for _, p in self.trainable] if not dist_util.is_fsdp(self.wrapped) else None
         if grad_params is None:
             grad_norm = self.wrapped.clip_grad_norm_(cfg.grad_clip)
@@ -391,7 +404,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        return {"step": self.step, "loss": float(torch.stack(raw_losses).mean()), "loss_weighted": weighted,
+        return {"step": self.step, "loss": float(torch.cat(raw_losses).mean()), "loss_weighted": weighted,
                 "lr": lr, "grad_norm": float(grad_norm), "samples_per_s": cfg.batch_size / dt,
                 "step_time_s": dt, "epoch": epoch}
 
