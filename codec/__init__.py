@@ -1,29 +1,36 @@
-"""cascadekit.codec: Stage A, the EfficientNet encoder, Stage B, the previewer and the shared diffusion core."""
+"""cascadekit.codec: every official Stable Cascade network (Stage A, EfficientNet encoder, Previewer, Stage B,
+Stage C), checkpoint loading, the shared diffusion core, image I/O and the :class:`Codec` API.
 
-from cascadekit.codec.models import (  # noqa: E402
-    EfficientNetEncoder,
-    EfficientNetEncoderConfig,
-    Previewer,
-    PreviewerConfig,
-    StageA,
-    StageAConfig,
-    StageB,
-    StageBConfig,
-)
-from cascadekit.codec.codec import Codec, default_image_size  # noqa: E402
-from cascadekit.codec.images import (  # noqa: E402
-    ImageInputError,
-    center_crop,
-    imagenet_normalize,
-    load_image,
-    pil_to_tensor,
-    resize_center_crop,
-    resize_short_side,
-    save_grid,
-    tensor_to_pil,
-    to_batch,
-)
-from cascadekit.codec.precision import check_finite, parse_dtype, stage_dtypes  # noqa: E402
-from cascadekit.codec.errors import CascadeKitError, InputError, PrecisionError, WeightsError  # noqa: E402
-from cascadekit.codec.weights.load import load_weights  # noqa: E402
-from cascadekit.codec.weights.sources import resolve_source  # noqa: E402
+Public names load lazily, so ``import cascadekit.codec.errors`` (or a worker process) does not pay for
+torchvision and every model module::
+
+    from cascadekit.codec import Codec, load_weights, StageB
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EfficientNetEncoder": "models", "EfficientNetEncoderConfig": "models", "Previewer": "models",
+    "PreviewerConfig": "models", "StageA": "models", "StageAConfig": "models", "StageB": "models",
+    "StageBConfig": "models", "StageC": "models", "StageCConfig": "models",
+    "Codec": "codec", "default_image_size": "codec",
+    "ImageInputError": "images", "center_crop": "images", "imagenet_normalize": "images", "load_image": "images",
+    "pil_to_tensor": "images", "resize_center_crop": "images", "resize_short_side": "images",
+    "save_grid": "images", "tensor_to_pil": "images", "to_batch": "images",
+    "check_finite": "precision", "parse_dtype": "precision", "stage_dtypes": "precision",
+    "CascadeKitError": "errors", "InputError": "errors", "PrecisionError": "errors", "WeightsError": "errors",
+    "load_weights": "weights.load", "resolve_source": "weights.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
