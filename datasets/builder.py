@@ -250,12 +250,16 @@ def _probe(codec, hw: tuple[int, int], device, stage_a: bool):
     return tuple(lat.shape[1:]), (tuple(sa.shape[1:]) if sa is not None else None)
 
 
-def _settings(cfg, dtype, spaces, chunk_rows, identity, fingerprint, n) -> dict:
+def _settings(cfg, dtype, spaces, chunk_rows, batch_rows, identity, fingerprint, n) -> dict:
+    """Everything the stored bytes depend on. ``batch_rows`` (the effective encoder batch) is part of
+    it: an encoder's kernels may round differently for other batch sizes (cuDNN/oneDNN pick
+    algorithms by shape), so a resume with another batch could change the latents' last bits."""
     return {
         "preprocess": cfg.to_dict(),
         "dtype": dtype,
         "spaces": list(spaces),
         "chunk_rows": chunk_rows,
+        "batch_size": batch_rows,
         "encoder": identity,
         "corpus": {"rows": n, "sha256": fingerprint},
     }
@@ -352,7 +356,9 @@ def build_latent_dataset(
         spaces: ``("semantic",)`` and/or ``"stage_a"`` (Stage A latents (4, H/4, W/4)).
         buckets: aspect-ratio buckets (official multi-aspect list), one group per bucket.
         min_size: skip images whose shorter side is below this (reason ``too_small``).
-        batch_size: encoder batch (capped at ``chunk_rows``; batches start at chunk boundaries).
+        batch_size: encoder batch (capped at ``chunk_rows``; batches start at chunk boundaries). Recorded
+            in the store: resuming with another batch size is refused (the latents' last bits may
+            depend on it) unless ``overwrite``.
         num_workers: DataLoader processes decoding images (0: decode in the main process).
         chunk_rows: samples per chunk of every per-sample array (the unit of resume and ownership).
         overwrite: delete an existing store built with different settings instead of refusing.
@@ -388,7 +394,7 @@ def build_latent_dataset(
     fingerprint = plan_fingerprint(plan)
     shapes = {gp: _probe(codec, _group_hw(gp, cfg), device, want_a) for gp in groups}
     layouts = [S.GroupLayout(gp, len(idx), *shapes[gp]) for gp, idx in groups.items()]
-    settings = _settings(cfg, dtype, spaces, chunk_rows, identity, fingerprint, len(plan))
+    settings = _settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint, len(plan))
 
     started = D.init(info, device)
     try:

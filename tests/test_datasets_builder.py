@@ -131,6 +131,10 @@ def test_refusal_overwrite_and_noop_rerun(corpus, tmp_path):
         build_latent_dataset([folder], out, TinyEncoder(), **{**KW, "resolution": 96})
     with pytest.raises(InputError, match="encoder"):
         build_latent_dataset([folder], out, TinyEncoder(seed=1), **KW)
+    # the encoder batch is part of the settings: kernels may round differently for another batch size
+    with pytest.raises(InputError, match="(?s)batch_size: store has 2, this run has 3.*--overwrite"):
+        build_latent_dataset([folder], out, TinyEncoder(), **{**KW, "batch_size": 3})
+    assert S.open_store(out).attrs["settings"]["batch_size"] == 2
     after = store_arrays(out)
     assert all(np.array_equal(before[k], after[k]) for k in before)  # refusals touched nothing
     build_latent_dataset([folder], out, TinyEncoder(), **{**KW, "resolution": 96, "overwrite": True})
