@@ -35,10 +35,8 @@ def train(data, config, out, init, resume, text_encoder, previewer, device, over
 def _run(data, config, out, init, resume, text_encoder, previewer, device, overrides):
     import dataclasses
 
-    import yaml
-
     from cascadekit.codec.errors import InputError
-    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.config import TrainConfig, yaml_value
     from cascadekit.generator.train import train as run_training
 
     cfg = TrainConfig.from_file(config)
@@ -48,7 +46,7 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
             if "=" not in item:
                 raise InputError(f"--set expects KEY=VALUE, got {item!r}")
             k, v = item.split("=", 1)
-            upd[k.strip()] = yaml.safe_load(v)
+            upd[k.strip()] = yaml_value(v)
         cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **upd})
     te = None
     if text_encoder is not None:

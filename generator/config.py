@@ -22,6 +22,28 @@ PRECISIONS = ("auto", "bf16", "fp32")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def yaml_value(text: str) -> Any:
+    """Parse YAML with YAML 1.2 numbers: PyYAML (YAML 1.1) reads ``1e-4`` (no dot) as the STRING '1e-4',
+    which would turn ``lr: 1e-4`` into a confusing type error."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclass
 class TrainConfig:
     """Everything that fixes a Stage C training run (except the data and the output folder).
@@ -110,9 +132,7 @@ class TrainConfig:
         suffix = p.suffix.lower()
         try:
             if suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
+                data = yaml_value(text) or {}
             elif suffix == ".json":
                 data = json.loads(text)
             elif suffix == ".toml":

@@ -27,6 +27,13 @@ def test_presets_and_files(tmp_path):
     assert TrainConfig.from_file("tiny") == TrainConfig.preset("tiny")
 
 
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    """PyYAML reads `1e-4` (no dot) as a string; a config with `lr: 1e-4` must still work."""
+    (tmp_path / "e.yaml").write_text("preset: tiny\nlr: 1e-4\nadam_eps: 1E-6\nweight_decay: 0\n")
+    c = TrainConfig.from_file(tmp_path / "e.yaml")
+    assert c.lr == 1e-4 and c.adam_eps == 1e-6 and c.weight_decay == 0
+
+
 @pytest.mark.parametrize("bad, msg", [
     ({"lr": 0}, "lr must be"),
     ({"lr": "fast"}, "lr must be"),
