@@ -214,3 +214,68 @@ def test_finetune_from_a_weights_folder(weights, tmp_path):
     # one tiny step away from the folder's weights (not from a random init)
     assert max((got[k] - base[k]).abs().max().item() for k in base) < 1e-4
     assert json.loads((tmp_path / "run" / "run.json").read_text())["init"] == str(weights)
+
+
+def test_defaults_are_the_official_notebook():
+    import inspect
+
+    from cascadekit.cli.sample import sample
+
+    d = {k: v.default for k, v in inspect.signature(TextToImagePipeline.__call__).parameters.items()}
+    assert (d["prior_steps"], d["prior_guidance"], d["prior_shift"], d["prior_cfg_rho"], d["prior_sampler"]) == \
+        (20, 4.0, 2.0, 0.7, "ddpm")
+    assert (d["decoder_steps"], d["decoder_guidance"], d["negative_prompt"], d["image"]) == (10, 1.1, None, None)
+    cli = {p.name: p.default for p in sample.params}
+    assert (cli["steps"], cli["guidance"], cli["shift"], cli["decoder_steps"], cli["decoder_guidance"]) == \
+        (20, 4.0, 2.0, 10, 1.1)
+    assert stage_c_latent_size(768, 1280) == (18, 30)  # non-square official sizes
+
+
+def test_unconditional_is_the_empty_caption_with_zero_image_embedding(pipe):
+    seen = []
+    h = pipe.stage_c.register_forward_pre_hook(lambda m, a, k: seen.append({n: v.clone() for n, v in k.items()}),
+                                               with_kwargs=True)
+    try:
+        img = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+        pipe("a fox", image=img, seed=1, return_latents=True, **{**SMALL, "prior_steps": 1})
+    finally:
+        h.remove()
+    ci = torch.cat([s["clip_img"] for s in seen])
+    ct = torch.cat([s["clip_text"] for s in seen])
+    assert ci.shape[0] == 2  # one conditional and one unconditional row
+    zero = [bool((r == 0).all()) for r in ci]
+    assert sorted(zero) == [False, True]  # the unconditional row has a zero image embedding
+    empty_text = pipe.empty[0][0]
+    u = zero.index(True)
+    torch.testing.assert_close(ct[u], empty_text.to(ct.dtype))
+    assert not torch.allclose(ct[1 - u], empty_text.to(ct.dtype))
+    # and no negative prompt == the empty caption as negative prompt
+    a = pipe("a fox", seed=2, return_latents=True, **SMALL)
+    b = pipe("a fox", negative_prompt="", seed=2, return_latents=True, **SMALL)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-5)
+
+
+def test_any_size_the_stages_support(pipe):
+    out = pipe(["a", "b"], seed=0, height=70, width=100, prior_steps=2, decoder_steps=1)
+    assert out.images.shape == (2, 3, 70, 100) and out.latents.shape == (2, 16, 2, 3)
+    assert out.parameters[1]["height"] == 70 and out.parameters[1]["width"] == 100
+
+
+def test_sample_command_image_variation_and_img2img(weights, tmp_path):
+    from PIL import Image
+
+    from cascadekit.cli.main import main
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(src)
+    base = ["--weights", str(weights), "--steps", "2", "--decoder-steps", "1", "--height", "64", "--width", "64",
+            "--seed", "5"]
+    r = CliRunner().invoke(main, ["sample", "x", *base, "--out", str(tmp_path / "v"), "--image", str(src)])
+    assert r.exit_code == 0, r.output
+    p = read_png_parameters(next((tmp_path / "v").glob("image_*.png")))
+    assert p["image_variation"] is True and p["init_image"] is False
+    r = CliRunner().invoke(main, ["sample", "x", *base, "--out", str(tmp_path / "i"), "--init-image", str(src),
+                                  "--strength", "0.5"])
+    assert r.exit_code == 0, r.output
+    p = read_png_parameters(next((tmp_path / "i").glob("image_*.png")))
+    assert p["init_image"] is True and p["strength"] == 0.5 and p["prior_steps"] == 1

@@ -151,3 +151,18 @@ def test_ema_of_the_trained_weights_is_checkpointed(tmp_path):
         # step 1 (== ema_start_step 0 + 1 > 0): shadow = 0.75 * init + 0.25 * w1; step 2: 0.75 * ema1 + 0.25 * w2
         torch.testing.assert_close(c2["ema"][k], 0.75 * c1["ema"][k] + 0.25 * w2, rtol=1e-6, atol=1e-7, msg=k)
     assert any(not torch.equal(c2["ema"][k], c2["weights"][k]) for k in c2["weights"])
+
+
+def test_bf16_autocast_keeps_float32_master_weights(tmp_path):
+    t32 = _trainer(tmp_path / "a", precision="fp32")
+    r32 = t32.train_step()
+    t32.close()
+    t16 = _trainer(tmp_path / "b", precision="bf16")
+    assert t16.autocast_dtype == torch.bfloat16
+    r16 = t16.train_step()
+    assert all(p.dtype == torch.float32 for p in t16.model.parameters())
+    t16.close()
+    # the official init zeroes the output conv (same first loss): the gradients show that autocast ran
+    g16, g32 = r16["grad_norm"], r32["grad_norm"]
+    assert g16 != g32 and abs(g16 - g32) < 0.05 * g32
+    assert _trainer(tmp_path / "c", precision="auto").autocast_dtype is None  # CPU: fp32 (bf16 on CUDA)
