@@ -32,7 +32,7 @@ def _device(name: str | None):
 @click.option("--stage-a", is_flag=True, help="Also store Stage A latents (4, H/4, W/4), for training Stage B.")
 @click.option("--buckets", is_flag=True, help="Aspect-ratio buckets (official multi-aspect list), one group per bucket.")
 @click.option("--min-size", default=None, type=int, help="Skip images whose shorter side is below this (reason too_small).")
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Encoder batch (at most --chunk-rows). Recorded in the store: resume with the same value.")
 @click.option("--num-workers", default=2, show_default=True, type=int, help="DataLoader processes decoding images.")
 @click.option("--chunk-rows", default=256, show_default=True, type=int, help="Samples per chunk (unit of resume and of each writer).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")

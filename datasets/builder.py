@@ -18,6 +18,7 @@ Flow (every rank of a torchrun job runs the same code):
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -209,6 +210,37 @@ def load_task(t: Task, cfg: PreprocessConfig, reader: SampleReader) -> dict:
         "orig_size": torch.from_numpy(orig),
         "reasons": reasons,
     }
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Images arrive from DataLoader workers in shared memory (mmap, outside malloc) while the main
+    process allocates and frees same-sized float copies, latents and chunk buffers on several threads;
+    glibc's dynamic mmap threshold then serves those from its arenas and keeps the freed pages, so
+    RSS crept up with the corpus size (1k -> 10k images: +31 -> +90 MB). Trimming once per written
+    chunk keeps it flat; it releases only free memory.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` through ctypes, or None (musl, macOS, Windows)."""
+    if os.name != "posix":
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def _collate_identity(x):
@@ -445,7 +477,7 @@ def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
     loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_collate_identity,
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
-    writer = WriterThread(ChunkWriter(root, chunk_rows, dtype), max_queue=8)
+    writer = WriterThread(ChunkWriter(root, chunk_rows, dtype, on_chunk=lambda *_: release_free_memory()), max_queue=8)
     total = sum(len(t.rows) for t in tasks)
     bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0

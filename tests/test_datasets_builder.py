@@ -293,3 +293,18 @@ def test_store_killed_during_creation_is_recreated(tmp_path):
     s = build_latent_dataset(samples, out, TinyEncoder(), **KW)
     root = S.open_store(out)
     assert s.ok == 3 and root.attrs["initializing"] is False and root["status"][:].tolist() == [1, 1, 1]
+
+
+def test_free_heap_pages_released_once_per_written_chunk(corpus, tmp_path, monkeypatch):
+    """Peak RSS must not grow with the corpus: freed heap pages go back to the OS after every chunk
+    (glibc keeps them otherwise when a decode worker is used: +31 MB at 1k -> +90 MB at 10k images)."""
+    from cascadekit.datasets import builder as B
+
+    calls = []
+    monkeypatch.setattr(B, "release_free_memory", lambda: calls.append(1))
+    s = build_latent_dataset([corpus[0] / "part0"], tmp_path / "m.zarr", TinyEncoder(), **KW)
+    assert len(calls) == -(-s.rows // KW["chunk_rows"]) > 1
+    monkeypatch.undo()
+    B.release_free_memory()  # callable on this platform (glibc malloc_trim or a no-op)
+    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+        assert B._malloc_trim() is not None
