@@ -279,3 +279,11 @@ def test_sample_command_image_variation_and_img2img(weights, tmp_path):
     assert r.exit_code == 0, r.output
     p = read_png_parameters(next((tmp_path / "i").glob("image_*.png")))
     assert p["init_image"] is True and p["strength"] == 0.5 and p["prior_steps"] == 1
+
+
+def test_random_seed_is_recorded_and_reproduces(pipe):
+    a = pipe("a fox", seed=None, return_latents=True, **SMALL)
+    s = a.parameters[0]["seed"]
+    assert isinstance(s, int)
+    b = pipe("a fox", seed=s, return_latents=True, **SMALL)
+    assert torch.equal(a.latents, b.latents)
