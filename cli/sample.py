@@ -26,23 +26,27 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image-to-image: start from this image.")
 @click.option("--strength", default=0.8, show_default=True, type=float, help="Image-to-image noise level (0, 1]: 1 ignores the image.")
 @click.option("--lora", default=None, type=click.Path(exists=True, dir_okay=False), help="LoRA file from `cascadekit train` (merged into Stage C).")
+@click.option("--stage-c-weights", "stage_c_weights", default=None, type=click.Path(exists=True),
+              help="Stage C weights to use instead of those in --weights: a `cascadekit train` run folder or "
+                   "checkpoint (RUN/checkpoints/step_N), or a Stage C file / prior folder.")
+@click.option("--ema", is_flag=True, help="With --stage-c-weights on a training checkpoint: use its EMA weights.")
 @click.option("--stage-c", "stage_c", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
 def sample(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
-           width, image, init_image, strength, lora, stage_c, stage_b, dtype, device):
+           width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device):
     """Generate images for PROMPT... and write them as PNGs to --out."""
     try:
         _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n,
-             height, width, image, init_image, strength, lora, stage_c, stage_b, dtype, device)
+             height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device)
     except CascadeKitError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
 
 
 def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
-         width, image, init_image, strength, lora, stage_c, stage_b, dtype, device):
+         width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device):
     import warnings
 
     import torch
@@ -50,6 +54,8 @@ def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps,
     from cascadekit.codec.errors import InputError
     from cascadekit.generator.pipeline import TextToImagePipeline
 
+    if ema and stage_c_weights is None:
+        raise InputError("--ema needs --stage-c-weights pointing at a training run or checkpoint")
     if not prompts and image is None:
         raise InputError("give at least one PROMPT (or --image for an image variation)")
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +72,8 @@ def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps,
         if tiny:
             warnings.simplefilter("ignore")  # the banner above says it once
         pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=dtype, stage_c=stage_c,
-                                                   stage_b=stage_b, lora=lora)
+                                                   stage_b=stage_b, lora=lora, stage_c_weights=stage_c_weights,
+                                                   ema=ema)
     from cascadekit.codec.images import load_image
 
     res = pipe(list(prompts) or [""], negative_prompt=negative, height=height, width=width, num_images_per_prompt=n,

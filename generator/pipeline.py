@@ -118,13 +118,16 @@ class TextToImagePipeline:
     @classmethod
     def from_pretrained(cls, source: Any = None, device: str | torch.device = "cpu", dtype: Any = torch.float32,
                         stage_c: str = "lite", stage_b: str = "lite", decoder_dtype: Any = None,
-                        lora: str | Path | None = None) -> "TextToImagePipeline":
+                        lora: str | Path | None = None, stage_c_weights: str | Path | None = None,
+                        ema: bool = False) -> "TextToImagePipeline":
         """Load everything from a weights folder / diffusers snapshot(s) / hub id (see ``resolve_source``).
 
         source None: the tiny RANDOM default weights (tests/demos; meaningless images, labelled).
         dtype: Stage C and text encoder dtype (fp32 / bf16; fp16 -> bf16 for Stage C, with a warning);
         decoder_dtype: the codec's dtype (default ``dtype``; fp16 allowed, see codec.precision).
         lora: a LoRA file from ``cascadekit train`` merged into Stage C.
+        stage_c_weights (+ ema): other Stage C weights for the loaded layout, e.g. a training run or
+        checkpoint (see :meth:`load_stage_c`); the rest (Stage B/A, encoders) comes from ``source``.
         """
         from cascadekit.codec.codec import Codec
         from cascadekit.codec.precision import parse_dtype
@@ -157,9 +160,49 @@ class TextToImagePipeline:
         pipe = cls(model, codec, text, empty=empty, device=device, source=str(source), tiny=bool(ws.tiny),
                    image_encoder_source=ws if ws.image_encoder is not None else None)
         pipe.stage_c_weights = str(ws.path("stage_c"))
+        if stage_c_weights is not None:
+            pipe.load_stage_c(stage_c_weights, ema=ema)
         if lora is not None:
             pipe.load_lora(lora)
         return pipe
+
+    def load_stage_c(self, path: str | Path, ema: bool = False) -> None:
+        """Replace the Stage C weights, e.g. with a ``cascadekit train`` result.
+
+        path: a Stage C weights file (official or diffusers keys), a diffusers ``prior/`` folder, a
+        training checkpoint folder (``RUN/checkpoints/step_N``: its ``model.safetensors``, or its
+        ``ema.safetensors`` with ``ema=True``) or a run folder (its latest checkpoint). The weights must
+        fit the Stage C that was loaded (same preset); a LoRA-only checkpoint is refused (use ``load_lora``).
+        """
+        from cascadekit.codec.errors import WeightsError
+        from cascadekit.codec.weights.assign import load_into
+        from cascadekit.codec.weights.load import load_weights
+
+        p = Path(path)
+        if p.is_dir() and (p / "checkpoints").is_dir():
+            from cascadekit.generator.checkpoint import latest_checkpoint
+
+            latest = latest_checkpoint(p)
+            if latest is None:
+                raise InputError(f"training run {p} has no checkpoint yet")
+            p = latest
+        if p.is_dir() and (p / "meta.json").is_file():
+            meta = json.loads((p / "meta.json").read_text())
+            if meta.get("weights") == "lora.safetensors":
+                raise InputError(f"{p} is a LoRA checkpoint: load it with --lora {p / 'lora.safetensors'}")
+            if ema and not meta.get("ema"):
+                raise InputError(f"checkpoint {p} has no EMA weights (the run had ema_decay unset)")
+            p = p / ("ema.safetensors" if ema else meta["weights"])
+        elif ema:
+            raise InputError("ema=True needs a training checkpoint folder (with ema.safetensors)")
+        dtype = next(self.stage_c.parameters()).dtype
+        state = load_weights(p, dtype=dtype, kind="stage_c")
+        try:
+            load_into(self.stage_c, state, device=next(self.stage_c.parameters()).device, dtype=dtype)
+        except WeightsError as e:
+            raise WeightsError(f"{p} does not fit the loaded Stage C (another preset?): {e}") from None
+        self.stage_c.eval().requires_grad_(False)
+        self.stage_c_weights = str(p)
 
     def load_lora(self, path: str | Path) -> None:
         """Merge a LoRA (``cascadekit train`` with ``lora_rank > 0``) into Stage C."""

@@ -287,3 +287,51 @@ def test_random_seed_is_recorded_and_reproduces(pipe):
     assert isinstance(s, int)
     b = pipe("a fox", seed=s, return_latents=True, **SMALL)
     assert torch.equal(a.latents, b.latents)
+
+
+def test_sample_command_from_a_training_run_and_its_ema(weights, tmp_path):
+    from generator_helpers import FixedEmpty
+
+    from cascadekit.cli.main import main
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.train import train
+
+    store = tiny_store(tmp_path / "s.zarr", n=4)
+    train(store, TrainConfig.from_dict(dict(model="tiny", batch_size=4, steps=2, save_every=2, lr=1e-2,
+                                            ema_decay=0.5)),
+          tmp_path / "run", text_encoder=FixedEmpty(), log=lambda m: None)
+    args = ["sample", "a fox", "--weights", str(weights), "--steps", "2", "--decoder-steps", "1", "--height", "64",
+            "--width", "64", "--seed", "3"]
+    outs = {}
+    for name, extra in [("base", []), ("run", ["--stage-c-weights", str(tmp_path / "run")]),
+                        ("ema", ["--stage-c-weights", str(tmp_path / "run" / "checkpoints" / "step_000002"), "--ema"])]:
+        r = CliRunner().invoke(main, args + ["--out", str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+        outs[name] = json.loads((tmp_path / name / "samples.json").read_text())["samples"][0]
+    assert outs["run"]["stage_c_weights"].endswith("step_000002/model.safetensors")
+    assert outs["ema"]["stage_c_weights"].endswith("step_000002/ema.safetensors")
+    pngs = {k: (tmp_path / k / v["file"]).read_bytes() for k, v in outs.items()}
+    assert len(set(pngs.values())) == 3  # base, trained and EMA weights give three different images
+    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "x"), "--ema"])
+    assert r.exit_code == 2 and "--stage-c-weights" in r.output
+
+
+def test_load_stage_c_refuses_lora_checkpoints_and_other_layouts(pipe, tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from cascadekit.codec.errors import InputError, WeightsError
+    from cascadekit.generator.stage_c import StageC, StageCConfig
+
+    ck = tmp_path / "step_000001"
+    ck.mkdir()
+    (ck / "meta.json").write_text(json.dumps({"weights": "lora.safetensors", "ema": False}))
+    with pytest.raises(InputError, match="--lora"):
+        pipe.load_stage_c(ck)
+    other = StageC.from_config(dataclasses.replace(StageCConfig.preset("tiny"), c_hidden=[16, 32], nhead=[2, 2]))
+    save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
+    before = pipe.stage_c_weights
+    with pytest.raises(WeightsError, match="does not fit"):
+        pipe.load_stage_c(tmp_path / "other.safetensors")
+    assert pipe.stage_c_weights == before
