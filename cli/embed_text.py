@@ -1,11 +1,9 @@
 """`cascadekit embed-text STORE`: add CLIP text embeddings of every caption to a latent store."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.cli.common import pick_device, pick_weights, reports_user_errors
 
 
 @click.command("embed-text")
@@ -15,22 +13,13 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace embeddings made by another text encoder.")
 @click.option("--quiet", is_flag=True)
+@reports_user_errors
 def embed_text(store, weights, device, batch_size, overwrite, quiet):
     """Add clip_text (N,77,C) and clip_text_pooled (N,1,C) float16 arrays to STORE (resumable)."""
-    import torch
-
     from cascadekit.codec.text import TextEncoder
     from cascadekit.datasets.text_embeddings import add_text_embeddings
 
-    try:
-        if weights is None:
-            from cascadekit.codec.defaults import default_weights
-
-            weights = default_weights()
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        te = TextEncoder.from_pretrained(weights, device=dev)
-        res = add_text_embeddings(store, te, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    weights, _, _ = pick_weights(weights, announce=False)
+    te = TextEncoder.from_pretrained(weights, device=pick_device(device))
+    res = add_text_embeddings(store, te, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
     click.echo(f"embedded {res['embedded']} captions of {res['rows']} rows into {store}")

@@ -1,24 +1,9 @@
 """`cascadekit encode`: an image corpus -> a Zarr latent dataset (resumable, torchrun-aware)."""
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
-from cascadekit.codec.errors import CascadeKitError
-
-
-def _device(name: str | None):
-    import torch
-
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if name is None or name == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dev = torch.device(f"cuda:{local}")
-    return dev
+from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
 
 
 @click.command("encode")
@@ -40,6 +25,7 @@ def _device(name: str | None):
 @click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
 @click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
            num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
@@ -51,19 +37,15 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     from cascadekit.datasets import distributed as D
 
     info = D.from_env()
-    try:
-        summary, codec = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
-                              batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
-        if info.is_main:
-            click.echo(str(summary))
-            if not no_preview:
-                from cascadekit.datasets.inspect import format_report, inspect_store
+    summary, codec = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
+                          batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
+    if info.is_main:
+        click.echo(str(summary))
+        if not no_preview:
+            from cascadekit.datasets.inspect import format_report, inspect_store
 
-                rep = inspect_store(out, codec if getattr(codec, "previewer", None) is not None else None, write=True)
-                click.echo(format_report(rep))
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+            rep = inspect_store(out, codec if getattr(codec, "previewer", None) is not None else None, write=True)
+            click.echo(format_report(rep))
 
 
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
@@ -73,21 +55,15 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
     from cascadekit.codec.codec import Codec
     from cascadekit.datasets.builder import build_latent_dataset
 
-    dev = _device(device)
-    if compute_dtype is None:
-        compute_dtype = "bf16" if dev.type == "cuda" else "fp32"
+    dev = pick_device(device)
+    compute_dtype = default_dtype(compute_dtype, dev)
     if not inputs:
         if weights is not None:
             raise click.UsageError("give INPUT... to encode (the built-in sample corpus goes with the default weights)")
         from cascadekit.codec.defaults import sample_image_paths
 
         inputs = [str(p) for p in sample_image_paths()]
-    if weights is None:
-        from cascadekit.codec.defaults import TINY_BANNER, default_weights
-
-        weights = default_weights()
-        if getattr(weights, "tiny", False) and info.is_main:
-            click.echo(TINY_BANNER, err=True)
+    weights, _, _ = pick_weights(weights, announce=info.is_main)
     with warnings.catch_warnings():
         if not info.is_main:  # one rank reports (the tiny-weights warning, ...)
             warnings.simplefilter("ignore")

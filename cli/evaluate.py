@@ -101,29 +101,23 @@ def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, l
          encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
     import warnings
 
-    import torch
-
+    from cascadekit.cli.common import default_dtype, pick_device, pick_weights
     from cascadekit.codec.codec import Codec
-    from cascadekit.codec.defaults import TINY_BANNER, default_weights, sample_image_paths
+    from cascadekit.codec.defaults import sample_image_paths
     from cascadekit.metrics.evaluate import evaluate as run_evaluation
     from cascadekit.metrics.evaluate import check_weights, parse_metrics
 
     metric_names = parse_metrics(metrics)  # fail on a typo or a missing backbone before loading the codec
     check_weights(metric_names, lpips_net=lpips_net, weights_dir=weights_dir)
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
-    if weights is None:
-        chosen = default_weights(stage_b=stage_b)
-        source, info = chosen.source, {"source": str(chosen.source), "chosen_because": chosen.why}
-    else:
-        source, info = weights, {"source": str(weights)}
+    dev = pick_device(device)
+    dtype = default_dtype(dtype, dev)
+    source, info, _ = pick_weights(weights, stage_b=stage_b)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner below
+        warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner and the notice
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
                                       encoder_resolution=encoder_resolution, previewer=False)
     notice = None
     if codec.tiny:
-        click.echo(TINY_BANNER, err=True)
         notice = ("TINY RANDOM WEIGHTS: no official Stable Cascade weights were found, so these reconstructions "
                   "come from random networks and every number in this report is meaningless. Pass --weights.")
     decode_kw = {"steps": steps, "guidance": guidance}

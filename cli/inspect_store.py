@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.cli.common import pick_weights, reports_user_errors
 
 
 @click.command("inspect")
@@ -15,27 +14,21 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--n-preview", default=16, show_default=True, type=int)
 @click.option("--no-preview", is_flag=True, help="Only the report, no previewer decodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_user_errors
 def inspect_store(store, weights, n_preview, no_preview, as_json):
     """Report on STORE and write STORE/inspect/preview.png (previewer decodes of a few latents)."""
     from cascadekit.datasets.inspect import format_report
     from cascadekit.datasets.inspect import inspect_store as run
 
-    try:
-        codec = None
-        if not no_preview:
-            import warnings
+    codec = None
+    if not no_preview:
+        import warnings
 
-            from cascadekit.codec.codec import Codec
+        from cascadekit.codec.codec import Codec
 
-            if weights is None:
-                from cascadekit.codec.defaults import default_weights
-
-                weights = default_weights()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                codec = Codec.from_pretrained(weights, device="cpu", previewer=True)
-        rep = run(store, codec, n_preview=n_preview, write=True)
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        weights, _, _ = pick_weights(weights, announce=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the report itself says which encoder made the store
+            codec = Codec.from_pretrained(weights, device="cpu", previewer=True)
+    rep = run(store, codec, n_preview=n_preview, write=True)
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))

@@ -1,11 +1,9 @@
 """`cascadekit reconstruct`: images -> semantic latents -> images, written side by side."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
 
 
 @click.command("reconstruct")
@@ -27,42 +25,32 @@ from cascadekit.codec.errors import CascadeKitError
               help="Compute precision (default: bf16 on CUDA, fp32 on CPU). fp16 runs Stage B in bf16.")
 @click.option("--allow-zero-text", is_flag=True,
               help="Decode with a zero text embedding when no empty-caption CLIP embedding (or text encoder) exists.")
+@reports_user_errors
 def reconstruct(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
                 allow_zero_text):
     """Reconstruct IMAGES... (encode + decode) into --out: one PNG each, grid.png (original |
     reconstruction) and reconstruct.json. With no IMAGES, scikit-image's sample photographs are used."""
-    try:
-        _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-             allow_zero_text)
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
+         allow_zero_text)
 
 
 def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
          allow_zero_text=False):
     import warnings
 
-    import torch
-
     from cascadekit.codec.codec import Codec
-    from cascadekit.codec.defaults import TINY_BANNER, default_weights, sample_image_paths
+    from cascadekit.codec.defaults import sample_image_paths
     from cascadekit.codec.reconstruct_files import reconstruct_files
 
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    dev = pick_device(device)
+    dtype = default_dtype(dtype, dev)
     paths = list(images) or [str(p) for p in sample_image_paths()]
-    if weights is None:
-        chosen = default_weights(stage_b=stage_b)
-        source, info = chosen.source, {"source": str(chosen.source), "chosen_because": chosen.why}
-    else:
-        source, info = weights, {"source": str(weights)}
+    source, info, _ = pick_weights(weights, stage_b=stage_b)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner below
+        warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner / line below
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
                                       encoder_resolution=encoder_resolution, allow_zero_text=allow_zero_text)
     if codec.tiny:
-        click.echo(TINY_BANNER, err=True)
         click.echo(f"weights: {info['source']} (TINY RANDOM)", err=True)
     else:
         click.echo(f"weights: {info['source']}", err=True)
