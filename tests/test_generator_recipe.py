@@ -151,6 +151,11 @@ def test_ema_of_the_trained_weights_is_checkpointed(tmp_path):
         # step 1 (== ema_start_step 0 + 1 > 0): shadow = 0.75 * init + 0.25 * w1; step 2: 0.75 * ema1 + 0.25 * w2
         torch.testing.assert_close(c2["ema"][k], 0.75 * c1["ema"][k] + 0.25 * w2, rtol=1e-6, atol=1e-7, msg=k)
     assert any(not torch.equal(c2["ema"][k], c2["weights"][k]) for k in c2["weights"])
+    # ema.safetensors holds official Stage C keys too: it loads into StageC as is
+    from cascadekit.codec.weights.assign import load_into
+    from cascadekit.generator.stage_c import StageC, StageCConfig
+
+    load_into(StageC.from_config(StageCConfig.preset("tiny")), c2["ema"])
 
 
 def test_bf16_autocast_keeps_float32_master_weights(tmp_path):
