@@ -35,7 +35,7 @@ from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.datasets import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
-from cascadekit.datasets.sources import FileRef, Sample, SampleReader, plan_fingerprint, plan_inputs
+from cascadekit.datasets.sources import Sample, SampleReader, plan_fingerprint, plan_inputs
 from cascadekit.datasets.writer import ChunkWriter, RowBatch, WriterThread
 
 SPACES = ("semantic", "stage_a")

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
