@@ -1,4 +1,5 @@
-"""torchrun-style DDP on CPU (gloo): 2 processes give the single-process result (within float tolerance)."""
+"""torchrun-style DDP on CPU (gloo): 2 processes (with 2 accumulated micro-batches each) give the
+single-process full-batch result (within float tolerance)."""
 from __future__ import annotations
 
 import socket
@@ -42,7 +43,9 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     # fork (no re-import of torch in the children: seconds instead of a minute on a busy CPU); the children
     # get the store's contents in memory, read through the same planner, so no zarr I/O thread is forked
     data = _in_memory(store)
-    mp.start_processes(ddp_worker, args=(2, _free_port(), data, str(tmp_path / "ddp"), cfg, overrides), nprocs=2,
+    # the 2 processes also accumulate 2 micro-batches (no_sync path): still the one-process full-batch result
+    ddp_cfg = {**cfg, "grad_accum_steps": 2}
+    mp.start_processes(ddp_worker, args=(2, _free_port(), data, str(tmp_path / "ddp"), ddp_cfg, overrides), nprocs=2,
                        join=True, start_method="fork")
     a = load_checkpoint(single.last_checkpoint)
     b = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
