@@ -1,11 +1,9 @@
 """`cascadekit sample`: text-to-image (Stage C -> Stage B -> Stage A) with the official notebook defaults."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
 
 
 @click.command("sample")
@@ -34,22 +32,17 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+@reports_user_errors
 def sample(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
            width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device):
     """Generate images for PROMPT... and write them as PNGs to --out."""
-    try:
-        _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n,
-             height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device)
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n,
+         height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device)
 
 
 def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed, n, height,
          width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device):
     import warnings
-
-    import torch
 
     from cascadekit.codec.errors import InputError
     from cascadekit.generator.pipeline import TextToImagePipeline
@@ -58,16 +51,9 @@ def _run(prompts, weights, out, negative, steps, guidance, shift, decoder_steps,
         raise InputError("--ema needs --stage-c-weights pointing at a training run or checkpoint")
     if not prompts and image is None:
         raise InputError("give at least one PROMPT (or --image for an image variation)")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bf16" if dev.type == "cuda" else "fp32")
-    tiny = False
-    if weights is None:
-        from cascadekit.codec.defaults import TINY_BANNER, default_weights
-
-        dw = default_weights()
-        weights, tiny = dw.source, dw.tiny
-        if tiny:
-            click.echo(TINY_BANNER, err=True)
+    dev = pick_device(device)
+    dtype = default_dtype(dtype, dev)
+    weights, _, tiny = pick_weights(weights, stage_b=stage_b)
     with warnings.catch_warnings():
         if tiny:
             warnings.simplefilter("ignore")  # the banner above says it once

@@ -1,11 +1,9 @@
 """`cascadekit train`: train Stage C on a latent store (single process, or torchrun for DDP/FSDP)."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.cli.common import pick_device, reports_user_errors
 
 
 @click.command("train")
@@ -20,16 +18,13 @@ from cascadekit.codec.errors import CascadeKitError
 @click.option("--previewer", "previewer", default=None, help="Weights folder with previewer.safetensors, for PNG previews.")
 @click.option("--device", default=None, help="cpu, cuda ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (YAML syntax), e.g. --set steps=100.")
+@reports_user_errors
 def train(data, config, out, init, resume, text_encoder, previewer, device, overrides):
     """Train the Stage C prior on precomputed latents (no image encoder in the loop).
 
     Multi-GPU: torchrun --nproc-per-node N -m cascadekit.cli train ...
     """
-    try:
-        _run(data, config, out, init, resume, text_encoder, previewer, device, overrides)
-    except CascadeKitError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    _run(data, config, out, init, resume, text_encoder, previewer, device, overrides)
 
 
 def _run(data, config, out, init, resume, text_encoder, previewer, device, overrides):
@@ -52,34 +47,14 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
     if text_encoder is not None:
         from cascadekit.codec.text import TextEncoder
 
-        te = TextEncoder.from_pretrained(text_encoder, device=_device(device))
+        te = TextEncoder.from_pretrained(text_encoder, device=pick_device(device))
     prev = None
     if previewer is not None:
-        prev = _load_previewer(previewer, device)
+        from cascadekit.codec.weights.components import load_component
+        from cascadekit.codec.weights.sources import resolve_source
+
+        prev, _ = load_component(resolve_source(previewer, need=("previewer",)), "previewer",
+                                 device=pick_device(device))
     res = run_training(data, cfg, out, init=init, resume=resume, device=device, text_encoder=te, previewer=prev,
                        log=click.echo)
     click.echo(f"done: step {res.step}, last checkpoint {res.last_checkpoint}")
-
-
-def _load_previewer(source, device):
-    from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
-    from cascadekit.codec.weights.assign import build
-    from cascadekit.codec.weights.load import load_weights
-    from cascadekit.codec.weights.sources import resolve_source
-
-    ws = resolve_source(source, need=("previewer",))
-    kwargs = ws.model_kwargs.get("previewer") or PreviewerConfig.preset("official").kwargs()
-    return build(lambda: Previewer(**kwargs), load_weights(ws.path("previewer")), device=_device(device),
-                 name="Previewer")
-
-
-def _device(name):
-    """--device, else cuda:LOCAL_RANK when CUDA is available, else cpu (same rule as the trainer)."""
-    import os
-
-    import torch
-
-    if name:
-        return torch.device(name)
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")

@@ -31,10 +31,10 @@ from torch import nn
 from cascadekit.codec.diffusion.samplers import SAMPLERS, sample
 from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.images import imagenet_normalize, to_batch
-from cascadekit.codec.models.effnet import EfficientNetEncoder, EfficientNetEncoderConfig
-from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
-from cascadekit.codec.models.stage_a import StageA, StageAConfig
-from cascadekit.codec.models.stage_b import StageB, StageBConfig
+from cascadekit.codec.models.effnet import EfficientNetEncoder
+from cascadekit.codec.models.previewer import Previewer
+from cascadekit.codec.models.stage_a import StageA
+from cascadekit.codec.models.stage_b import StageB
 from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, stage_dtypes
 
 __all__ = ["Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
@@ -224,8 +224,7 @@ class Codec:
         the weights) is needed for ``decode(captions=...)``. The previewer is loaded when its file is
         found (``previewer=False`` skips it); :meth:`preview` raises without it.
         """
-        from cascadekit.codec.weights.assign import build
-        from cascadekit.codec.weights.load import load_weights
+        from cascadekit.codec.weights.components import load_component
         from cascadekit.codec.weights.sources import resolve_source
 
         device = torch.device(device)
@@ -243,32 +242,16 @@ class Codec:
 
         presets: dict[str, str] = {}
 
-        def load(component, model_cls, cfg_cls, kwargs, dt, kind):
-            path = ws.path(component)
-            state = load_weights(path, kind=kind, dtype=dt)  # converted while reading: never two full copies
-            if kwargs is not None:
-                cfg = cfg_cls(**kwargs)
-                same = [n for n in cfg_cls.PRESETS if cfg_cls.preset(n).kwargs() == cfg.kwargs()]
-                presets[component] = same[0] if same else "custom"
-            else:
-                name = ws.presets.get(component, "official")
-                cfg = cfg_cls.preset(name)
-                presets[component] = name
-            model = build(lambda: model_cls.from_config(cfg), state, device=device, dtype=dt, name=f"{component} ({path})")
-            del state
+        def load(component, dt):
+            model, presets[component] = load_component(ws, component, device=device, dtype=dt)
             return model
 
-        sa = load("stage_a", StageA, StageAConfig, ws.stage_a_kwargs() if "stage_a" in ws.model_kwargs else None,
-                  dts.stage_a, "stage_a")
+        sa = load("stage_a", dts.stage_a)
         if not ws.scale_in_model and "stage_a" not in ws.model_kwargs:  # defensive: diffusers always has kwargs
             sa.scale_factor = 1.0
-        eff = load("effnet", EfficientNetEncoder, EfficientNetEncoderConfig, ws.model_kwargs.get("effnet"),
-                   dts.effnet, "effnet")
-        sb = load("stage_b", StageB, StageBConfig, ws.model_kwargs.get("stage_b"), dts.stage_b, "stage_b")
-        pv = None
-        if previewer and ws.previewer is not None:
-            pv = load("previewer", Previewer, PreviewerConfig, ws.model_kwargs.get("previewer"), dts.previewer,
-                      "previewer")
+        eff = load("effnet", dts.effnet)
+        sb = load("stage_b", dts.stage_b)
+        pv = load("previewer", dts.previewer) if previewer and ws.previewer is not None else None
 
         if isinstance(text_encoder, (str, os.PathLike)) or text_encoder is True:
             from cascadekit.codec.text import TextEncoder

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import InputError, PrecisionError
-from cascadekit.generator.stage_c import StageC, StageCConfig
+from cascadekit.generator.stage_c import StageC
 
 LATENT_DIVISOR = 42.67  # official: ceil(H / 42.67) Stage C latent rows for an H-pixel image
 
@@ -132,8 +132,7 @@ class TextToImagePipeline:
         from cascadekit.codec.codec import Codec
         from cascadekit.codec.precision import parse_dtype
         from cascadekit.codec.text import TextEncoder, empty_caption_embeddings
-        from cascadekit.codec.weights.assign import build
-        from cascadekit.codec.weights.load import load_weights
+        from cascadekit.codec.weights.components import load_component
         from cascadekit.codec.weights.sources import resolve_source
 
         if source is None:
@@ -145,14 +144,7 @@ class TextToImagePipeline:
         prior_dt = _prior_dtype(dt, device)
         ws = resolve_source(source, stage_b=stage_b, stage_c=stage_c,
                             need=("stage_a", "effnet", "stage_b", "stage_c", "text_encoder", "tokenizer"))
-        kwargs = ws.model_kwargs.get("stage_c")
-        if kwargs is None:
-            cfg = StageCConfig.preset(ws.presets.get("stage_c", stage_c) if ws.presets.get("stage_c") in StageCConfig.PRESETS
-                                      else stage_c)
-            kwargs = cfg.kwargs()
-        state = load_weights(ws.path("stage_c"), dtype=prior_dt)  # converted while reading: never two full copies
-        model = build(lambda: StageC(**kwargs), state, device=device, dtype=prior_dt, name="Stage C")
-        del state
+        model, _ = load_component(ws, "stage_c", device=device, dtype=prior_dt, preset=stage_c)
         text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt if prior_dt != torch.float16 else torch.float32)
         empty = empty_caption_embeddings(ws, text_encoder=text, device=device)
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=device,
