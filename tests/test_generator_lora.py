@@ -15,14 +15,6 @@ from cascadekit.generator.stage_c import StageC, StageCConfig
 from cascadekit.generator.train import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed=0) -> StageC:
     torch.manual_seed(seed)
     m = StageC.from_config(StageCConfig.preset("tiny")).eval()

@@ -17,14 +17,6 @@ from cascadekit.generator.pipeline import TextToImagePipeline, read_png_paramete
 SMALL = dict(height=64, width=96, prior_steps=3, decoder_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return tiny_weights_dir(tmp_path_factory)

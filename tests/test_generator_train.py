@@ -26,15 +26,6 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two on a shared CPU (no spin contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return tiny_store(tmp_path_factory.mktemp("gen_store") / "s.zarr", n=8)
