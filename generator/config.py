@@ -74,7 +74,7 @@ class TrainConfig:
     loss_shift: float = 1.0
     precision: str = "auto"                   # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
-    fsdp: bool = False                        # FULL_SHARD, one unit per block (GPU only)
+    fsdp: bool = False                        # FULL_SHARD, one unit per block (with torchrun)
     log_every: int = 10
     tensorboard: bool = False                 # also write scalars to RUN/tensorboard (needs `tensorboard`)
     preview_every: int = 0                    # 0: no previews

@@ -290,7 +290,7 @@ class Trainer:
         if st["data"].get("global_batch") != self.cfg.batch_size:
             raise InputError(f"the checkpoint was written with batch_size {st['data'].get('global_batch')}, "
                              f"this run has {self.cfg.batch_size}")
-        dist_util.load_optim_state(self.wrapped, self.optimizer, st["optimizer"])
+        dist_util.load_optim_state(self.wrapped, self.optimizer, st["optimizer"], [n for n, _ in self.trainable])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.ema is not None:
             if st["ema"] is None:
