@@ -20,15 +20,19 @@ def inspect_store(store, weights, n_preview, no_preview, as_json):
     from cascadekit.datasets.inspect import format_report
     from cascadekit.datasets.inspect import inspect_store as run
 
-    codec = None
+    codec, why = None, None
     if not no_preview:
         import warnings
 
         from cascadekit.codec.codec import Codec
+        from cascadekit.codec.errors import WeightsError
 
         weights, _, _ = pick_weights(weights, announce=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the report itself says which encoder made the store
-            codec = Codec.from_pretrained(weights, device="cpu", previewer=True)
-    rep = run(store, codec, n_preview=n_preview, write=True)
+            try:  # only the previewer: Stage B, Stage A and the effnet are not needed for previews
+                codec = Codec.from_pretrained(weights, device="cpu", components=("previewer",))
+            except WeightsError as e:  # e.g. diffusers weights have no previewer: the report still counts
+                why = f"{e}\n(pass --weights with a previewer.safetensors, or --no-preview)"
+    rep = run(store, codec, n_preview=n_preview, write=True, preview_error=why)
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))

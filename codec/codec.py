@@ -8,6 +8,9 @@ Stage A latents, a diffusion decoder), Stage A (VQGAN f4) and the Previewer:
     x = codec.decode(z, seed=0)              # -> (B,3,1024,1024) in [0,1]
     p = codec.preview(z)                     # -> (B,3,192,192) in [0,1]
 
+Only some models can be loaded: ``Codec.from_pretrained(path, components=("previewer",))`` reads just
+the previewer (previews without the 700M–1.5B Stage B); ``("effnet",)`` only encodes.
+
 Decoding follows the official inference notebooks: DDPM, 10 steps, cfg 1.1, cfg_rho 0.7, shift 1,
 t 1 -> 0; conditional Stage B inputs ``effnet=latents, clip=pooled CLIP(caption or "")``, unconditional
 ``effnet=zeros, clip=pooled CLIP("")`` (same key order); the sample is the x0 estimate of the last
@@ -37,7 +40,18 @@ from cascadekit.codec.models.stage_a import StageA
 from cascadekit.codec.models.stage_b import StageB
 from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, stage_dtypes
 
-__all__ = ["Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
+__all__ = ["CODEC_COMPONENTS", "Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
+
+#: The models a codec can hold, in load order; ``Codec.from_pretrained(components=...)`` picks a subset.
+CODEC_COMPONENTS = ("stage_a", "effnet", "stage_b", "previewer")
+
+#: What each component is for (error messages of a codec loaded without it).
+_COMPONENT_USE = {
+    "stage_a": "Stage A (decode, encode_stage_a, decode_stage_a)",
+    "effnet": "the EfficientNet encoder (encode)",
+    "stage_b": "Stage B (decode)",
+    "previewer": "the Previewer (preview)",
+}
 
 #: Stage B sampling settings of the official inference notebooks.
 DECODE_DEFAULTS = {"steps": 10, "guidance": 1.1, "cfg_rho": 0.7, "shift": 1.0, "sampler": "ddpm"}
@@ -133,17 +147,18 @@ class Codec:
     """Stable Cascade image codec (see the module docstring).
 
     Build it with :meth:`from_pretrained`, or directly from loaded modules (tests, custom setups):
-    ``Codec(stage_a, effnet, stage_b, previewer=None, empty_clip=...)``; modules are used as given
+    ``Codec(stage_a, effnet, stage_b, previewer=None, empty_clip=...)``; any module may be None (a
+    partial codec: methods that need a missing one raise :class:`InputError`); modules are used as given
     (on ``device``; inputs are cast to each module's own dtype — :meth:`from_pretrained` applies the
     :func:`~cascadekit.codec.precision.stage_dtypes` policy).
 
     Args:
-        stage_a: :class:`StageA`; ``latent_scale`` is multiplied into Stage B's latents before
+        stage_a: :class:`StageA` or None; ``latent_scale`` is multiplied into Stage B's latents before
             ``stage_a.decode`` and divided out of ``stage_a.encode`` (1.0 for official weights, whose
             model applies 0.43 itself; the VQGAN ``scale_factor`` for a diffusers ``vqgan/``, which is
             built with ``scale_factor=1``, exactly as the diffusers pipeline does).
-        effnet: :class:`EfficientNetEncoder`.
-        stage_b: :class:`StageB` (may be None for an encode-only codec).
+        effnet: :class:`EfficientNetEncoder` or None (a codec that cannot encode).
+        stage_b: :class:`StageB` or None (a codec that cannot decode).
         previewer: :class:`Previewer` or None.
         empty_clip: pooled CLIP embedding of the empty caption, (1, 1, c_clip) or (c_clip,); None
             means unavailable (decode then raises unless ``allow_zero_text``).
@@ -157,8 +172,8 @@ class Codec:
 
     def __init__(
         self,
-        stage_a: StageA,
-        effnet: EfficientNetEncoder,
+        stage_a: StageA | None,
+        effnet: EfficientNetEncoder | None,
         stage_b: StageB | None = None,
         previewer: Previewer | None = None,
         *,
@@ -178,10 +193,11 @@ class Codec:
             raise InputError(f"encoder_resolution must be >= 32 (the effnet stride), got {encoder_resolution}")
         self.device = torch.device(device)
         self.dtypes: StageDtypes = stage_dtypes(dtype, self.device)
-        self.stage_a = stage_a.eval().requires_grad_(False)
-        self.effnet = effnet.eval().requires_grad_(False)
-        self.stage_b = stage_b.eval().requires_grad_(False) if stage_b is not None else None
-        self.previewer = previewer.eval().requires_grad_(False) if previewer is not None else None
+        frozen = lambda m: m.eval().requires_grad_(False) if m is not None else None  # noqa: E731
+        self.stage_a: StageA | None = frozen(stage_a)
+        self.effnet: EfficientNetEncoder | None = frozen(effnet)
+        self.stage_b: StageB | None = frozen(stage_b)
+        self.previewer: Previewer | None = frozen(previewer)
         self.latent_scale = float(latent_scale)
         self.encoder_resolution = int(encoder_resolution)
         self.text_encoder = text_encoder
@@ -208,6 +224,7 @@ class Codec:
         text_encoder: Any = None,
         allow_zero_text: bool = False,
         previewer: bool = True,
+        components: Sequence[str] | None = None,
     ) -> "Codec":
         """Load the codec from a weights folder, a diffusers snapshot, or a hub id.
 
@@ -223,19 +240,38 @@ class Codec:
         ``text_encoder`` (a ``TextEncoder``, a folder / hub id to load one from, or ``True`` = the one in
         the weights) is needed for ``decode(captions=...)``. The previewer is loaded when its file is
         found (``previewer=False`` skips it); :meth:`preview` raises without it.
+
+        ``components``: load only these models, from ``"stage_a"``, ``"effnet"``, ``"stage_b"``,
+        ``"previewer"`` (default None: the first three, which must exist, plus the previewer when
+        found). Only the listed ones must exist (a listed previewer is required); the others are not
+        read and stay None, and methods that need them raise :class:`InputError` — e.g.
+        ``components=("previewer",)`` for :meth:`preview` only, ``("effnet",)`` for :meth:`encode`
+        only. The empty-caption embedding (and ``text_encoder``) matter only with Stage B.
         """
         from cascadekit.codec.weights.components import load_component
         from cascadekit.codec.weights.sources import resolve_source
 
+        if components is None:
+            load_set = set(CODEC_COMPONENTS) if previewer else set(CODEC_COMPONENTS[:3])
+            need = CODEC_COMPONENTS[:3]  # the previewer is optional (diffusers has none)
+        else:
+            if isinstance(components, str):
+                components = (components,)
+            load_set = set(components)
+            unknown = sorted(load_set - set(CODEC_COMPONENTS))
+            if unknown or not load_set:
+                raise InputError(f"components must be a non-empty subset of {CODEC_COMPONENTS}, got {tuple(components)}")
+            if "previewer" in load_set and not previewer:
+                raise InputError("components lists 'previewer' but previewer=False; drop one of them")
+            need = tuple(c for c in CODEC_COMPONENTS if c in load_set)
         device = torch.device(device)
         dts = stage_dtypes(dtype, device)
-        need = ("stage_a", "effnet", "stage_b")  # the previewer is optional (diffusers has none)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tiny-weights warning is re-issued below, once
             ws = resolve_source(source, stage_b=stage_b, need=need)
         if ws.tiny:
             warnings.warn(f"{ws.weights_dir}: {ws.warning}", stacklevel=2)
-        if dts.stage_b != dts.requested:
+        if "stage_b" in load_set and dts.stage_b != dts.requested:
             warnings.warn(
                 f"dtype={dtype_name(dts.requested)} requested: Stage B runs in {dtype_name(dts.stage_b)} instead "
                 "(it overflows in float16; see cascadekit.codec.precision)", stacklevel=2)
@@ -246,20 +282,21 @@ class Codec:
             model, presets[component] = load_component(ws, component, device=device, dtype=dt)
             return model
 
-        sa = load("stage_a", dts.stage_a)
-        if not ws.scale_in_model and "stage_a" not in ws.model_kwargs:  # defensive: diffusers always has kwargs
-            sa.scale_factor = 1.0
-        eff = load("effnet", dts.effnet)
-        sb = load("stage_b", dts.stage_b)
-        pv = load("previewer", dts.previewer) if previewer and ws.previewer is not None else None
+        # a component is loaded when asked for and found (the required ones were checked by resolve_source)
+        loaded = [c for c in CODEC_COMPONENTS if c in load_set and getattr(ws, c) is not None]
+        models = {c: load(c, getattr(dts, c)) for c in loaded}
+        sa, eff, sb, pv = (models.get(c) for c in CODEC_COMPONENTS)
+        if sa is not None and not ws.scale_in_model and "stage_a" not in ws.model_kwargs:
+            sa.scale_factor = 1.0  # defensive: diffusers always has kwargs
 
-        if isinstance(text_encoder, (str, os.PathLike)) or text_encoder is True:
-            from cascadekit.codec.text import TextEncoder
+        empty, why = None, None
+        if sb is not None:
+            if isinstance(text_encoder, (str, os.PathLike)) or text_encoder is True:
+                from cascadekit.codec.text import TextEncoder
 
-            text_encoder = TextEncoder.from_pretrained(ws if text_encoder is True else text_encoder, device=device)
-        empty, why = _load_empty_clip(ws, sb.clip_mapper.in_features, text_encoder)
-        files = {c: ws.path(c) for c in ("stage_a", "effnet", "stage_b", "previewer") if getattr(ws, c) is not None
-                 and (c != "previewer" or pv is not None)}
+                text_encoder = TextEncoder.from_pretrained(ws if text_encoder is True else text_encoder, device=device)
+            empty, why = _load_empty_clip(ws, sb.clip_mapper.in_features, text_encoder)
+        files = {c: ws.path(c) for c in loaded}
         return cls(
             sa, eff, sb, pv,
             latent_scale=ws.outside_scale,
@@ -288,9 +325,27 @@ class Codec:
         sb = self._require_stage_b()
         return int(sb.embedding[0].downscale_factor) * 2 ** (len(sb.down_downscalers) - 1)
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The models this codec holds, from ``("stage_a", "effnet", "stage_b", "previewer")``."""
+        return tuple(c for c in CODEC_COMPONENTS if getattr(self, c) is not None)
+
+    def _require(self, *names: str) -> None:
+        """:class:`InputError` naming every model in ``names`` this codec was loaded without, and how to load it."""
+        missing = [c for c in names if getattr(self, c) is None]
+        if not missing:
+            return
+        what = "; ".join(_COMPONENT_USE[c] for c in missing)
+        have = list(self.components)
+        raise InputError(
+            f"this codec has no {', '.join(missing)}, which this needs ({what}): it was not loaded or its weights "
+            f"were not found. It holds {have or 'no models'}; load what is needed with "
+            f"Codec.from_pretrained(..., components={tuple(c for c in CODEC_COMPONENTS if c in have + missing)!r}) "
+            "(components=None: all of them)"
+        )
+
     def _require_stage_b(self) -> StageB:
-        if self.stage_b is None:
-            raise InputError("this codec was built without Stage B; it can encode but not decode")
+        self._require("stage_b")
         return self.stage_b
 
     def _check_clip(self, clip: torch.Tensor, what: str) -> torch.Tensor:
@@ -374,6 +429,7 @@ class Codec:
             float32 latents (B, 16, h, w) on the codec's device, h = H'/32 where the image is first
             resized so its short side is ``encoder_resolution`` (1024² -> 24×24 at 768).
         """
+        self._require("effnet")
         x = self._images(images)
         out = []
         parts = _chunks(x.shape[0], batch_size)
@@ -465,7 +521,8 @@ class Codec:
                 (B,4,h',w') tensor per step) instead of drawing it.
             batch_size: decode in chunks of this many latents; progress: tqdm bar (None: on a terminal).
         """
-        sb = self._require_stage_b()
+        self._require("stage_b", "stage_a")
+        sb = self.stage_b
         z = self._latents(latents, sb.effnet_mapper[0].in_channels, "latents")
         if sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -535,8 +592,7 @@ class Codec:
     @torch.inference_mode()
     def preview(self, latents: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """Semantic latents (B,16,h,w) -> quick previews (B,3,8h,8w) in [0, 1] from the Previewer."""
-        if self.previewer is None:
-            raise InputError("this codec has no previewer (previewer.safetensors was not found or not loaded)")
+        self._require("previewer")
         z = self._latents(latents, self.previewer.blocks[0].in_channels, "latents")
         out = []
         for sl in _chunks(z.shape[0], batch_size):
@@ -553,6 +609,7 @@ class Codec:
         Unquantized and divided by the latent scale (official ``StageA.encode(x)[0]``): the space
         Stage B samples in.
         """
+        self._require("stage_a")
         x = self._images(images)
         H, W = x.shape[-2:]
         if H % 4 or W % 4:
@@ -568,6 +625,7 @@ class Codec:
     @torch.inference_mode()
     def decode_stage_a(self, latents: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """Stage A latents (B,4,h,w) -> images (B,3,4h,4w) clamped to [0, 1]."""
+        self._require("stage_a")
         z = self._latents(latents, self.stage_a.c_latent, "Stage A latents")
         return torch.cat([self._stage_a_decode(z[sl]).clamp(0, 1) for sl in _chunks(z.shape[0], batch_size)])
 
@@ -576,6 +634,7 @@ class Codec:
 
         ``decode_kwargs`` go to :meth:`decode` (steps, guidance, batch_size, ...).
         """
+        self._require("effnet", "stage_b", "stage_a")
         x = self._images(images)
         z = self.encode(x, batch_size=decode_kwargs.get("batch_size"))
         decode_kwargs.setdefault("size", tuple(x.shape[-2:]))
@@ -585,14 +644,13 @@ class Codec:
         """What produced the latents: sha256 of every checkpoint used, presets, scale, dtypes, resolution.
 
         Datasets store this as the encoder identity. For modules not loaded from files the sha256 is
-        computed over the state dict (``"sha256_of": "state_dict"``).
+        computed over the state dict (``"sha256_of": "state_dict"``). Only the models this codec holds
+        are listed; ``stage_a_scale_factor`` is None without Stage A.
         """
         if self._identity is None:
-            comps = {"stage_a": self.stage_a, "effnet": self.effnet, "stage_b": self.stage_b, "previewer": self.previewer}
             files = {}
-            for name, mod in comps.items():
-                if mod is None:
-                    continue
+            for name in self.components:
+                mod = getattr(self, name)
                 if name in self.files:
                     files[name] = {"file": self.files[name].name, "sha256": _file_sha256(self.files[name]),
                                    "sha256_of": "file"}
@@ -602,7 +660,8 @@ class Codec:
                 "kind": "cascadekit.codec",
                 "checkpoints": files,
                 "presets": dict(self.presets),
-                "stage_a_scale_factor": float(self.stage_a.scale_factor) * self.latent_scale,
+                "stage_a_scale_factor": (float(self.stage_a.scale_factor) * self.latent_scale
+                                         if self.stage_a is not None else None),
                 "stage_a_scale_outside_model": self.latent_scale != 1.0,
                 "dtype": dtype_name(self.dtype),
                 "stage_dtypes": self.dtypes.as_dict(),

@@ -27,8 +27,12 @@ def _disk_bytes(path: Path) -> int:
     return total
 
 
-def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False, max_errors: int = 10) -> dict:
+def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False, max_errors: int = 10,
+                  preview_error: str | None = None) -> dict:
     """Report on ``store``; with ``codec`` (anything with ``preview(latents)``) also a preview grid.
+
+    A previewer-only codec is enough (``Codec.from_pretrained(w, components=("previewer",))``).
+    ``preview_error``: why there is no codec (e.g. the weights have no previewer), kept in the report.
 
     Returns a dict: format, complete, encoder, preprocess, and per group: rows, ok, skipped, pending,
     latent shape/dtype/chunks, stored bytes per sample, per-channel mean/std, skip reasons (with a
@@ -100,6 +104,8 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     report["skipped"] = sum(i["skipped"] for i in report["groups"].values())
     report["store_bytes"] = _disk_bytes(path)
     report["preview_png"] = None
+    if preview_error:
+        report["preview_error"] = str(preview_error)
 
     if write:
         import zarr
