@@ -1,18 +1,23 @@
 """torchrun-style FSDP on CPU (gloo): 2 processes, FULL_SHARD with one unit per block, give the
-single-process full-batch result; the gathered checkpoint has the official Stage C keys; a run resumed
-under FSDP continues exactly, and an FSDP checkpoint resumes in one process (optimizer state re-keyed)."""
+single-process full-batch result; the gathered checkpoint (official Stage C keys, full optimizer state by
+parameter name) loads into StageC; a run resumed under FSDP continues exactly, and checkpoints move between
+FSDP and one process in both directions (optimizer state re-keyed)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 import torch.multiprocessing as mp
+import pytest
 from generator_helpers import FixedEmpty, tiny_store
 from test_generator_ddp import _free_port, _in_memory
 
 from cascadekit.generator.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from cascadekit.generator.config import TrainConfig
-from cascadekit.generator.train import Trainer, train
+from cascadekit.codec.weights.assign import load_into
+from cascadekit.generator.stage_c import StageC
+from cascadekit.generator.train import Trainer, stage_c_config, train
 
 CFG = dict(model="tiny", batch_size=4, grad_accum_steps=2, steps=3, lr=1e-3, warmup_steps=1, save_every=3,
            log_every=1, caption_dropout=0.5, loss_weighting="adaptive")
@@ -54,51 +59,70 @@ def _spawn(data, out, cfg, runs, report=None):
                        start_method="fork")
 
 
-def test_fsdp_two_processes_match_single_process_and_resume(tmp_path):
-    from cascadekit.codec.weights.assign import load_into
-    from cascadekit.generator.stage_c import StageC
-    from cascadekit.generator.train import stage_c_config
-
-    store = tiny_store(tmp_path / "s.zarr", n=8)
+def _one_process(*args, **kwargs):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = train(store, TrainConfig.from_dict({**CFG, "grad_accum_steps": 1}), tmp_path / "single", device="cpu",
-                       text_encoder=FixedEmpty(), model_overrides=OVERRIDES, log=lambda m: None)
+        return train(*args, device="cpu", text_encoder=FixedEmpty(), model_overrides=OVERRIDES, log=lambda m: None,
+                     **kwargs)
     finally:
         torch.set_num_threads(n)
-    data = _in_memory(store)  # fork-safe in-memory copy (see the DDP test)
-    fsdp_cfg = {**CFG, "fsdp": True, "gradient_checkpointing": True}  # the big preset's combination
-    report = mp.get_context("fork").SimpleQueue()
-    _spawn(data, tmp_path / "fsdp", fsdp_cfg, [(False, None)], report)
 
+
+def _assert_same_weights(x: dict, y: dict, rtol: float = 1e-4, atol: float = 2e-5) -> None:
+    assert list(x) == list(y)
+    for k, v in y.items():
+        torch.testing.assert_close(x[k], v, rtol=rtol, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process without FSDP (1 micro-batch of 4) and 2 FSDP processes (2 micro-batches of 1 each):
+    3 updates each, with the big preset's gradient checkpointing under FSDP."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    store = tiny_store(tmp / "s.zarr", n=8)
+    single = _one_process(store, TrainConfig.from_dict({**CFG, "grad_accum_steps": 1}), tmp / "single")
+    data = _in_memory(store)  # fork-safe in-memory copy (see the DDP test)
+    fsdp_cfg = {**CFG, "fsdp": True, "gradient_checkpointing": True}
+    report = mp.get_context("fork").SimpleQueue()
+    _spawn(data, tmp / "fsdp", fsdp_cfg, [(False, None)], report)
+    return dict(tmp=tmp, data=data, cfg=fsdp_cfg, report=sorted(report.get() for _ in range(2)),
+                a=load_checkpoint(single.last_checkpoint), b=load_checkpoint(latest_checkpoint(tmp / "fsdp")))
+
+
+def _stage_c() -> StageC:
+    return StageC.from_config(stage_c_config(TrainConfig.from_dict(CFG), OVERRIDES))
+
+
+def test_fsdp_two_processes_match_single_process(runs):
+    a, b, tmp = runs["a"], runs["b"], runs["tmp"]
     # FSDP really wrapped every block in its own unit (+ the root) and each rank holds half the parameters
-    got = sorted(report.get() for _ in range(2))
-    a = load_checkpoint(single.last_checkpoint)
     total = sum(v.numel() for v in a["weights"].values())
-    for rank, units, blocks, local in got:
+    for rank, units, blocks, local in runs["report"]:
         assert blocks > 0 and units == blocks + 1
         assert abs(local - total / 2) <= blocks + 1, (local, total)
-    assert sum(g[3] for g in got) == total
+    assert sum(g[3] for g in runs["report"]) == total
 
-    b = load_checkpoint(latest_checkpoint(tmp_path / "fsdp"))
     assert b["meta"]["step"] == 3
-    assert list(b["weights"]) == list(a["weights"])  # official names, official order (no FSDP prefixes)
-    for k, v in a["weights"].items():
-        torch.testing.assert_close(b["weights"][k], v, rtol=1e-4, atol=2e-5, msg=k)
+    _assert_same_weights(b["weights"], a["weights"])  # official names (no FSDP prefixes), same values
     torch.testing.assert_close(b["state"]["gdf"]["adaptive.bucket_losses"], a["state"]["gdf"]["adaptive.bucket_losses"])
-    la = [json.loads(x) for x in (tmp_path / "single" / "train_log.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (tmp_path / "fsdp" / "train_log.jsonl").read_text().splitlines()]
+    la = [json.loads(x) for x in (tmp / "single" / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp / "fsdp" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lb] == [1, 2, 3]
     for ra, rb in zip(la, lb):
         assert abs(ra["loss"] - rb["loss"]) < 1e-5 and abs(ra["grad_norm"] - rb["grad_norm"]) < 1e-4 * ra["grad_norm"]
-        assert ra["grad_norm"] > 0
+        assert ra["grad_norm"] > 0  # training moved the weights
+
+
+def test_fsdp_checkpoint_has_full_optimizer_state_and_official_weights(runs):
+    a, b = runs["a"], runs["b"]
     # the full optimizer state was gathered: every parameter by name, unsharded, the moments of the
     # one-process run (numbered in named_parameters order), exp_avg and exp_avg_sq distinct tensors
     opt, ref = b["state"]["optimizer"], a["state"]["optimizer"]
-    model = StageC.from_config(stage_c_config(TrainConfig.from_dict(CFG), OVERRIDES))
+    model = _stage_c()
     order = [k for k, _ in model.named_parameters()]
-    assert sorted(opt["state"]) == sorted(order) and opt["param_groups"][0]["params"] and len(ref["state"]) == len(order)
+    assert sorted(opt["state"]) == sorted(order) and len(ref["state"]) == len(order)
+    assert sorted(opt["param_groups"][0]["params"]) == sorted(order)
     for i, k in enumerate(order):
         st = opt["state"][k]
         assert st["exp_avg"].shape == a["weights"][k].shape, k
@@ -106,39 +130,39 @@ def test_fsdp_two_processes_match_single_process_and_resume(tmp_path):
         assert float(st["step"]) == 3
         for m in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(st[m], ref["state"][i][m], rtol=1e-3, atol=1e-6, msg=f"{k} {m}")
-
     # the saved model.safetensors loads into StageC through the project loader
     load_into(model, b["weights"])
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, b["weights"][k], rtol=0, atol=0)
 
-    # resume under FSDP: 2 updates, "killed", 1 more update after --resume == the uninterrupted run
-    resume_cfg = {**fsdp_cfg, "save_every": 1}
-    _spawn(data, tmp_path / "resumed", resume_cfg, [(False, 2), (True, None)])
-    c = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))
+
+def test_fsdp_resume_and_switching_to_and_from_one_process(runs):
+    tmp, data, b = runs["tmp"], runs["data"], runs["b"]
+    cfg = {**runs["cfg"], "save_every": 1}
+    # under FSDP: 2 updates, "killed", 1 more update after --resume == the uninterrupted run
+    _spawn(data, tmp / "resumed", cfg, [(False, 2), (True, None)])
+    c = load_checkpoint(latest_checkpoint(tmp / "resumed"))
     assert c["meta"]["step"] == 3
-    for k, v in b["weights"].items():
-        torch.testing.assert_close(c["weights"][k], v, rtol=1e-6, atol=1e-7, msg=k)
+    _assert_same_weights(c["weights"], b["weights"], rtol=1e-6, atol=1e-7)
 
-    # an FSDP checkpoint (optimizer state keyed by name) resumes in one process (numbered optimizer state)
-    one = tmp_path / "one"
+    # an FSDP checkpoint (optimizer state by name) resumes in one process (numbered optimizer state)
+    one = tmp / "one"
     one.mkdir()
-    import shutil
-
-    shutil.copytree(tmp_path / "resumed" / "checkpoints", one / "checkpoints")
-    shutil.copy(tmp_path / "resumed" / "run.json", one / "run.json")
+    shutil.copytree(tmp / "resumed" / "checkpoints", one / "checkpoints")
+    shutil.copy(tmp / "resumed" / "run.json", one / "run.json")
     steps = sorted((one / "checkpoints").glob("step_*"))
     assert len(steps) == 2
     shutil.rmtree(steps[1])  # as if killed after update 2: latest -> step 2
     (one / "checkpoints" / LATEST).write_text(steps[0].name + "\n")
     assert load_checkpoint(latest_checkpoint(one))["meta"]["step"] == 2
-    torch.set_num_threads(1)
-    try:
-        r = train(data, TrainConfig.from_dict(resume_cfg), one, resume=True, device="cpu", text_encoder=FixedEmpty(),
-                  model_overrides=OVERRIDES, log=lambda m: None)
-    finally:
-        torch.set_num_threads(n)
-    assert r.step == 3 and r.history[0]["step"] == 3
-    d = load_checkpoint(r.last_checkpoint)
-    for k, v in a["weights"].items():
-        torch.testing.assert_close(d["weights"][k], v, rtol=1e-4, atol=2e-5, msg=k)
+    r = _one_process(data, TrainConfig.from_dict(cfg), one, resume=True)
+    assert r.step == 3 and [h["step"] for h in r.history] == [3]
+    _assert_same_weights(load_checkpoint(r.last_checkpoint)["weights"], b["weights"])
+
+    # and the other way round: 2 updates in one process (numbered optimizer state), resumed under FSDP
+    _one_process(data, TrainConfig.from_dict(cfg), tmp / "mixed", stop_after=2)
+    assert load_checkpoint(latest_checkpoint(tmp / "mixed"))["meta"]["step"] == 2
+    _spawn(data, tmp / "mixed", cfg, [(True, None)])
+    e = load_checkpoint(latest_checkpoint(tmp / "mixed"))
+    assert e["meta"]["step"] == 3
+    _assert_same_weights(e["weights"], b["weights"])
