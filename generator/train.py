@@ -217,7 +217,9 @@ class Trainer:
                     for k, p in lora_parameters(model):
                         p.copy_(tensors[k])
         model.gradient_checkpointing = cfg.gradient_checkpointing
-        model.to(self.device).train()
+        if not (cfg.fsdp and self.info.enabled):  # FSDP moves unit by unit to its device_id (low peak memory)
+            model.to(self.device)
+        model.train()
         self.model = model
         self.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if cfg.lora_rank > 0:
