@@ -57,3 +57,19 @@ def reports_user_errors(command):
             sys.exit(2)
 
     return wrapper
+
+
+def open_previewer(weights):
+    """``(codec holding only the previewer, None)``, or ``(None, why)`` when the weights have no previewer
+    (e.g. diffusers snapshots): previews are then skipped with that reason, the rest of a report still runs."""
+    import warnings
+
+    from cascadekit.codec.codec import Codec
+    from cascadekit.codec.errors import WeightsError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reports say which encoder made the store
+        try:  # only the previewer: Stage B, Stage A and the effnet are not needed for previews
+            return Codec.from_pretrained(weights, device="cpu", components=("previewer",)), None
+        except WeightsError as e:
+            return None, f"{e}\n(pass --weights with a previewer.safetensors, or --no-preview)"

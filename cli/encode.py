@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
 
 
 @click.command("encode")
@@ -37,14 +37,15 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     from cascadekit.datasets import distributed as D
 
     info = D.from_env()
-    summary, codec = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
+    summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
             from cascadekit.datasets.inspect import format_report, inspect_store
 
-            rep = inspect_store(out, codec if getattr(codec, "previewer", None) is not None else None, write=True)
+            codec, why = open_previewer(weights)
+            rep = inspect_store(out, codec, write=True, preview_error=why)
             click.echo(format_report(rep))
 
 
@@ -63,11 +64,14 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
         from cascadekit.codec.defaults import sample_image_paths
 
         inputs = [str(p) for p in sample_image_paths()]
-    weights, _, _ = pick_weights(weights, announce=info.is_main)
+    weights, _, announced = pick_weights(weights, announce=info.is_main)
     with warnings.catch_warnings():
-        if not info.is_main:  # one rank reports (the tiny-weights warning, ...)
+        if announced or not info.is_main:  # the banner said it already / one rank reports
             warnings.simplefilter("ignore")
-        codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype, encoder_resolution=encoder_resolution or resolution, previewer=True)
+        # only what encoding needs: the effnet (+ Stage A for --stage-a); Stage B never runs here
+        codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype,
+                                      encoder_resolution=encoder_resolution or resolution,
+                                      components=("effnet", "stage_a") if stage_a else ("effnet",))
     spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
     summary = build_latent_dataset(list(inputs), out, codec,
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
@@ -80,4 +84,4 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
         te = TextEncoder.from_pretrained(weights, device=dev)
         res = add_text_embeddings(out, te, overwrite=overwrite, progress=not quiet)
         click.echo(f"text embeddings: {res['embedded']} captions embedded")
-    return summary, codec
+    return summary, weights

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from cascadekit.cli.common import pick_weights, reports_user_errors
+from cascadekit.cli.common import open_previewer, pick_weights, reports_user_errors
 
 
 @click.command("inspect")
@@ -22,17 +22,7 @@ def inspect_store(store, weights, n_preview, no_preview, as_json):
 
     codec, why = None, None
     if not no_preview:
-        import warnings
-
-        from cascadekit.codec.codec import Codec
-        from cascadekit.codec.errors import WeightsError
-
         weights, _, _ = pick_weights(weights, announce=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the report itself says which encoder made the store
-            try:  # only the previewer: Stage B, Stage A and the effnet are not needed for previews
-                codec = Codec.from_pretrained(weights, device="cpu", components=("previewer",))
-            except WeightsError as e:  # e.g. diffusers weights have no previewer: the report still counts
-                why = f"{e}\n(pass --weights with a previewer.safetensors, or --no-preview)"
+        codec, why = open_previewer(weights)
     rep = run(store, codec, n_preview=n_preview, write=True, preview_error=why)
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
