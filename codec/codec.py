@@ -25,7 +25,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from cascadekit.codec.models.previewer import Previewer
 from cascadekit.codec.models.stage_a import StageA
 from cascadekit.codec.models.stage_b import StageB
 from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, stage_dtypes
+
+if TYPE_CHECKING:
+    from cascadekit.codec.weights.sources import WeightSet
 
 __all__ = ["CODEC_COMPONENTS", "Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
 
@@ -216,7 +219,7 @@ class Codec:
     @classmethod
     def from_pretrained(
         cls,
-        source: str | os.PathLike | Sequence[str | os.PathLike],
+        source: str | os.PathLike | Sequence[str | os.PathLike] | WeightSet,
         stage_b: str = "lite",
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = torch.float32,
@@ -229,7 +232,9 @@ class Codec:
         """Load the codec from a weights folder, a diffusers snapshot, or a hub id.
 
         ``source`` is resolved by :func:`cascadekit.codec.weights.sources.resolve_source` (official
-        files, diffusers ``vqgan/`` + ``decoder[_lite]/``, the tiny random set, ...). Each model is
+        files, diffusers ``vqgan/`` + ``decoder[_lite]/``, the tiny random set, ...); a
+        :class:`~cascadekit.codec.weights.sources.WeightSet` that is already resolved is used as is
+        (``stage_b`` is then the variant it was resolved with). Each model is
         created on the meta device and the file's tensors are assigned to it
         (:func:`cascadekit.codec.weights.assign.build`): nothing is randomly initialised and the
         weights are never held twice. ``stage_b``: ``'lite'`` (700M) or ``'big'`` (1.5B).
@@ -249,7 +254,7 @@ class Codec:
         only. The empty-caption embedding (and ``text_encoder``) matter only with Stage B.
         """
         from cascadekit.codec.weights.components import load_component
-        from cascadekit.codec.weights.sources import resolve_source
+        from cascadekit.codec.weights.sources import WeightSet, resolve_source
 
         if components is None:
             load_set = set(CODEC_COMPONENTS) if previewer else set(CODEC_COMPONENTS[:3])
@@ -266,9 +271,14 @@ class Codec:
             need = tuple(c for c in CODEC_COMPONENTS if c in load_set)
         device = torch.device(device)
         dts = stage_dtypes(dtype, device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tiny-weights warning is re-issued below, once
-            ws = resolve_source(source, stage_b=stage_b, need=need)
+        if isinstance(source, WeightSet):  # resolved by the caller (e.g. the text-to-image pipeline)
+            ws = source
+            for c in need:
+                ws.path(c)  # a WeightsError naming a required component it lacks
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tiny-weights warning is re-issued below, once
+                ws = resolve_source(source, stage_b=stage_b, need=need)
         if ws.tiny:
             warnings.warn(f"{ws.weights_dir}: {ws.warning}", stacklevel=2)
         if "stage_b" in load_set and dts.stage_b != dts.requested:

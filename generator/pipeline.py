@@ -147,7 +147,7 @@ class TextToImagePipeline:
         model, _ = load_component(ws, "stage_c", device=device, dtype=prior_dt, preset=stage_c)
         text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt if prior_dt != torch.float16 else torch.float32)
         empty = empty_caption_embeddings(ws, text_encoder=text, device=device)
-        codec = Codec.from_pretrained(source, stage_b=stage_b, device=device,
+        codec = Codec.from_pretrained(ws, stage_b=stage_b, device=device,  # ws: resolved once, above
                                       dtype=parse_dtype(decoder_dtype, dt), text_encoder=text)
         pipe = cls(model, codec, text, empty=empty, device=device, source=str(source), tiny=bool(ws.tiny),
                    image_encoder_source=ws if ws.image_encoder is not None else None)

@@ -148,3 +148,22 @@ def test_inspect_cli_loads_only_the_previewer(weights, tmp_path, tmp_path_factor
     r = CliRunner().invoke(main, ["inspect", str(out), "--weights", str(no_pv)], catch_exceptions=False)
     assert r.exit_code == 0, r.output  # the report still comes, with why there is no preview
     assert "no preview" in r.output and "previewer" in r.output and "ok" in r.output
+
+
+def test_a_resolved_weight_set_is_used_as_is(full, weights, tmp_path, tmp_path_factory, images):
+    """Codec.from_pretrained(WeightSet): the same codec as from the folder; a lacking required component fails."""
+    from cascadekit.codec.weights.sources import resolve_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = resolve_source(weights, need=("stage_a", "effnet", "stage_b"))
+    again = _load(ws)
+    assert again.components == full.components and again.files == full.files
+    z = full.encode(images)
+    assert torch.equal(again.encode(images), z) and torch.equal(again.preview(z), full.preview(z))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        only_pv = resolve_source(weights, need=("previewer",))
+    only_pv.stage_b = None  # as if the folder had no Stage B
+    with pytest.raises(WeightsError, match="no stage_b weights"):
+        _load(only_pv)
