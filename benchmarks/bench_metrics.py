@@ -93,7 +93,7 @@ def bench_device(device: torch.device, weights_dir: Path, size: int, batch: int,
     add("ssim", timed(lambda: ssim_per_image(r, o), device, batches), batch)
     for net in ("alex", "vgg"):
         m = LPIPSMetric(net, weights_dir=weights_dir, device=device)
-        add(f"lpips-{net}", timed(lambda: m(r, o), device, batches), batch, "image pairs/s")
+        add(f"lpips-{net}", timed(lambda m=m: m(r, o), device, batches), batch, "image pairs/s")
         del m
     inc = InceptionFeatures(weights_dir=weights_dir, device=device)
     add("fid-feat", timed(lambda: inc(r), device, batches), batch, "one set; FID of recon needs 2x")

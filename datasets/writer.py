@@ -142,10 +142,6 @@ class ChunkWriter:
         if self.on_chunk is not None:
             self.on_chunk(gpath, p)
 
-    @property
-    def open_chunks(self) -> int:
-        return len(self._pending)
-
 
 class WriterThread:
     """Run a :class:`ChunkWriter` on a background thread fed through a bounded queue.

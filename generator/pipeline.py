@@ -145,7 +145,7 @@ class TextToImagePipeline:
         ws = resolve_source(source, stage_b=stage_b, stage_c=stage_c,
                             need=("stage_a", "effnet", "stage_b", "stage_c", "text_encoder", "tokenizer"))
         model, _ = load_component(ws, "stage_c", device=device, dtype=prior_dt, preset=stage_c)
-        text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt if prior_dt != torch.float16 else torch.float32)
+        text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt)  # never float16 (_prior_dtype)
         empty = empty_caption_embeddings(ws, text_encoder=text, device=device)
         codec = Codec.from_pretrained(ws, stage_b=stage_b, device=device,  # ws: resolved once, above
                                       dtype=parse_dtype(decoder_dtype, dt), text_encoder=text)

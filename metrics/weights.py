@@ -90,24 +90,3 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BadWeightsError(f"weight file {path} does not hold a flat name -> tensor state dict")
     return state
-
-
-def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """Copy `state` into `module`, requiring exactly the same keys and shapes; readable error otherwise."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def head(xs):
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {head(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {head(unexpected)}")
-        if shapes:
-            parts.append(f"mis-shaped: {head(shapes)}")
-        raise BadWeightsError(f"weight file {source} does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
