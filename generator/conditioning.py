@@ -27,6 +27,7 @@ class EmptyCaption:
     clip_text_pooled: torch.Tensor
 
     def expand(self, n: int, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip_text (n,T,C), clip_text_pooled (n,1,P))`` on ``device`` in ``dtype`` (expanded views, not copies)."""
         return (self.clip_text.to(device, dtype).expand(n, -1, -1),
                 self.clip_text_pooled.to(device, dtype).reshape(1, 1, -1).expand(n, -1, -1))
 

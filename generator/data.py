@@ -26,7 +26,10 @@ class TrainData(Protocol):
     fields: set[str]
     empty: EmptyCaption | None
 
-    def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]: ...
+    def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
+        """Samples ``indices`` of ``group``: ``latents`` (B,16,h,w) plus any of ``captions`` (B str),
+        ``clip_text`` (B,T,C), ``clip_text_pooled`` (B,1,P), ``clip_img`` (B,1,I), in ``indices`` order."""
+        ...
 
 
 class TensorData:
@@ -52,6 +55,7 @@ class TensorData:
         self.field_shapes = {k: tuple(v.shape[1:]) for k, v in self.arrays.items() if k not in ("latents", "captions")}
 
     def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
+        """Rows ``indices`` of every field (see :meth:`TrainData.read`); there is one group, ``"all"``."""
         idx = list(indices)
         out: dict[str, Any] = {}
         for k, v in self.arrays.items():
@@ -78,4 +82,6 @@ class StoreData:
         self._readers = {g.name: r for g, r in self._groups}
 
     def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
+        """Samples ``indices`` of ``group`` (positions among its complete rows, 0..Group.size-1; see
+        :meth:`TrainData.read`)."""
         return self._readers[group](list(indices))

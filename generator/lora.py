@@ -48,6 +48,7 @@ class LoRADelta(nn.Module):
             self.lora_down.copy_(u * bound)
 
     def delta(self) -> torch.Tensor:
+        """The weight update ``scale * lora_up @ lora_down``, (out_features, in_features) in the factors' dtype."""
         return (self.lora_up @ self.lora_down) * self.scale  # (out, in)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -116,10 +117,12 @@ def lora_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``<layer>.lora_down`` (rank, in) and ``<layer>.lora_up`` (out, rank) of every LoRA layer (detached)."""
     return {k: v.detach() for k, v in lora_parameters(model)}
 
 
 def lora_config(model: nn.Module) -> dict:
+    """``{"rank", "alpha"}`` of the model's LoRA layers; :class:`InputError` when it has none."""
     ds = list(_deltas(model))
     if not ds:
         raise InputError("the model carries no LoRA factors")

@@ -122,20 +122,24 @@ class FeatureStats:
 
     @property
     def n(self) -> int:
+        """Feature rows seen so far."""
         return self._n + self._pending_rows
 
     @property
     def mean(self) -> np.ndarray:
+        """Running mean, (D,) float64 (the internal buffer; :attr:`mu` is a copy)."""
         self._flush()
         return self._mean
 
     @property
     def comoment(self) -> np.ndarray:
+        """Sum of outer products of the centred rows, (D, D) float64 (the internal buffer)."""
         self._flush()
         return self._comoment
 
     @property
     def mu(self) -> np.ndarray:
+        """Mean of the features, (D,) float64 (a copy)."""
         return self.mean.copy()
 
     @property

@@ -24,6 +24,7 @@ TARGETS = ("epsilon", "v", "x0")
 
 
 def check_target(kind: str) -> str:
+    """``kind`` unchanged if it is one of :data:`TARGETS` (``epsilon`` / ``v`` / ``x0``), else :class:`InputError`."""
     if kind not in TARGETS:
         raise InputError(f"unknown diffusion target {kind!r}; choose one of {', '.join(TARGETS)}")
     return kind

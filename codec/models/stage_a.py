@@ -42,6 +42,11 @@ class VectorQuantize(nn.Module):
         return q.movedim(-1, dim) if dim != -1 else q
 
     def forward(self, x: torch.Tensor, get_losses: bool = True, dim: int = -1):
+        """x (..., D) with the code axis at ``dim`` -> ``(quantized like x, (vq_loss, commit_loss), indices (...))``.
+
+        ``quantized`` has exactly the nearest codes' values, with a straight-through gradient to ``x``; the two
+        losses are scalar MSEs (None when ``get_losses`` is False); ``indices`` has x's shape without ``dim``.
+        """
         if dim != -1:
             x = x.movedim(dim, -1)
         z = x.reshape(-1, x.size(-1))  # (N, D)
