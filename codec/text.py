@@ -41,7 +41,7 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def _component_dirs(source, component: str, extra: Sequence[str] = ()) -> list[Path]:
+def _component_dirs(source, component: str) -> list[Path]:
     """Folders to try for a transformers component: ``source/component``, ``source`` itself, siblings."""
     from cascadekit.codec.weights.sources import WeightSet, resolve_source
 
@@ -50,7 +50,7 @@ def _component_dirs(source, component: str, extra: Sequence[str] = ()) -> list[P
         return [p] if p is not None else []
     s = str(source)
     if not os.path.exists(os.path.expanduser(s)):
-        ws = resolve_source(s, need=(component, *extra))  # hub id, or one clear WeightsError
+        ws = resolve_source(s, need=(component,))  # hub id, or one clear WeightsError
         return [getattr(ws, component)]
     root = Path(os.path.expanduser(s))
     return [root / component, root, root.parent / component]
@@ -80,9 +80,14 @@ class TextEncoder:
         the ``text_encoder`` folder itself (tokenizer beside it), a :class:`WeightSet`, or a hub id."""
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        model_dir = _pick(_component_dirs(source, "text_encoder", ("tokenizer",)),
+        from cascadekit.codec.weights.sources import WeightSet, resolve_source
+
+        where = source
+        if not isinstance(source, WeightSet) and not os.path.exists(os.path.expanduser(str(source))):
+            where = resolve_source(str(source), need=("text_encoder", "tokenizer"))  # a hub id: resolved once
+        model_dir = _pick(_component_dirs(where, "text_encoder"),
                           lambda d: (d / "config.json").is_file(), "CLIP text encoder (config.json)", source)
-        tok_dirs = _component_dirs(source, "tokenizer", ("text_encoder",)) + [model_dir, model_dir.parent / "tokenizer"]
+        tok_dirs = _component_dirs(where, "tokenizer") + [model_dir, model_dir.parent / "tokenizer"]
         tok_dir = _pick(tok_dirs, lambda d: (d / "vocab.json").is_file() or (d / "tokenizer.json").is_file(),
                         "CLIP tokenizer (vocab.json/tokenizer.json)", source)
         try:

@@ -135,3 +135,20 @@ def test_hub_cache_snapshot_is_never_written(tmp_path):
     snap.mkdir(parents=True)
     paths = empty_caption_cache_paths(snap, tmp_path / "c")
     assert len(paths) == 1 and paths[0].is_relative_to(tmp_path / "c")
+
+
+@pytest.mark.filterwarnings("ignore:.*TINY RANDOM")
+def test_text_encoder_from_hub_id_resolves_once(tiny, monkeypatch):
+    """A hub id is resolved (downloaded) once for both the text encoder and its tokenizer."""
+    from cascadekit.codec.weights import sources
+
+    calls = []
+
+    def fake_download(repo_id, patterns):
+        calls.append((repo_id, sorted(patterns)))
+        return tiny, "local stand-in"
+
+    monkeypatch.setattr(sources, "_hub_download", fake_download)
+    enc = TextEncoder.from_pretrained("someone/stable-cascade")
+    assert enc.source == str(tiny / "text_encoder") and enc.hidden_size == 32
+    assert len(calls) == 1 and calls[0][0] == "someone/stable-cascade"
