@@ -299,7 +299,10 @@ def test_missing_empty_caption(tmp_path, monkeypatch, tmp_path_factory, images):
 def test_diffusers_vqgan_scale_matches_diffusers(weights, tmp_path, images):
     """A diffusers vqgan/ is scaled OUTSIDE the model: our decode == PaellaVQModel.decode(latents * scale_factor)."""
     diffusers = pytest.importorskip("diffusers")
-    from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+    try:  # diffusers >= 0.37 moved Würstchen under pipelines.deprecated
+        from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+    except ModuleNotFoundError:
+        from diffusers.pipelines.wuerstchen.modeling_paella_vq_model import PaellaVQModel
     from safetensors.torch import load_file
 
     from cascadekit.codec.weights.keys import official_to_diffusers
@@ -331,7 +334,10 @@ def test_diffusers_vqgan_scale_matches_diffusers(weights, tmp_path, images):
     lat = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 2
     with torch.no_grad():
         ref = vq.decode(lat * vq.config.scale_factor).sample.clamp(0, 1)
-        ref_enc = vq.encode(images).latents / vq.config.scale_factor
+        try:
+            ref_enc = vq.encode(images).latents / vq.config.scale_factor
+        except ValueError:  # diffusers 0.31-0.36: encode() trips its own expired VQEncoderOutput deprecation;
+            ref_enc = vq.down_blocks(vq.in_block(images)) / vq.config.scale_factor  # the same two calls encode() makes
     torch.testing.assert_close(c.decode_stage_a(lat), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c.encode_stage_a(images), ref_enc, atol=1e-5, rtol=1e-5)
     # the same latents through the official-scale (0.43) model differ: the scale really is applied
