@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cascadekit.codec.errors import CascadeKitError, InputError
+from cascadekit.codec.images import DEFAULT_MAX_PIXELS
 from cascadekit.datasets import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
@@ -366,7 +367,7 @@ def build_latent_dataset(
     spaces: Sequence[str] = ("semantic",),
     buckets: bool = False,
     min_size: int | None = None,
-    max_pixels: int | None = 89_478_485,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     batch_size: int = 32,
     num_workers: int = 2,
     chunk_rows: int = 256,

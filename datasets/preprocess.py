@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cascadekit.codec.errors import InputError
+from cascadekit.codec.images import DEFAULT_MAX_PIXELS
 
 #: w/h ratios of the official multi-aspect training config; reciprocals are added.
 OFFICIAL_ASPECT_RATIOS = (1 / 1, 1 / 2, 1 / 3, 2 / 3, 3 / 4, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 1 / 6, 5 / 6, 9 / 16)
@@ -36,7 +37,7 @@ class PreprocessConfig:
 
     resolution: int = 768
     min_size: int | None = None
-    max_pixels: int | None = 89_478_485
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # PIL's own limit, as load_image
     buckets: bool = False
 
     def __post_init__(self):
