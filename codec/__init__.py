@@ -19,7 +19,7 @@ _EXPORTS = {
     "pil_to_tensor": "images", "resize_center_crop": "images", "resize_short_side": "images",
     "save_grid": "images", "tensor_to_pil": "images", "to_batch": "images",
     "check_finite": "precision", "parse_dtype": "precision", "stage_dtypes": "precision",
-    "CascadeKitError": "errors", "InputError": "errors", "PrecisionError": "errors", "WeightsError": "errors",
+    "CascadeKitError": "errors", "DependencyError": "errors", "InputError": "errors", "PrecisionError": "errors", "WeightsError": "errors",
     "load_weights": "weights.load", "resolve_source": "weights.sources",
 }
 

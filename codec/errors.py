@@ -15,3 +15,7 @@ class InputError(CascadeKitError):
 
 class PrecisionError(CascadeKitError):
     """A computation overflowed in the requested dtype (typically float16)."""
+
+
+class DependencyError(CascadeKitError, ImportError):
+    """An installed package cannot be used with the installed torch (e.g. a transformers release too new for it)."""

@@ -18,15 +18,17 @@ folder is read-only), so that plain decoding needs no text encoder afterwards.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from cascadekit.codec.errors import InputError, WeightsError
+from cascadekit.codec.errors import DependencyError, InputError, WeightsError
 
 EMPTY_CAPTION_FILE = "empty_caption.safetensors"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,6 +41,31 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def clip_classes(*names: str) -> tuple:
+    """``transformers`` classes by name, or one :class:`DependencyError` saying how to fix the install.
+
+    Newer transformers releases need a newer torch than cascadekit's minimum (2.4): 5.20+ switch
+    their PyTorch models off below torch 2.6, and some 5.x releases import torch APIs that torch 2.4
+    lacks. Either way ``from transformers import CLIP...`` fails with an ImportError that does not
+    say why; this turns it into an actionable message.
+    """
+    why = None
+    try:
+        mod = importlib.import_module("transformers")
+        if not importlib.import_module("transformers.utils").is_torch_available():  # transformers switched its PyTorch models off
+            why = "it does not support this torch and disabled its PyTorch models"
+        else:
+            return tuple(getattr(mod, n) for n in names)
+    except (ImportError, AttributeError) as e:
+        why = f"{type(e).__name__}: {e}"
+    tv = getattr(sys.modules.get("transformers"), "__version__", "?")
+    raise DependencyError(
+        f"transformers {tv} cannot provide {', '.join(names)} with torch {torch.__version__} ({why}). "
+        "Install a transformers release that supports this torch (with torch 2.4: "
+        "pip install 'transformers>=4.44,<5', tested with 4.57.6), or upgrade torch to >= 2.6."
+    )
 
 
 def _component_dirs(source, component: str) -> list[Path]:
@@ -78,7 +105,7 @@ class TextEncoder:
     def from_pretrained(cls, source, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "TextEncoder":
         """``source``: a weights folder / diffusers snapshot with ``text_encoder/`` and ``tokenizer/``,
         the ``text_encoder`` folder itself (tokenizer beside it), a :class:`WeightSet`, or a hub id."""
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+        CLIPTextModelWithProjection, CLIPTokenizer = clip_classes("CLIPTextModelWithProjection", "CLIPTokenizer")
 
         from cascadekit.codec.weights.sources import WeightSet, resolve_source
 
@@ -137,7 +164,7 @@ class ImageEncoder:
     def from_pretrained(cls, source, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "ImageEncoder":
         """``source``: a folder / snapshot with ``image_encoder/`` (+ ``feature_extractor/`` or a
         ``preprocessor_config.json`` inside), the ``image_encoder`` folder itself, a WeightSet, or a hub id."""
-        from transformers import CLIPVisionModelWithProjection
+        (CLIPVisionModelWithProjection,) = clip_classes("CLIPVisionModelWithProjection")
 
         model_dir = _pick(_component_dirs(source, "image_encoder"), lambda d: (d / "config.json").is_file(),
                           "CLIP image encoder (config.json)", source)

@@ -103,7 +103,9 @@ def write_tokenizer(folder: str | Path, num_merges: int = 300, max_length: int =
 def write_text_encoder(folder: str | Path, vocab_size: int, bos: int, eos: int, seed: int = 0,
                        hidden: int = 32, projection: int = 32) -> Path:
     """A random ``CLIPTextModelWithProjection`` (hidden 32, projection 32, 77 positions, 2 layers)."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from cascadekit.codec.text import clip_classes
+
+    CLIPTextConfig, CLIPTextModelWithProjection = clip_classes("CLIPTextConfig", "CLIPTextModelWithProjection")
 
     cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          projection_dim=projection, num_hidden_layers=2, num_attention_heads=4,
@@ -118,7 +120,9 @@ def write_text_encoder(folder: str | Path, vocab_size: int, bos: int, eos: int, 
 def write_image_encoder(folder: str | Path, seed: int = 0, hidden: int = 32, projection: int = 24,
                         image_size: int = 32, patch_size: int = 8) -> Path:
     """A random ``CLIPVisionModelWithProjection`` (projection 24) plus its ``preprocessor_config.json``."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from cascadekit.codec.text import clip_classes
+
+    CLIPVisionConfig, CLIPVisionModelWithProjection = clip_classes("CLIPVisionConfig", "CLIPVisionModelWithProjection")
 
     cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, projection_dim=projection,
                            num_hidden_layers=2, num_attention_heads=4, image_size=image_size,
