@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from cascadekit.codec.codec import DECODE_DEFAULTS
 from cascadekit.codec.images import center_crop, load_image, pil_to_tensor, resize_short_side, save_grid, tensor_to_pil
 
 CROP_MULTIPLE = 64
@@ -87,7 +88,8 @@ def reconstruct_files(
         "tiny_random_weights": tiny,
         "warning": "outputs come from TINY RANDOM weights and are meaningless" if tiny else None,
         "parameters": {"size": size, "steps": steps, "guidance": guidance, "seed": seed,
-                       "encoder_resolution": codec.encoder_resolution, "sampler": "ddpm", "cfg_rho": 0.7, "shift": 1.0},
+                       "encoder_resolution": codec.encoder_resolution,
+                       **{k: DECODE_DEFAULTS[k] for k in ("sampler", "cfg_rho", "shift")}},  # what decode used
         "weights": weights_info or {},
         "codec": codec.identity(),
         "grid": "grid.png",

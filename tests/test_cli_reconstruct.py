@@ -57,6 +57,8 @@ def test_reconstruct_writes_pngs_grid_and_json(weights, tmp_path):
     meta = json.loads((out / "reconstruct.json").read_text())
     assert meta["tiny_random_weights"] is True and meta["warning"]
     assert meta["parameters"]["steps"] == 1 and meta["parameters"]["seed"] == 3
+    assert {k: meta["parameters"][k] for k in ("sampler", "cfg_rho", "shift")} == {"sampler": "ddpm", "cfg_rho": 0.7,
+                                                                                "shift": 1.0}
     assert meta["codec"]["checkpoints"]["stage_b"]["sha256"]
     assert [i["reconstruction"] for i in meta["images"]] == ["000_red_recon.png", "001_blue_photo_recon.png"]
     assert all(np.isfinite(i["psnr_db"]) for i in meta["images"])
