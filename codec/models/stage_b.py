@@ -99,11 +99,7 @@ class StageB(LevelUNet):
         )
         self.clip_mapper = nn.Linear(c_clip, c_cond * c_clip_seq)
         self.clip_norm = nn.LayerNorm(c_cond, elementwise_affine=False, eps=1e-6)
-        self.embedding = nn.Sequential(
-            nn.PixelUnshuffle(patch_size),
-            nn.Conv2d(c_in * patch_size**2, c_hidden[0], kernel_size=1),
-            LayerNorm2d(c_hidden[0], eps=1e-6),
-        )
+        self.embedding = self._patch_embedding(c_in, c_hidden[0], patch_size)
 
         self._build_levels(
             c_hidden=c_hidden, nhead=nhead, blocks=blocks, block_repeat=block_repeat, level_config=level_config,
@@ -115,25 +111,12 @@ class StageB(LevelUNet):
             ),
         )
 
-        self.clf = nn.Sequential(
-            LayerNorm2d(c_hidden[0], eps=1e-6),
-            nn.Conv2d(c_hidden[0], c_out * patch_size**2, kernel_size=1),
-            nn.PixelShuffle(patch_size),
-        )
-        self._init_official()
+        self.clf = self._patch_classifier(c_hidden[0], c_out, patch_size)
+        self._init_official(self._conditioning_mappers())
 
-    @classmethod
-    def from_config(cls, cfg: StageBConfig) -> "StageB":
-        return cls(**cfg.kwargs())
-
-    def _init_official(self) -> None:
-        self.apply(self._init_weights)
-        for m in (self.clip_mapper, self.effnet_mapper[0], self.effnet_mapper[2], self.pixels_mapper[0],
-                  self.pixels_mapper[2]):
-            nn.init.normal_(m.weight, std=0.02)
-        nn.init.xavier_uniform_(self.embedding[1].weight, 0.02)
-        nn.init.constant_(self.clf[1].weight, 0)
-        self._init_trunk()
+    def _conditioning_mappers(self) -> list[nn.Module]:
+        return [self.clip_mapper, self.effnet_mapper[0], self.effnet_mapper[2], self.pixels_mapper[0],
+                self.pixels_mapper[2]]
 
     def gen_c_embeddings(self, clip: torch.Tensor) -> torch.Tensor:
         """Pooled CLIP (B, c_clip) or (B, S, c_clip) -> normalised tokens (B, S*c_clip_seq, c_cond)."""

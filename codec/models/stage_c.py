@@ -87,11 +87,7 @@ class StageC(LevelUNet):
         self.clip_txt_pooled_mapper = nn.Linear(c_clip_text_pooled, c_cond * c_clip_seq)
         self.clip_img_mapper = nn.Linear(c_clip_img, c_cond * c_clip_seq)
         self.clip_norm = nn.LayerNorm(c_cond, elementwise_affine=False, eps=1e-6)
-        self.embedding = nn.Sequential(
-            nn.PixelUnshuffle(patch_size),
-            nn.Conv2d(c_in * patch_size**2, c_hidden[0], kernel_size=1),
-            LayerNorm2d(c_hidden[0], eps=1e-6),
-        )
+        self.embedding = self._patch_embedding(c_in, c_hidden[0], patch_size)
 
         # level transitions t -> t+1: LayerNorm2d + UpDownBlock2d (resampling only where switch_level[t])
         self._build_levels(
@@ -106,24 +102,11 @@ class StageC(LevelUNet):
             ),
         )
 
-        self.clf = nn.Sequential(
-            LayerNorm2d(c_hidden[0], eps=1e-6),
-            nn.Conv2d(c_hidden[0], c_out * patch_size**2, kernel_size=1),
-            nn.PixelShuffle(patch_size),
-        )
-        self._init_official()
+        self.clf = self._patch_classifier(c_hidden[0], c_out, patch_size)
+        self._init_official(self._conditioning_mappers())
 
-    @classmethod
-    def from_config(cls, cfg: StageCConfig) -> "StageC":
-        return cls(**cfg.kwargs())
-
-    def _init_official(self) -> None:
-        self.apply(self._init_weights)
-        for m in (self.clip_txt_mapper, self.clip_txt_pooled_mapper, self.clip_img_mapper):
-            nn.init.normal_(m.weight, std=0.02)
-        nn.init.xavier_uniform_(self.embedding[1].weight, 0.02)
-        nn.init.constant_(self.clf[1].weight, 0)
-        self._init_trunk()
+    def _conditioning_mappers(self) -> list[nn.Module]:
+        return [self.clip_txt_mapper, self.clip_txt_pooled_mapper, self.clip_img_mapper]
 
     def gen_c_embeddings(self, clip_txt: torch.Tensor, clip_txt_pooled: torch.Tensor,
                          clip_img: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cascadekit.codec.errors import InputError
-from cascadekit.codec.models.blocks import AttnBlock, ResBlock, TimestepBlock, interpolate_fp32, r_embedding
+from cascadekit.codec.models.blocks import (
+    AttnBlock,
+    LayerNorm2d,
+    ResBlock,
+    TimestepBlock,
+    interpolate_fp32,
+    r_embedding,
+)
 
 
 def _inner(block: nn.Module) -> nn.Module:
@@ -105,7 +112,40 @@ class LevelUNet(nn.Module):
                 )
         self._n_down_blocks = sum(blocks[0])
 
+    @classmethod
+    def from_config(cls, cfg) -> "LevelUNet":
+        """Build from a config dataclass whose fields are the constructor's keyword arguments."""
+        return cls(**cfg.kwargs())
+
+    # --- the patch embedding in front of the trunk and the classifier behind it (official layout) ---
+    @staticmethod
+    def _patch_embedding(c_in: int, c_hidden: int, patch_size: int) -> nn.Sequential:
+        """(B, c_in, H, W) -> (B, c_hidden, H/p, W/p): PixelUnshuffle, 1×1 conv, LayerNorm2d."""
+        return nn.Sequential(
+            nn.PixelUnshuffle(patch_size),
+            nn.Conv2d(c_in * patch_size**2, c_hidden, kernel_size=1),
+            LayerNorm2d(c_hidden, eps=1e-6),
+        )
+
+    @staticmethod
+    def _patch_classifier(c_hidden: int, c_out: int, patch_size: int) -> nn.Sequential:
+        """(B, c_hidden, H/p, W/p) -> (B, c_out, H, W): LayerNorm2d, 1×1 conv, PixelShuffle."""
+        return nn.Sequential(
+            LayerNorm2d(c_hidden, eps=1e-6),
+            nn.Conv2d(c_hidden, c_out * patch_size**2, kernel_size=1),
+            nn.PixelShuffle(patch_size),
+        )
+
     # --- initialisation (official scheme; a no-op on the meta device) ---
+    def _init_official(self, mappers: Sequence[nn.Module]) -> None:
+        """Xavier everywhere, N(0, 0.02) for the conditioning ``mappers``, a small embedding, a zero classifier."""
+        self.apply(self._init_weights)
+        for m in mappers:
+            nn.init.normal_(m.weight, std=0.02)
+        nn.init.xavier_uniform_(self.embedding[1].weight, 0.02)
+        nn.init.constant_(self.clf[1].weight, 0)
+        self._init_trunk()
+
     def _init_trunk(self) -> None:
         for level in list(self.down_blocks) + list(self.up_blocks):
             for block in level:
