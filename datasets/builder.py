@@ -22,6 +22,7 @@ import functools
 import io
 import os
 import time
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from cascadekit.codec.images import DEFAULT_MAX_PIXELS
 from cascadekit.datasets import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
-from cascadekit.datasets.sources import Sample, SampleReader, plan_fingerprint, plan_inputs
+from cascadekit.datasets.sources import PlanTable, Sample, SampleReader, plan_fingerprint, plan_inputs
 from cascadekit.datasets.writer import ChunkWriter, RowBatch, WriterThread
 
 SPACES = ("semantic", "stage_a")
@@ -106,11 +107,11 @@ def _header_size(data) -> tuple[int, int] | None:
         return None
 
 
-def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, list[int]]:
-    """Map group path -> plan indices (in plan order). Without buckets: everything in the root group."""
+def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    """Map group path -> plan indices (int64 array, in plan order). Without buckets: everything in the root group."""
     if not cfg.buckets:
-        return {"": list(range(len(plan)))}
-    groups: dict[str, list[int]] = {}
+        return {"": np.arange(len(plan), dtype=np.int64)}
+    groups: dict[str, array] = {}
     reader = SampleReader()
     square = f"buckets/{cfg.resolution}x{cfg.resolution}"
     try:
@@ -127,10 +128,10 @@ def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, li
             else:
                 h, w = target_size(size[0], size[1], cfg)
                 gp = f"buckets/{h}x{w}"
-            groups.setdefault(gp, []).append(i)
+            groups.setdefault(gp, array("q")).append(i)
     finally:
         reader.close()
-    return dict(sorted(groups.items()))
+    return {gp: np.frombuffer(idx, dtype=np.int64).copy() for gp, idx in sorted(groups.items())}
 
 
 def _group_hw(gp: str, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -141,20 +142,35 @@ def _group_hw(gp: str, cfg: PreprocessConfig) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------- worker side
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
-    """One encoder batch: rows ``rows`` of group ``group``, planned samples ``samples``."""
+    """One encoder batch: rows ``start..stop-1`` of group ``group``.
+
+    Holds no samples: they are looked up in the plan when the batch is loaded (:meth:`samples`), so
+    the pending work of a run costs a few dozen bytes per batch, not a Python object per image.
+    """
 
     group: str
-    rows: tuple[int, ...]
-    samples: tuple[Sample, ...]
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return tuple(range(self.start, self.stop))
+
+    def samples(self, plan: Sequence[Sample], groups: dict[str, np.ndarray]) -> list[Sample]:
+        """The planned samples of this batch (``plan[groups[group][row]]`` per row)."""
+        idx = groups[self.group]
+        return [plan[int(idx[r])] for r in range(self.start, self.stop)]
 
 
 class _TaskDataset(IterableDataset):
     """Yields one decoded batch per task; DataLoader workers take contiguous runs of tasks."""
 
-    def __init__(self, tasks: list[Task], cfg: PreprocessConfig):
+    def __init__(self, tasks: list[Task], plan: Sequence[Sample], groups: dict[str, np.ndarray], cfg: PreprocessConfig):
         self.tasks = tasks
+        self.plan = plan
+        self.groups = groups
         self.cfg = cfg
 
     def __iter__(self):
@@ -166,13 +182,14 @@ class _TaskDataset(IterableDataset):
         reader = SampleReader()
         try:
             for t in tasks:
-                yield load_task(t, self.cfg, reader)
+                yield load_task(t, t.samples(self.plan, self.groups), self.cfg, reader)
         finally:
             reader.close()
 
 
-def load_task(t: Task, cfg: PreprocessConfig, reader: SampleReader) -> dict:
-    """Decode a task's images. Bad samples become ``ok=False`` with a reason; never raises for them."""
+def load_task(t: Task, samples: Sequence[Sample], cfg: PreprocessConfig, reader: SampleReader) -> dict:
+    """Decode a task's images (``samples``: its planned samples, row order). Bad samples become
+    ``ok=False`` with a reason; never raises for them."""
     h, w = (cfg.resolution, cfg.resolution) if not t.group else _group_hw(t.group, cfg)
     n = len(t.rows)
     ok = np.zeros(n, bool)
@@ -180,7 +197,7 @@ def load_task(t: Task, cfg: PreprocessConfig, reader: SampleReader) -> dict:
     has_caption = np.zeros(n, bool)
     orig = np.zeros((n, 2), np.int32)
     images = []
-    for i, s in enumerate(t.samples):
+    for i, s in enumerate(samples):
         if s.error is not None:
             reasons[i] = s.error
             continue
@@ -204,8 +221,8 @@ def load_task(t: Task, cfg: PreprocessConfig, reader: SampleReader) -> dict:
         "rows": torch.tensor(t.rows, dtype=torch.int64),
         "ok": torch.from_numpy(ok),
         "images": imgs,  # (n_ok, 3, H, W) uint8
-        "keys": [s.key for s in t.samples],
-        "sources": [s.source for s in t.samples],
+        "keys": [s.key for s in samples],
+        "sources": [s.source for s in samples],
         "captions": captions,
         "has_caption": torch.from_numpy(has_caption),
         "orig_size": torch.from_numpy(orig),
@@ -219,8 +236,9 @@ def release_free_memory() -> None:
     Images arrive from DataLoader workers in shared memory (mmap, outside malloc) while the main
     process allocates and frees same-sized float copies, latents and chunk buffers on several threads;
     glibc's dynamic mmap threshold then serves those from its arenas and keeps the freed pages, so
-    RSS crept up with the corpus size (1k -> 10k images: +31 -> +90 MB). Trimming once per written
-    chunk keeps it flat; it releases only free memory.
+    RSS crept up with the corpus size (1k -> 10k images: +31 -> +90 MB). The builder trims after every
+    written chunk (writer thread) and after every encoded batch (main thread; between chunk trims the
+    peaks still grew with the number of chunks: +29 -> +43 MB); it releases only free memory.
     """
     trim = _malloc_trim()
     if trim is not None:
@@ -338,7 +356,7 @@ def _prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overw
         return f"cannot create the store {out}: {e}"
 
 
-def make_tasks(groups: dict[str, list[int]], plan, statuses: dict[str, np.ndarray], chunk_rows: int,
+def make_tasks(groups: dict[str, np.ndarray], statuses: dict[str, np.ndarray], chunk_rows: int,
                batch_size: int, info: D.DistInfo) -> tuple[list[Task], int]:
     """This rank's pending tasks (chunk-aligned batches) and the number of its rows already done."""
     chunks = [(gp, c) for gp, idx in groups.items() for c in range((len(idx) + chunk_rows - 1) // chunk_rows)]
@@ -351,9 +369,7 @@ def make_tasks(groups: dict[str, list[int]], plan, statuses: dict[str, np.ndarra
         if (statuses[gp][a:b] != S.STATUS_PENDING).all():
             done += b - a
             continue
-        for s in range(a, b, bs):
-            rows = tuple(range(s, min(s + bs, b)))
-            tasks.append(Task(gp, rows, tuple(plan[idx[r]] for r in rows)))
+        tasks.extend(Task(gp, s, min(s + bs, b)) for s in range(a, b, bs))
     return tasks, done
 
 
@@ -419,8 +435,10 @@ def build_latent_dataset(
     device = _encoder_device(codec)
     identity = codec.identity()
 
-    if inputs and all(isinstance(x, Sample) for x in inputs):
-        plan = list(inputs)  # already planned (e.g. sources.samples_from_images)
+    if isinstance(inputs, PlanTable):
+        plan = inputs
+    elif inputs and all(isinstance(x, Sample) for x in inputs):
+        plan = PlanTable(inputs)  # already planned (e.g. sources.samples_from_images)
     else:
         plan = plan_inputs(inputs)  # InputError for missing inputs / empty corpus
     groups = assign_groups(plan, cfg)
@@ -445,8 +463,8 @@ def build_latent_dataset(
 
         root = S.open_store(out, mode="r+")
         statuses = {gp: S.read_status(S.sample_group(root, gp)) for gp in groups}
-        tasks, already = make_tasks(groups, plan, statuses, chunk_rows, batch_size, info)
-        encoded, skipped = _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
+        tasks, already = make_tasks(groups, statuses, chunk_rows, batch_size, info)
+        encoded, skipped = _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
                                 num_workers, progress and info.is_main)
 
         nums = D.all_gather_object((encoded, skipped, already), info)  # also a barrier
@@ -467,19 +485,19 @@ def build_latent_dataset(
     return summ
 
 
-def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size, num_workers, show) -> tuple[int, int]:
+def _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size, num_workers, show) -> tuple[int, int]:
     """Encode ``tasks`` and write them. Returns (encoded, skipped) counts of this rank."""
     if not tasks:
         return 0, 0
     from tqdm.auto import tqdm
 
-    ds = _TaskDataset(tasks, cfg)
+    ds = _TaskDataset(tasks, plan, groups, cfg)
     workers = max(0, min(num_workers, len(tasks)))
     loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_collate_identity,
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
     writer = WriterThread(ChunkWriter(root, chunk_rows, dtype, on_chunk=lambda *_: release_free_memory()), max_queue=8)
-    total = sum(len(t.rows) for t in tasks)
+    total = sum(t.stop - t.start for t in tasks)
     bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0
     try:
@@ -501,6 +519,7 @@ def _run(tasks, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
                 encoded += n_ok
                 skipped += len(ok) - n_ok
                 bar.update(len(ok))
+                release_free_memory()
     finally:
         bar.close()
         writer.close()

@@ -273,9 +273,10 @@ def test_reader_sees_only_complete_rows(corpus, tmp_path):
     rows = sorted(int(x) for b in ds for x in b["rows"])
     assert rows == [0, 1, 2, 3]
     plan = plan_inputs([folder])
-    tasks, done = make_tasks(assign_groups(plan, PreprocessConfig(resolution=64)), plan,
-                             {"": S.read_status(g)}, 4, 2, D.DistInfo())
+    groups = assign_groups(plan, PreprocessConfig(resolution=64))
+    tasks, done = make_tasks(groups, {"": S.read_status(g)}, 4, 2, D.DistInfo())
     assert done == 4 and [t.rows for t in tasks] == [(4, 5), (6, 7)]
+    assert tasks[1].samples(plan, groups) == [plan[6], plan[7]]  # tasks hold rows; samples come from the plan
     assert store_summary(out).ok == 4
 
 
@@ -295,7 +296,7 @@ def test_store_killed_during_creation_is_recreated(tmp_path):
     assert s.ok == 3 and root.attrs["initializing"] is False and root["status"][:].tolist() == [1, 1, 1]
 
 
-def test_free_heap_pages_released_once_per_written_chunk(corpus, tmp_path, monkeypatch):
+def test_free_heap_pages_released_per_chunk_and_batch(corpus, tmp_path, monkeypatch):
     """Peak RSS must not grow with the corpus: freed heap pages go back to the OS after every chunk
     (glibc keeps them otherwise when a decode worker is used: +31 MB at 1k -> +90 MB at 10k images)."""
     from cascadekit.datasets import builder as B
@@ -303,7 +304,10 @@ def test_free_heap_pages_released_once_per_written_chunk(corpus, tmp_path, monke
     calls = []
     monkeypatch.setattr(B, "release_free_memory", lambda: calls.append(1))
     s = build_latent_dataset([corpus[0] / "part0"], tmp_path / "m.zarr", TinyEncoder(), **KW)
-    assert len(calls) == -(-s.rows // KW["chunk_rows"]) > 1
+    c, b = KW["chunk_rows"], KW["batch_size"]
+    n_chunks = -(-s.rows // c)
+    n_batches = sum(-(-min(c, s.rows - a) // b) for a in range(0, s.rows, c))
+    assert n_chunks > 1 and len(calls) == n_chunks + n_batches  # once per written chunk and per batch
     monkeypatch.undo()
     B.release_free_memory()  # callable on this platform (glibc malloc_trim or a no-op)
     if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):

@@ -115,3 +115,31 @@ def test_official_buckets():
     assert len(sizes) == 23  # 12 official ratios + 11 reciprocals (1/1 is its own)
     assert choose_bucket(2000, 1000, 768) == (512, 1056)  # w/h = 2: floor(sqrt(768²/2)/32)*32 = 512
     assert choose_bucket(1000, 2000, 768) == (1056, 512)
+
+
+def test_plan_table_round_trips_every_kind_of_sample_compactly(tmp_path):
+    """The compact plan gives back exactly the samples put in (every load kind, None vs '' fields,
+    non-ASCII and surrogate-escaped names) and holds far less than one object per sample."""
+    from cascadekit.datasets.sources import PlanTable, Sample, TarRef
+
+    odd = "caf\u00e9/\udcff.jpg"  # undecodable byte from a file name (surrogateescape)
+    ss = [
+        Sample("a", "/d/a.jpg", FileRef("/d/a.jpg", "/d/a.txt")),
+        Sample("b", "/m/x.csv:b", FileRef(odd), caption=""),
+        Sample("t", "u.tar#t", TarRef("u.tar", 3, "t.jpg", None), error="unreadable", detail="d \u00e9"),
+        Sample("t2", "elsewhere", TarRef("u.tar", 4, None, "t2.txt"), error="no_image"),
+        Sample("m", "mem:m", b"\x00\xffpng", caption="c"),
+        Sample("n", "n", None, error="x"),
+    ]
+    t = PlanTable(ss)
+    assert len(t) == 6 and list(t) == ss and t[-1] == ss[-1] and t[1:4] == ss[1:4]
+    assert plan_fingerprint(t) == plan_fingerprint(ss)
+    with pytest.raises(IndexError):
+        t[6]
+    # a folder plan: one flat buffer, shard URLs and file paths stored once
+    big = PlanTable(Sample(f"d/{i:06d}", f"/data/d/{i:06d}.jpg", FileRef(f"/data/d/{i:06d}.jpg")) for i in range(2000))
+    assert big[1234] == Sample("d/001234", "/data/d/001234.jpg", FileRef("/data/d/001234.jpg"))
+    assert big.nbytes() / len(big) < 8 * 9 + 4 + 8 + 4 + 1 + 8 + 19  # offsets + flags/kind/index/url + text
+    keys = make_folder(tmp_path / "c")
+    plan = plan_inputs([tmp_path / "c"])
+    assert isinstance(plan, PlanTable) and [s.key for s in plan] == keys
