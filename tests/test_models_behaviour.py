@@ -288,3 +288,13 @@ def test_official_init_zeroes_output_and_timestep_mappers():
     with torch.no_grad():
         out = model(**b_inputs())
     assert torch.count_nonzero(out) == 0
+
+
+def test_presets_are_fresh_copies_and_unknown_names_are_refused():
+    from cascadekit.codec.models import StageBConfig
+
+    cfg = StageBConfig.preset("lite")
+    cfg.c_hidden.append(1)  # a caller editing its config must not edit the preset
+    assert StageBConfig.preset("lite").c_hidden == [320, 576, 1152, 1152]
+    with pytest.raises(ValueError, match="unknown StageB preset 'huge'; choose one of big, lite, tiny"):
+        StageBConfig.preset("huge")

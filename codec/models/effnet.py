@@ -7,31 +7,23 @@ The backbone is torchvision's ``efficientnet_v2_s`` feature extractor built with
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
 
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 
 
 @dataclass
-class EfficientNetEncoderConfig:
+class EfficientNetEncoderConfig(ModelConfig):
     """The official ``EfficientNetEncoder`` constructor arguments (only ``c_latent``). Preset: ``official``."""
 
     c_latent: int = 16
 
-    PRESETS = ("official",)
-
-    @classmethod
-    def preset(cls, name: str) -> "EfficientNetEncoderConfig":
-        if name == "official":
-            return cls()
-        raise ValueError(f"unknown EfficientNetEncoder preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-
-    def kwargs(self) -> dict:
-        return asdict(self)
+    PRESETS = {"official": {}}
 
 
 class EfficientNetEncoder(nn.Module):

@@ -4,34 +4,24 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 
 
 @dataclass
-class PreviewerConfig:
+class PreviewerConfig(ModelConfig):
     """The official ``Previewer`` constructor arguments. Presets: ``official`` and ``tiny``."""
 
     c_in: int = 16
     c_hidden: int = 512
     c_out: int = 3
 
-    PRESETS = ("official", "tiny")
-
-    @classmethod
-    def preset(cls, name: str) -> "PreviewerConfig":
-        if name == "official":
-            return cls()
-        if name == "tiny":
-            return cls(c_hidden=32)
-        raise ValueError(f"unknown Previewer preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-
-    def kwargs(self) -> dict:
-        return asdict(self)
+    PRESETS = {"official": {}, "tiny": dict(c_hidden=32)}
 
 
 def _stage(c_in: int, c_out: int, conv: nn.Module) -> list[nn.Module]:

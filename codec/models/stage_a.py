@@ -5,11 +5,12 @@ divided by ``scale_factor``; ``decode`` multiplies by ``scale_factor`` and retur
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 
 
@@ -89,7 +90,7 @@ class StageAResBlock(nn.Module):
 
 
 @dataclass
-class StageAConfig:
+class StageAConfig(ModelConfig):
     """The official ``StageA`` constructor arguments. Presets: ``official`` and ``tiny``."""
 
     levels: int = 2
@@ -99,18 +100,10 @@ class StageAConfig:
     codebook_size: int = 8192
     scale_factor: float = 0.43
 
-    PRESETS = ("official", "tiny")
-
-    @classmethod
-    def preset(cls, name: str) -> "StageAConfig":
-        if name == "official":
-            return cls()
-        if name == "tiny":
-            return cls(bottleneck_blocks=2, c_hidden=32, codebook_size=64)
-        raise ValueError(f"unknown StageA preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-
-    def kwargs(self) -> dict:
-        return asdict(self)
+    PRESETS = {
+        "official": {},
+        "tiny": dict(bottleneck_blocks=2, c_hidden=32, codebook_size=64),
+    }
 
 
 class StageA(nn.Module):

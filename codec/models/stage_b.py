@@ -6,19 +6,20 @@ r (B,) noise condition in [0, 1], effnet (B, 16, h, w) semantic latents (24×24 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.blocks import LayerNorm2d, interpolate_fp32
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
 
 
 @dataclass
-class StageBConfig:
+class StageBConfig(ModelConfig):
     """The official ``StageB`` constructor arguments. Presets: ``big`` (1.56B), ``lite`` (700M), ``tiny``."""
 
     c_in: int = 4
@@ -40,33 +41,24 @@ class StageBConfig:
     self_attn: bool = True
     t_conds: list = field(default_factory=lambda: ["sca"])
 
-    PRESETS = ("big", "lite", "tiny")
-
-    @classmethod
-    def preset(cls, name: str) -> "StageBConfig":
-        if name == "big":  # stage_b.safetensors / stage_b_bf16.safetensors ("3B" label, 1.56B params)
-            return cls()
-        if name == "lite":  # stage_b_lite*.safetensors (700M)
-            return cls(
-                c_hidden=[320, 576, 1152, 1152],
-                nhead=[-1, 9, 18, 18],
-                blocks=[[2, 4, 14, 4], [4, 14, 4, 2]],
-                block_repeat=[[1, 1, 1, 1], [2, 2, 2, 2]],
-            )
-        if name == "tiny":  # random test model: every structural feature, fast on CPU
-            return cls(
-                patch_size=4,
-                c_cond=64,
-                c_hidden=[16, 32, 64, 64],
-                nhead=[-1, -1, 4, 4],
-                blocks=[[1, 1, 1, 1], [1, 1, 1, 1]],
-                block_repeat=[[1, 1, 1, 1], [2, 2, 1, 1]],
-                c_clip=32,
-            )
-        raise ValueError(f"unknown StageB preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-
-    def kwargs(self) -> dict:
-        return asdict(self)
+    PRESETS = {
+        "big": {},  # stage_b.safetensors / stage_b_bf16.safetensors ("3B" label, 1.56B params)
+        "lite": dict(  # stage_b_lite*.safetensors (700M)
+            c_hidden=[320, 576, 1152, 1152],
+            nhead=[-1, 9, 18, 18],
+            blocks=[[2, 4, 14, 4], [4, 14, 4, 2]],
+            block_repeat=[[1, 1, 1, 1], [2, 2, 2, 2]],
+        ),
+        "tiny": dict(  # random test model: every structural feature, fast on CPU
+            patch_size=4,
+            c_cond=64,
+            c_hidden=[16, 32, 64, 64],
+            nhead=[-1, -1, 4, 4],
+            blocks=[[1, 1, 1, 1], [1, 1, 1, 1]],
+            block_repeat=[[1, 1, 1, 1], [2, 2, 1, 1]],
+            c_clip=32,
+        ),
+    }
 
 
 class StageB(LevelUNet):

@@ -7,19 +7,20 @@ Built from the shared blocks in :mod:`cascadekit.codec.models.blocks`; official 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.blocks import LayerNorm2d, UpDownBlock2d
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
 
 
 @dataclass
-class StageCConfig:
+class StageCConfig(ModelConfig):
     """The official ``StageC`` constructor arguments. Presets: ``big`` (3.6B), ``lite`` (1B), ``tiny``."""
 
     c_in: int = 16
@@ -42,29 +43,20 @@ class StageCConfig:
     t_conds: list = field(default_factory=lambda: ["sca", "crp"])
     switch_level: list = field(default_factory=lambda: [False])
 
-    PRESETS = ("big", "lite", "tiny")
-
-    @classmethod
-    def preset(cls, name: str) -> "StageCConfig":
-        if name == "big":  # stage_c.safetensors / stage_c_bf16.safetensors (3.6B)
-            return cls()
-        if name == "lite":  # stage_c_lite*.safetensors (1B)
-            return cls(c_cond=1536, c_hidden=[1536, 1536], nhead=[24, 24], blocks=[[4, 12], [12, 4]])
-        if name == "tiny":  # random test model: both attention levels, an up repeat mapper, sca/crp
-            return cls(
-                c_cond=64,
-                c_hidden=[32, 64],
-                nhead=[2, 4],
-                blocks=[[1, 2], [2, 1]],
-                block_repeat=[[1, 1], [2, 1]],
-                c_clip_text=32,
-                c_clip_text_pooled=32,
-                c_clip_img=24,
-            )
-        raise ValueError(f"unknown StageC preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-
-    def kwargs(self) -> dict:
-        return asdict(self)
+    PRESETS = {
+        "big": {},  # stage_c.safetensors / stage_c_bf16.safetensors (3.6B)
+        "lite": dict(c_cond=1536, c_hidden=[1536, 1536], nhead=[24, 24], blocks=[[4, 12], [12, 4]]),  # 1B
+        "tiny": dict(  # random test model: both attention levels, an up repeat mapper, sca/crp
+            c_cond=64,
+            c_hidden=[32, 64],
+            nhead=[2, 4],
+            blocks=[[1, 2], [2, 1]],
+            block_repeat=[[1, 1], [2, 1]],
+            c_clip_text=32,
+            c_clip_text_pooled=32,
+            c_clip_img=24,
+        ),
+    }
 
 
 class StageC(LevelUNet):
