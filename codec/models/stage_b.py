@@ -12,8 +12,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.blocks import LayerNorm2d, interpolate_fp32
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
 

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.blocks import LayerNorm2d, UpDownBlock2d
+from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
 
