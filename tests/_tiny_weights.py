@@ -19,3 +19,13 @@ def tiny_weights_dir(tmp_path_factory) -> Path:
             write_tiny_weights(d, seed=0)
         _CACHE[key] = d
     return _CACHE[key]
+
+
+def mirror(src: Path, dst: Path, skip=()) -> Path:
+    """A private folder of symlinks to the shared tiny set (caches written there stay private); ``skip`` leaves
+    files out (e.g. to make a component missing)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in ("empty_caption.safetensors", *skip):
+            (dst / f.name).symlink_to(f)
+    return dst

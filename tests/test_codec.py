@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from _tiny_weights import tiny_weights_dir
+from _tiny_weights import mirror, tiny_weights_dir
 from torchvision.transforms import InterpolationMode
 
 from cascadekit.codec.codec import Codec, default_image_size, resize_short_side_tensor
@@ -21,18 +21,9 @@ from cascadekit.codec.precision import check_finite, parse_dtype, stage_dtypes
 RES = 64  # encoder resolution used throughout (official 768), keeps the effnet fast on CPU
 
 
-def _mirror(src, dst, skip=()):
-    """A private folder whose files are symlinks to the shared tiny set (caches we write stay private)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.name not in ("empty_caption.safetensors", *skip):
-            (dst / f.name).symlink_to(f)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    return _mirror(tiny_weights_dir(tmp_path_factory), tmp_path_factory.mktemp("codec_weights"))
+    return mirror(tiny_weights_dir(tmp_path_factory), tmp_path_factory.mktemp("codec_weights"))
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +266,7 @@ def test_precision_helpers():
 def test_missing_empty_caption(tmp_path, monkeypatch, tmp_path_factory, images):
     """No text encoder and no cache: encode works, decode raises a clear error unless allow_zero_text."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # no user-level cache either
-    d = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w",
+    d = mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w",
                 skip=("text_encoder", "tokenizer", "image_encoder", "previewer.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_weights import tiny_weights_dir
+from _tiny_weights import mirror, tiny_weights_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets_helpers import make_folder  # noqa: E402
@@ -18,15 +18,6 @@ from cascadekit.codec.errors import InputError, WeightsError
 RES = 64
 
 
-def _mirror(src, dst, skip=()):
-    """Symlinks to the shared tiny set in a private folder (caches written there stay private)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.name not in ("empty_caption.safetensors", *skip):
-            (dst / f.name).symlink_to(f)
-    return dst
-
-
 def _load(path, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -35,7 +26,7 @@ def _load(path, **kw):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    return _mirror(tiny_weights_dir(tmp_path_factory), tmp_path_factory.mktemp("components_weights"))
+    return mirror(tiny_weights_dir(tmp_path_factory), tmp_path_factory.mktemp("components_weights"))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def images():
 
 
 def test_previewer_only(full, weights, images, tmp_path, tmp_path_factory):
-    fresh = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w")
+    fresh = mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "w")
     pv = _load(fresh, components=("previewer",))
     assert pv.stage_a is None and pv.effnet is None and pv.stage_b is None and pv.previewer is not None
     assert pv.components == ("previewer",) and pv.empty_clip is None
@@ -97,13 +88,13 @@ def test_only_what_is_asked_for_must_exist(tmp_path, tmp_path_factory, images):
     src = tiny_weights_dir(tmp_path_factory)
     stage_b_files = [f.name for f in src.iterdir() if f.name.startswith("stage_b")]
     assert stage_b_files
-    d = _mirror(src, tmp_path / "no_b", skip=stage_b_files)
+    d = mirror(src, tmp_path / "no_b", skip=stage_b_files)
     with pytest.raises(WeightsError, match="stage_b"):
         _load(d)  # the default needs Stage B
     enc = _load(d, components=("effnet", "previewer"))
     assert enc.components == ("effnet", "previewer")
     assert enc.preview(enc.encode(images)).shape == (2, 3, 16, 24)  # 96x128 -> (2,3) latents -> 8x
-    d2 = _mirror(src, tmp_path / "no_pv", skip=("previewer.safetensors",))
+    d2 = mirror(src, tmp_path / "no_pv", skip=("previewer.safetensors",))
     with pytest.raises(WeightsError, match="previewer"):
         _load(d2, components=("previewer",))  # listed: required
 
@@ -144,7 +135,7 @@ def test_inspect_cli_loads_only_the_previewer(weights, tmp_path, tmp_path_factor
     assert loaded == ["previewer"]
     assert (out / "inspect" / "preview.png").is_file() and "preview    " in r.output
 
-    no_pv = _mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "no_pv", skip=("previewer.safetensors",))
+    no_pv = mirror(tiny_weights_dir(tmp_path_factory), tmp_path / "no_pv", skip=("previewer.safetensors",))
     r = CliRunner().invoke(main, ["inspect", str(out), "--weights", str(no_pv)], catch_exceptions=False)
     assert r.exit_code == 0, r.output  # the report still comes, with why there is no preview
     assert "no preview" in r.output and "previewer" in r.output and "ok" in r.output
