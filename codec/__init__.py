@@ -8,7 +8,7 @@ torchvision and every model module::
 """
 from __future__ import annotations
 
-import importlib
+from cascadekit.codec.lazy import lazy_exports
 
 _EXPORTS = {
     "EfficientNetEncoder": "models", "EfficientNetEncoderConfig": "models", "Previewer": "models",
@@ -23,14 +23,4 @@ _EXPORTS = {
     "load_weights": "weights.load", "resolve_source": "weights.sources",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -2,27 +2,18 @@
 
 Public names load lazily::
 
-    from cascadekit.generator import StageC, TrainConfig, train, TextToImagePipeline
+    from cascadekit.generator import StageC, TrainConfig, TextToImagePipeline
+    from cascadekit.generator.train import train   # (the name ``train`` is the submodule on the package)
 """
 from __future__ import annotations
 
-import importlib
+from cascadekit.codec.lazy import lazy_exports
 
 _EXPORTS = {
     "StageC": "stage_c", "StageCConfig": "stage_c",
-    "TrainConfig": "config", "train": "train",
+    "TrainConfig": "config",
     "TextToImagePipeline": "pipeline",
     "apply_lora": "lora", "save_lora": "lora", "load_lora": "lora", "merge_lora": "lora",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
