@@ -4,8 +4,9 @@ Flow (every rank of a torchrun job runs the same code):
 
 1. Check everything that can be checked before work starts: the inputs exist, the output is
    writable, the encoder runs on a probe batch (shapes), settings are valid.
-2. Plan: the ordered list of samples (:mod:`.sources`); with ``buckets`` each sample is assigned
-   to the bucket of its header size. Row ``i`` of a group is the ``i``-th planned sample of it.
+2. Plan: the ordered list of samples (:mod:`.sources`), kept in anonymous temporary files (so memory
+   does not grow with the corpus); with ``buckets`` each sample is assigned to the bucket of its
+   header size. Row ``i`` of a group is the ``i``-th planned sample of it.
 3. Rank 0 creates the store at final size (or checks that an existing one was made with the same
    settings and corpus, else refuses unless ``overwrite``); the other ranks wait.
 4. Each rank takes a contiguous, chunk-aligned share of the row chunks, drops the chunks whose
@@ -38,6 +39,7 @@ from cascadekit.datasets import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
 from cascadekit.datasets.sources import PlanTable, Sample, SampleReader, plan_fingerprint, plan_inputs
+from cascadekit.datasets.spill import IntLog
 from cascadekit.datasets.writer import ChunkWriter, RowBatch, WriterThread
 
 SPACES = ("semantic", "stage_a")
@@ -107,11 +109,17 @@ def _header_size(data) -> tuple[int, int] | None:
         return None
 
 
-def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    """Map group path -> plan indices (int64 array, in plan order). Without buckets: everything in the root group."""
+def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig, tmp_dir: str | os.PathLike | None = None) -> dict:
+    """Map group path -> the plan indices of its rows, in plan order.
+
+    Without buckets everything is the root group and its index list is ``range(len(plan))``. With
+    buckets each group's list is an int64 column (:class:`~.spill.IntLog`, on disk when the plan is),
+    filled while reading every image header once.
+    """
     if not cfg.buckets:
-        return {"": np.arange(len(plan), dtype=np.int64)}
-    groups: dict[str, array] = {}
+        return {"": range(len(plan))}
+    on_disk = bool(getattr(plan, "on_disk", False))
+    groups: dict[str, IntLog] = {}
     reader = SampleReader()
     square = f"buckets/{cfg.resolution}x{cfg.resolution}"
     try:
@@ -128,10 +136,15 @@ def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig) -> dict[str, np
             else:
                 h, w = target_size(size[0], size[1], cfg)
                 gp = f"buckets/{h}x{w}"
-            groups.setdefault(gp, array("q")).append(i)
+            col = groups.get(gp)
+            if col is None:
+                col = groups[gp] = IntLog(on_disk, tmp_dir)
+            col.append(i)
     finally:
         reader.close()
-    return {gp: np.frombuffer(idx, dtype=np.int64).copy() for gp, idx in sorted(groups.items())}
+    for col in groups.values():
+        col.flush()
+    return dict(sorted(groups.items()))
 
 
 def _group_hw(gp: str, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -158,16 +171,56 @@ class Task:
     def rows(self) -> tuple[int, ...]:
         return tuple(range(self.start, self.stop))
 
-    def samples(self, plan: Sequence[Sample], groups: dict[str, np.ndarray]) -> list[Sample]:
+    def samples(self, plan: Sequence[Sample], groups: dict) -> list[Sample]:
         """The planned samples of this batch (``plan[groups[group][row]]`` per row)."""
         idx = groups[self.group]
-        return [plan[int(idx[r])] for r in range(self.start, self.stop)]
+        if isinstance(idx, range) and idx.step == 1:  # contiguous plan rows: one read
+            return plan[idx[self.start]: idx[self.start] + self.stop - self.start]
+        return [plan[int(i)] for i in idx[self.start:self.stop]]
+
+
+class TaskList(Sequence):
+    """A rank's pending tasks, made on demand from its pending chunks (a few bytes per chunk).
+
+    ``tasks[k]`` is the ``k``-th :class:`Task`: chunks in order, each cut into batches of
+    ``batch_size`` rows that start at the chunk's first row.
+    """
+
+    def __init__(self, groups: Sequence[str], gid, first, stop, batch_size: int):
+        # pending chunk j: rows first[j]..stop[j]-1 of group groups[gid[j]]
+        self._groups = list(groups)
+        self._gid = np.asarray(gid, np.int32)
+        self._a = np.asarray(first, np.int64)
+        self._b = np.asarray(stop, np.int64)
+        self.batch_size = bs = int(batch_size)
+        self._first = np.concatenate([[0], np.cumsum((self._b - self._a + bs - 1) // bs)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    @property
+    def rows_total(self) -> int:
+        """Rows covered by all tasks."""
+        return int((self._b - self._a).sum())
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        k = int(k)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"task {k} out of range (0..{n - 1})")
+        j = int(np.searchsorted(self._first, k, side="right")) - 1
+        s = int(self._a[j]) + (k - int(self._first[j])) * self.batch_size
+        return Task(self._groups[self._gid[j]], s, min(s + self.batch_size, int(self._b[j])))
 
 
 class _TaskDataset(IterableDataset):
     """Yields one decoded batch per task; DataLoader workers take contiguous runs of tasks."""
 
-    def __init__(self, tasks: list[Task], plan: Sequence[Sample], groups: dict[str, np.ndarray], cfg: PreprocessConfig):
+    def __init__(self, tasks: Sequence[Task], plan: Sequence[Sample], groups: dict, cfg: PreprocessConfig):
         self.tasks = tasks
         self.plan = plan
         self.groups = groups
@@ -175,13 +228,14 @@ class _TaskDataset(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        tasks = self.tasks
+        n = len(self.tasks)
+        lo, hi = 0, n
         if info is not None:
-            n = len(tasks)
-            tasks = tasks[n * info.id // info.num_workers: n * (info.id + 1) // info.num_workers]
+            lo, hi = n * info.id // info.num_workers, n * (info.id + 1) // info.num_workers
         reader = SampleReader()
         try:
-            for t in tasks:
+            for k in range(lo, hi):
+                t = self.tasks[k]
                 yield load_task(t, t.samples(self.plan, self.groups), self.cfg, reader)
         finally:
             reader.close()
@@ -356,21 +410,34 @@ def _prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overw
         return f"cannot create the store {out}: {e}"
 
 
-def make_tasks(groups: dict[str, np.ndarray], statuses: dict[str, np.ndarray], chunk_rows: int,
-               batch_size: int, info: D.DistInfo) -> tuple[list[Task], int]:
-    """This rank's pending tasks (chunk-aligned batches) and the number of its rows already done."""
-    chunks = [(gp, c) for gp, idx in groups.items() for c in range((len(idx) + chunk_rows - 1) // chunk_rows)]
-    mine = [chunks[i] for i in D.share(len(chunks), info)]
+def make_tasks(groups: dict, statuses: dict, chunk_rows: int, batch_size: int, info: D.DistInfo,
+               block_chunks: int = 64) -> tuple[TaskList, int]:
+    """This rank's pending tasks (chunk-aligned batches) and the number of its rows already done.
+
+    ``statuses`` maps each group to its per-row status, anything sliceable (a numpy array or
+    :class:`~.store.StatusView`); it is read ``block_chunks`` chunks at a time. Chunks are numbered
+    across groups in order and split between ranks with :func:`~.distributed.share`.
+    """
+    sizes = [(gp, len(idx), (len(idx) + chunk_rows - 1) // chunk_rows) for gp, idx in groups.items()]
+    mine = D.share(sum(nc for _, _, nc in sizes), info)
     bs = max(1, min(batch_size, chunk_rows))
-    tasks, done = [], 0
-    for gp, c in mine:
-        idx = groups[gp]
-        a, b = c * chunk_rows, min((c + 1) * chunk_rows, len(idx))
-        if (statuses[gp][a:b] != S.STATUS_PENDING).all():
-            done += b - a
-            continue
-        tasks.extend(Task(gp, s, min(s + bs, b)) for s in range(a, b, bs))
-    return tasks, done
+    gid, first, stop = array("i"), array("q"), array("q")
+    done, base = 0, 0
+    for g, (gp, n, nc) in enumerate(sizes):
+        lo, hi = max(mine.start - base, 0), min(mine.stop - base, nc)  # my chunks of this group
+        base += nc
+        for c0 in range(lo, hi, block_chunks):
+            c1 = min(c0 + block_chunks, hi)
+            st = np.asarray(statuses[gp][c0 * chunk_rows: min(c1 * chunk_rows, n)])
+            for c in range(c0, c1):
+                a, b = c * chunk_rows, min((c + 1) * chunk_rows, n)
+                if (st[a - c0 * chunk_rows: b - c0 * chunk_rows] != S.STATUS_PENDING).all():
+                    done += b - a
+                    continue
+                gid.append(g)
+                first.append(a)
+                stop.append(b)
+    return TaskList([gp for gp, _, _ in sizes], gid, first, stop, bs), done
 
 
 def build_latent_dataset(
@@ -390,6 +457,7 @@ def build_latent_dataset(
     overwrite: bool = False,
     progress: bool = True,
     dist_info: D.DistInfo | None = None,
+    tmp_dir: str | os.PathLike | None = None,
 ) -> Summary:
     """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
 
@@ -412,6 +480,9 @@ def build_latent_dataset(
         chunk_rows: samples per chunk of every per-sample array (the unit of resume and ownership).
         overwrite: delete an existing store built with different settings instead of refusing.
         dist_info: rank/world (default: from torchrun's environment).
+        tmp_dir: folder for the plan's anonymous temporary files (default: ``TMPDIR``). The plan (about
+            60 bytes plus the key and paths per image) is kept there, not in memory, so memory use
+            does not grow with the corpus; nothing is left there after the job, even a killed one.
 
     Returns:
         :class:`Summary` (on every rank; counts cover the whole store).
@@ -440,8 +511,8 @@ def build_latent_dataset(
     elif inputs and all(isinstance(x, Sample) for x in inputs):
         plan = PlanTable(inputs)  # already planned (e.g. sources.samples_from_images)
     else:
-        plan = plan_inputs(inputs)  # InputError for missing inputs / empty corpus
-    groups = assign_groups(plan, cfg)
+        plan = plan_inputs(inputs, tmp_dir=tmp_dir)  # InputError for missing inputs / empty corpus
+    groups = assign_groups(plan, cfg, tmp_dir)
     fingerprint = plan_fingerprint(plan)
     shapes = {gp: _probe(codec, _group_hw(gp, cfg), device, want_a) for gp in groups}
     layouts = [S.GroupLayout(gp, len(idx), *shapes[gp]) for gp, idx in groups.items()]
@@ -462,7 +533,7 @@ def build_latent_dataset(
         D.barrier(info)
 
         root = S.open_store(out, mode="r+")
-        statuses = {gp: S.read_status(S.sample_group(root, gp)) for gp in groups}
+        statuses = {gp: S.StatusView(S.sample_group(root, gp)) for gp in groups}
         tasks, already = make_tasks(groups, statuses, chunk_rows, batch_size, info)
         encoded, skipped = _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
                                 num_workers, progress and info.is_main)
@@ -475,6 +546,11 @@ def build_latent_dataset(
     finally:
         if started:
             D.shutdown()
+        if plan is not inputs:  # ours: hand the temporary files' space back now
+            plan.close()
+        for idx in groups.values():
+            if isinstance(idx, IntLog):
+                idx.close()
     seconds = time.perf_counter() - t0
     summ = store_summary(out)
     summ.encoded_now = sum(n[0] for n in nums)
@@ -497,7 +573,7 @@ def _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
     writer = WriterThread(ChunkWriter(root, chunk_rows, dtype, on_chunk=lambda *_: release_free_memory()), max_queue=8)
-    total = sum(t.stop - t.start for t in tasks)
+    total = tasks.rows_total if isinstance(tasks, TaskList) else sum(t.stop - t.start for t in tasks)
     bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0
     try:
@@ -533,15 +609,15 @@ def store_summary(out) -> Summary:
     reasons: Counter = Counter()
     for gp in S.group_paths(root):
         g = S.sample_group(root, gp)
-        st = S.read_status(g)
-        rows += len(st)
-        ok += int((st == S.STATUS_OK).sum())
         c = g["status"].chunks[0]
-        for a in range(0, len(st), c):
-            s = st[a:a + c]
-            if (s == S.STATUS_SKIPPED).any():
-                reasons.update(np.asarray(g["skip_reason"][a:a + c])[s == S.STATUS_SKIPPED].tolist())
-            if (s == S.STATUS_OK).any():
-                missing += int((np.asarray(g["captions"][a:a + c])[s == S.STATUS_OK] == "").sum())
+        for start, st in S.iter_status(g):
+            rows += len(st)
+            ok += int((st == S.STATUS_OK).sum())
+            for a in range(0, len(st), c):
+                s = st[a:a + c]
+                if (s == S.STATUS_SKIPPED).any():
+                    reasons.update(np.asarray(g["skip_reason"][start + a:start + a + len(s)])[s == S.STATUS_SKIPPED].tolist())
+                if (s == S.STATUS_OK).any():
+                    missing += int((np.asarray(g["captions"][start + a:start + a + len(s)])[s == S.STATUS_OK] == "").sum())
     return Summary(store=str(out), rows=rows, ok=ok, skipped=dict(reasons), missing_captions=missing,
                    groups=S.group_paths(root))

@@ -1,9 +1,9 @@
 """Corpus sources: folder trees, webdataset tar shards and JSONL/CSV manifests -> an ordered sample plan.
 
 :func:`plan_inputs` turns the command-line inputs into one deterministic, ordered sequence of
-:class:`Sample` records (row ``i`` of the store is ``plan[i]``), held compactly in a
-:class:`PlanTable` (flat buffers, ~100 bytes plus the text per sample, no object per sample). Every
-rank of a distributed run computes the same plan, so the split into store rows needs no communication.
+:class:`Sample` records (row ``i`` of the store is ``plan[i]``), held in a :class:`PlanTable`
+(:mod:`.plan`: a fixed record plus the text per sample, in anonymous temporary files). Every rank of
+a distributed run computes the same plan, so the split into store rows needs no communication.
 
 * Folder: every ``jpg/jpeg/png/webp/bmp/tif/tiff`` file below it, sorted by relative POSIX path.
   Key = relative path without the extension. Caption from a sidecar ``<name>.txt`` (whole text) or
@@ -29,53 +29,20 @@ import io
 import json
 import os
 import tarfile
-from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from cascadekit.codec.errors import InputError
+from cascadekit.datasets.plan import FileRef, PlanTable, Sample, TarRef
+
+__all__ = ["FileRef", "PlanTable", "Sample", "TarRef", "SampleReader", "plan_inputs", "plan_fingerprint",
+           "samples_from_images", "count_tar", "iter_tar_samples", "parse_caption"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 CAPTION_EXTS = ("txt", "json")
 CAPTION_FIELDS = ("caption", "text", "prompt")
 PATH_FIELDS = ("path", "image", "file", "filename")
-
-
-@dataclass(frozen=True, slots=True)
-class FileRef:
-    """An image file on disk, with an optional sidecar caption file."""
-
-    path: str
-    caption_path: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TarRef:
-    """Sample number ``index`` (0-based, in stream order) of the tar shard ``url``."""
-
-    url: str
-    index: int
-    image_member: str | None
-    caption_member: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One planned store row.
-
-    ``load`` says where the bytes come from (:class:`FileRef` or :class:`TarRef`); ``caption`` is a
-    caption already known at planning time (manifests) or ``None`` (read later from ``load``);
-    ``error`` is a skip reason already known at planning time (e.g. ``unreadable`` tar member).
-    """
-
-    key: str
-    source: str
-    load: FileRef | TarRef | bytes | None
-    caption: str | None = None
-    error: str | None = None
-    detail: str = ""
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -128,26 +95,46 @@ def _local_path(url: str) -> Path | None:
 
 # ------------------------------------------------------------------------------------------ folder
 def _folder_samples(root: Path) -> Iterator[Sample]:
-    # plain strings and the directory listing (no Path objects, no stat per sidecar): the plan of a
-    # million-image folder stays a few hundred MB at most
-    found = []
-    top = os.fspath(root)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        dirnames.sort()
-        names = set(filenames)
-        rel_dir = os.path.relpath(dirpath, top).replace(os.sep, "/")
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        for fn in filenames:
-            if fn.startswith(".") or _ext(fn) not in IMAGE_EXTS:
-                continue
-            stem = fn.rsplit(".", 1)[0]
-            cap = next((os.path.join(dirpath, f"{stem}.{e}") for e in CAPTION_EXTS if f"{stem}.{e}" in names), None)
-            found.append((rel_dir + fn, os.path.join(dirpath, fn), cap))
-    found.sort()
-    found.reverse()
-    while found:  # yield and drop one at a time: the list and the plan never both hold every sample
-        rel, path, cap = found.pop()
-        yield Sample(key=rel.rsplit(".", 1)[0], source=path, load=FileRef(path, cap))
+    """Images below ``root`` in sorted order of their relative POSIX path, one directory at a time.
+
+    A directory's entries are sorted with a trailing ``/`` on subdirectory names, and a subdirectory is
+    walked when its turn comes: every path below ``d/`` shares that prefix, so this order is exactly
+    the sorted order of the full relative paths, without ever holding the whole tree (memory: the
+    listings along one branch). Symlinked directories are not followed; a directory that cannot be
+    listed is an :class:`InputError` (its images would otherwise vanish from the dataset unnoticed).
+    """
+    yield from _walk_sorted(os.fspath(root), "")
+
+
+def _walk_sorted(dirpath: str, rel_dir: str) -> Iterator[Sample]:
+    files, dirs = [], []
+    try:
+        with os.scandir(dirpath) as it:
+            for e in it:
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not e.is_symlink():
+                        dirs.append(e.name)
+                else:
+                    files.append(e.name)
+    except OSError as e:
+        raise InputError(f"cannot list the folder {dirpath}: {e.strerror or e}; fix its permissions or leave it out") from e
+    names = set(files)
+    entries = [(fn, False) for fn in files if not fn.startswith(".") and _ext(fn) in IMAGE_EXTS]
+    entries += [(d + "/", True) for d in dirs]
+    del files, dirs
+    entries.sort()
+    for name, is_dir in entries:
+        if is_dir:
+            yield from _walk_sorted(os.path.join(dirpath, name[:-1]), rel_dir + name)
+            continue
+        stem = name.rsplit(".", 1)[0]
+        cap = next((os.path.join(dirpath, f"{stem}.{e}") for e in CAPTION_EXTS if f"{stem}.{e}" in names), None)
+        path = os.path.join(dirpath, name)
+        yield Sample(key=(rel_dir + name).rsplit(".", 1)[0], source=path, load=FileRef(path, cap))
 
 
 # ---------------------------------------------------------------------------------------- manifest
@@ -271,7 +258,10 @@ def _split_member(name: str):
 
 def count_tar(url: str) -> list[Sample]:
     """Plan one shard: stream it once (headers + data skipped) and return its samples in order."""
-    out = []
+    return list(_tar_plan(url))
+
+
+def _tar_plan(url: str) -> Iterator[Sample]:
     for i, (key, members, error) in enumerate(_iter_tar(url, read_data=False)):
         img = next((members[e][0] for e in IMAGE_EXTS if e in members), None)
         cap = next((members[e][0] for e in CAPTION_EXTS if e in members), None)
@@ -280,145 +270,22 @@ def count_tar(url: str) -> list[Sample]:
             err, detail = "unreadable", error
         elif img is None:
             err, detail = "no_image", f"tar sample has no image member (members: {sorted(members)})"
-        out.append(Sample(key=key, source=f"{url}#{key}", load=TarRef(url, i, img, cap), error=err, detail=detail))
-    return out
-
-
-# ------------------------------------------------------------------------------------ plan table
-_FIELDS = ("key", "source", "a", "b", "c", "caption", "error", "detail")
-_NF = len(_FIELDS)
-_KIND_NONE, _KIND_FILE, _KIND_TAR, _KIND_BYTES = 0, 1, 2, 3
-_SOURCE_IS_PATH = 1 << _NF  # flag: source == the file path (not stored twice)
-_SOURCE_IS_TAR = 1 << (_NF + 1)  # flag: source == f"{url}#{key}"
-
-
-def _enc(s: str) -> bytes:
-    return s.encode("utf-8", "surrogatepass")
-
-
-def _dec(b: bytes) -> str:
-    return b.decode("utf-8", "surrogatepass")
-
-
-class PlanTable(Sequence):
-    """The sample plan in a few flat buffers instead of one Python object per sample.
-
-    Row ``i`` is :class:`Sample` ``i``, rebuilt on access (``table[i]``); equal to what was appended.
-    All text lives in one ``bytearray`` addressed by an ``int64`` offset array (8 fields per row), tar
-    shard URLs are stored once per shard, and ``None`` fields are bits of a per-row flag word, so a
-    row costs its text bytes plus ~90 bytes (vs ~0.5-1.5 KB as objects) and no Python objects whose
-    reference counts would dirty copy-on-write pages in forked DataLoader workers.
-    """
-
-    def __init__(self, samples=()):
-        self._buf = bytearray()
-        self._off = array("q", [0])  # field j of row i: buf[off[i*NF + j] : off[i*NF + j + 1]]
-        self._flags = array("H")  # bit j: field j is None; plus the _SOURCE_* bits
-        self._kind = array("B")
-        self._index = array("q")  # tar sample index (0 otherwise)
-        self._url = array("I")  # tar shard id (0 otherwise)
-        self._urls: list[str] = []
-        self._url_ids: dict[str, int] = {}
-        self.extend(samples)
-
-    def append(self, s: Sample) -> None:
-        ld = s.load
-        flags, idx, uid = 0, 0, 0
-        a = b = c = None
-        if ld is None:
-            kind = _KIND_NONE
-        elif isinstance(ld, FileRef):
-            kind, a, b = _KIND_FILE, ld.path, ld.caption_path
-        elif isinstance(ld, TarRef):
-            kind, idx, b, c = _KIND_TAR, ld.index, ld.image_member, ld.caption_member
-            uid = self._url_ids.get(ld.url)
-            if uid is None:
-                uid = self._url_ids[ld.url] = len(self._urls)
-                self._urls.append(ld.url)
-        elif isinstance(ld, (bytes, bytearray)):
-            kind, a = _KIND_BYTES, bytes(ld)
-        else:
-            raise TypeError(f"Sample.load must be FileRef, TarRef, bytes or None, got {type(ld).__name__}")
-        source = s.source
-        if kind == _KIND_FILE and source == a:
-            flags, source = flags | _SOURCE_IS_PATH, ""
-        elif kind == _KIND_TAR and source == f"{ld.url}#{s.key}":
-            flags, source = flags | _SOURCE_IS_TAR, ""
-        for j, v in enumerate((s.key, source, a, b, c, s.caption, s.error, s.detail)):
-            if v is None:
-                flags |= 1 << j
-            else:
-                self._buf += v if isinstance(v, bytes) else _enc(v)
-            self._off.append(len(self._buf))
-        self._flags.append(flags)
-        self._kind.append(kind)
-        self._index.append(idx)
-        self._url.append(uid)
-
-    def extend(self, samples) -> None:
-        for s in samples:
-            self.append(s)
-
-    def __len__(self) -> int:
-        return len(self._kind)
-
-    def _field(self, i: int, j: int, flags: int, raw: bool = False):
-        if flags & (1 << j):
-            return None
-        k = i * _NF + j
-        v = bytes(self._buf[self._off[k]:self._off[k + 1]])
-        return v if raw else _dec(v)
-
-    def key(self, i: int) -> str:
-        return self._field(i, 0, 0)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self)
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"plan row {i} out of range (0..{n - 1})")
-        flags, kind = self._flags[i], self._kind[i]
-        key = self._field(i, 0, flags)
-        a = self._field(i, 2, flags, raw=kind == _KIND_BYTES)
-        b, c = self._field(i, 3, flags), self._field(i, 4, flags)
-        if kind == _KIND_FILE:
-            load = FileRef(a, b)
-        elif kind == _KIND_TAR:
-            load = TarRef(self._urls[self._url[i]], self._index[i], b, c)
-        else:
-            load = a
-        if flags & _SOURCE_IS_PATH:
-            source = a
-        elif flags & _SOURCE_IS_TAR:
-            source = f"{load.url}#{key}"
-        else:
-            source = self._field(i, 1, flags)
-        return Sample(key=key, source=source, load=load, caption=self._field(i, 5, flags),
-                      error=self._field(i, 6, flags), detail=self._field(i, 7, flags))
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
-
-    def nbytes(self) -> int:
-        """Bytes held by the buffers (for memory checks)."""
-        return (len(self._buf) + sum(x.itemsize * len(x) for x in (self._off, self._flags, self._kind, self._index, self._url))
-                + sum(len(u) for u in self._urls))
+        yield Sample(key=key, source=f"{url}#{key}", load=TarRef(url, i, img, cap), error=err, detail=detail)
 
 
 # -------------------------------------------------------------------------------------------- plan
-def plan_inputs(inputs: Sequence[str | os.PathLike]) -> PlanTable:
-    """All inputs -> ordered sample plan (a compact :class:`PlanTable`; ``plan[i]`` is a :class:`Sample`).
+def plan_inputs(inputs: Sequence[str | os.PathLike], *, on_disk: bool = True,
+                tmp_dir: str | os.PathLike | None = None) -> PlanTable:
+    """All inputs -> ordered sample plan (a :class:`PlanTable`; ``plan[i]`` is a :class:`Sample`).
 
-    Raises :class:`InputError` for a missing input or an empty corpus.
+    With ``on_disk`` (default) the plan is kept in anonymous temporary files in ``tmp_dir``
+    (default ``TMPDIR``), so its size does not count against memory; walking a folder holds one
+    branch of directory listings at a time and a tar shard is counted as a stream.
+    Raises :class:`InputError` for a missing input, an unlistable folder or an empty corpus.
     """
     if not inputs:
         raise InputError("no input given; pass image folders, tar shards or a manifest")
-    plan = PlanTable()
+    plan = PlanTable(on_disk=on_disk, tmp_dir=tmp_dir)
     for spec in inputs:
         spec = os.fspath(spec)
         p = Path(spec)
@@ -435,7 +302,7 @@ def plan_inputs(inputs: Sequence[str | os.PathLike]) -> PlanTable:
                 if local is not None and not local.is_file():
                     raise InputError(f"tar shard {url} does not exist (from input {spec!r}); check the path/pattern")
             for url in shards:
-                plan.extend(count_tar(url))
+                plan.extend(_tar_plan(url))
         elif not p.exists():
             raise InputError(f"input {spec!r} does not exist; pass image folders, tar shards or a .jsonl/.csv manifest")
         else:
@@ -444,7 +311,7 @@ def plan_inputs(inputs: Sequence[str | os.PathLike]) -> PlanTable:
             )
     if not plan:
         raise InputError(f"no images found in {[os.fspath(i) for i in inputs]} (looked for {', '.join(IMAGE_EXTS)})")
-    return plan
+    return plan.seal()
 
 
 def samples_from_images(images, captions=None, prefix: str = "sample") -> list[Sample]:

@@ -174,69 +174,117 @@ def sample_group(root, path: str):
     return root[path] if path else root
 
 
-def read_status(g) -> np.ndarray:
-    """Status per row (uint8). A chunk file that cannot be decoded (torn write) counts as pending."""
+def read_status(g, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Status per row (uint8) of rows ``start..stop-1`` (default: all).
+
+    A chunk file that cannot be decoded (torn write) counts as pending.
+    """
     arr = g["status"]
+    n = arr.shape[0]
+    stop = n if stop is None else min(stop, n)
+    start = min(max(start, 0), stop)
     try:
-        return np.asarray(arr[:])
+        return np.asarray(arr[start:stop])
     except Exception:  # noqa: BLE001 - one bad chunk must not hide the rest
         c = arr.chunks[0]
-        out = np.zeros(arr.shape[0], np.uint8)
-        for a in range(0, arr.shape[0], c):
+        out = np.zeros(stop - start, np.uint8)
+        for a in range(start - start % c, stop, c):
+            lo, hi = max(a, start), min(a + c, stop)
             try:
-                out[a:a + c] = arr[a:a + c]
+                out[lo - start:hi - start] = arr[lo:hi]
             except Exception:  # noqa: BLE001
                 pass
         return out
+
+
+class StatusView:
+    """``view[a:b]`` reads rows ``a..b-1`` of a group's status with :func:`read_status` (torn chunks = pending)."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def __len__(self) -> int:
+        return self.g["status"].shape[0]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        a, b, step = s.indices(len(self))
+        if step != 1:
+            raise IndexError("StatusView slices must be contiguous")
+        return read_status(self.g, a, b)
+
+
+def iter_status(g, block_rows: int = 1 << 16):
+    """``(start, status)`` blocks of about ``block_rows`` rows (whole chunks), in order: a full pass over
+    a group's status in constant memory."""
+    n, c = g["status"].shape[0], g["status"].chunks[0]
+    step = max(c, block_rows // c * c)
+    for a in range(0, n, step):
+        yield a, read_status(g, a, a + step)
 
 
 # ----------------------------------------------------------------------------------- finalisation
 def channel_stats(g, chunk_rows: int) -> tuple[list[float], list[float], int]:
     """Per-channel mean/std of the latents of rows with status ok (streamed chunk by chunk, float64)."""
     lat = g["latents"]
-    status = read_status(g)
     c = lat.shape[1]
-    s1, s2, cnt = np.zeros(c), np.zeros(c), 0
-    for a in range(0, lat.shape[0], chunk_rows):
-        ok = status[a:a + chunk_rows] == STATUS_OK
-        if not ok.any():
-            continue
-        x = np.asarray(lat[a:a + chunk_rows])[ok].astype(np.float64)  # (k, C, h, w)
-        s1 += x.sum(axis=(0, 2, 3))
-        s2 += (x * x).sum(axis=(0, 2, 3))
-        cnt += x.shape[0] * x.shape[2] * x.shape[3]
+    s1, s2, cnt, n_ok = np.zeros(c), np.zeros(c), 0, 0
+    for start, status in iter_status(g):
+        for a in range(0, len(status), chunk_rows):
+            ok = status[a:a + chunk_rows] == STATUS_OK
+            if not ok.any():
+                continue
+            n_ok += int(ok.sum())
+            x = np.asarray(lat[start + a:start + a + len(ok)])[ok].astype(np.float64)  # (k, C, h, w)
+            s1 += x.sum(axis=(0, 2, 3))
+            s2 += (x * x).sum(axis=(0, 2, 3))
+            cnt += x.shape[0] * x.shape[2] * x.shape[3]
     if cnt == 0:
         return [0.0] * c, [0.0] * c, 0
     mean = s1 / cnt
     std = np.sqrt(np.maximum(s2 / cnt - mean * mean, 0.0))
-    return mean.tolist(), std.tolist(), int((status == STATUS_OK).sum())
+    return mean.tolist(), std.tolist(), n_ok
 
 
-def write_error_table(g) -> int:
+def write_error_table(g, block_rows: int = 65536) -> int:
     """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample.
 
-    Reads only the chunks that hold skipped rows, so memory does not grow with the store size.
+    Two passes over the status (count, then copy ``block_rows`` table rows at a time, reading only the
+    chunks that hold skipped rows), so memory does not grow with the store size or the error count.
     """
-    status = read_status(g)
-    rows = np.flatnonzero(status == STATUS_SKIPPED)
     chunk = g["status"].chunks[0]
-    cols = {"key": [], "source": [], "reason": []}
-    for c in np.unique(rows // chunk):
-        a = int(c) * chunk
-        sel = rows[(rows >= a) & (rows < a + chunk)] - a
-        for name, arr in (("key", "keys"), ("source", "source"), ("reason", "skip_reason")):
-            cols[name] += np.asarray(g[arr][a:a + chunk])[sel].tolist()
+    n = sum(int((st == STATUS_SKIPPED).sum()) for _, st in iter_status(g))
     e = g.create_group("errors", overwrite=True)  # also replaces a table left half-written by a kill
-    n = len(rows)
-    chunks = (max(1, min(n, 65536)),)
+    chunks = (max(1, min(n, block_rows)),)
     comp = _zstd()
     e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0, overwrite=True)
     for name in ("key", "source", "reason"):
         e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="", overwrite=True)
-    if n:
-        e["row"][:] = rows
-        for name, vals in cols.items():
-            e[name][:] = np.asarray(vals, dtype=object).astype(str)
+    if not n:
+        return 0
+    cols = {"row": [], "key": [], "source": [], "reason": []}
+    written = 0
+
+    def write_out(k: int) -> None:  # the first k collected rows -> table rows written..written+k-1
+        nonlocal written
+        e["row"][written:written + k] = np.asarray(cols["row"][:k], np.int64)
+        for name in ("key", "source", "reason"):
+            e[name][written:written + k] = np.asarray(cols[name][:k], dtype=object).astype(str)
+        for v in cols.values():
+            del v[:k]
+        written += k
+
+    for start, st in iter_status(g):
+        rows = np.flatnonzero(st == STATUS_SKIPPED) + start
+        for c in np.unique(rows // chunk):
+            a = int(c) * chunk
+            sel = rows[(rows >= a) & (rows < a + chunk)]
+            cols["row"] += sel.tolist()
+            for name, arr in (("key", "keys"), ("source", "source"), ("reason", "skip_reason")):
+                cols[name] += np.asarray(g[arr][a:a + chunk])[sel - a].tolist()
+            while len(cols["row"]) >= chunks[0]:  # whole table chunks: each written once
+                write_out(chunks[0])
+    if cols["row"]:
+        write_out(len(cols["row"]))
     return n
 
 
@@ -247,9 +295,9 @@ def finalize_store(path) -> dict:
     stats, counts = {}, {}
     for gp in group_paths(root):
         g = sample_group(root, gp)
-        status = read_status(g)
-        if (status == STATUS_PENDING).any():
-            raise RuntimeError(f"finalize_store: {int((status == STATUS_PENDING).sum())} rows of {path}/{gp} still pending")
+        pending = sum(int((st == STATUS_PENDING).sum()) for _, st in iter_status(g))
+        if pending:
+            raise RuntimeError(f"finalize_store: {pending} rows of {path}/{gp} still pending")
         mean, std, n_ok = channel_stats(g, chunk_rows)
         n_err = write_error_table(g)
         g.attrs.update({"latent_mean": mean, "latent_std": std, "n_ok": n_ok, "n_skipped": n_err})
