@@ -25,9 +25,10 @@ from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pi
 @click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
 @click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--tmp-dir", default=None, type=click.Path(file_okay=False, exists=True), help="Folder for the corpus plan's anonymous temporary files (default: $TMPDIR). Nothing is left there afterwards.")
 @reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
-           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet):
+           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
     --weights it encodes the built-in sample photographs with the tiny default weights.
@@ -38,7 +39,8 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
-                          batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info)
+                          batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,
+                          tmp_dir=tmp_dir)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
@@ -50,7 +52,7 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
 
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
-         num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info):
+         num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -76,7 +78,8 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
     summary = build_latent_dataset(list(inputs), out, codec,
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
-                                   chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info)
+                                   chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info,
+                                   tmp_dir=tmp_dir)
     if text_embeddings and info.is_main:
         from cascadekit.codec.text import TextEncoder
         from cascadekit.datasets.text_embeddings import add_text_embeddings

@@ -38,10 +38,14 @@ def test_encode_inspect_embed_text(tiny, tmp_path):
     make_folder(tmp_path / "c")
     make_broken(tmp_path / "c" / "broken")
     out = tmp_path / "s.zarr"
+    spill = tmp_path / "spill"
+    spill.mkdir()
     args = ["encode", str(tmp_path / "c"), "--out", str(out), "--weights", str(tiny), "--resolution", "64",
-            "--batch-size", "4", "--chunk-rows", "4", "--num-workers", "0", "--min-size", "16", "--quiet"]
+            "--batch-size", "4", "--chunk-rows", "4", "--num-workers", "0", "--min-size", "16", "--quiet",
+            "--tmp-dir", str(spill)]
     r = _invoke(args)
     assert r.exit_code == 0, r.output
+    assert list(spill.iterdir()) == []  # the plan's temporary files are anonymous
     assert "encoded          9" in r.output and "decompression_bomb" in r.output and "truncated" in r.output
     assert (out / "inspect" / "preview.png").is_file() and "preview" in r.output
     root = S.open_store(out)
