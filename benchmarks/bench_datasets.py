@@ -12,7 +12,7 @@
    from disk (page cache warm) and in memory, with 0 and 2 DataLoader workers.
 4. ``bytes``: stored bytes per sample (latents array) for 16x24x24 float16.
 
-    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,bytes]
+    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,bytes] [--rss-sizes 1000,10000,50000]
 """
 from __future__ import annotations
 
@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--only", default="overhead,rss,reader,bytes")
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--rss-sizes", default=None, help="corpus sizes for the rss run (default 1000,10000; --quick 200,1000)")
     ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -266,7 +267,9 @@ def main() -> None:
                 out["overhead"] = bench_overhead(tmp, 64 if args.quick else 256, 128, 32, 1, args.weights,
                                                  device, "fp32")
         if "rss" in only:
-            out["rss"] = bench_rss(tmp, (200, 1000) if args.quick else (1000, 10000))
+            sizes = [int(x) for x in args.rss_sizes.split(",")] if args.rss_sizes else (
+                (200, 1000) if args.quick else (1000, 10000))
+            out["rss"] = bench_rss(tmp, sizes)
         if "reader" in only:
             out["reader"] = bench_reader(tmp, 4096 if args.quick else 20480)
         if "bytes" in only:
@@ -285,6 +288,10 @@ def main() -> None:
         print(f"peak RSS {r['images']:6d} images: main {r['peak_rss_mb']:7.1f} MB (after imports "
               f"{r['rss_after_imports_mb']:.1f}, growth {r['growth_mb']:+.1f}), worker {r['peak_worker_rss_mb']:.1f} MB, "
               f"{r['images'] / r['seconds']:.0f} images/s")
+    if len(out.get("rss", [])) > 1:
+        a, b = out["rss"][0], out["rss"][-1]
+        print(f"peak RSS growth {a['images']} -> {b['images']} images: {b['growth_mb'] - a['growth_mb']:+.1f} MB "
+              f"(main), {b['peak_worker_rss_mb'] - a['peak_worker_rss_mb']:+.1f} MB (decode worker)")
     for r in out.get("reader", []):
         cpu = f"  ({r['samples_per_cpu_s']:.0f} per CPU-second)" if r.get("samples_per_cpu_s") else ""
         print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s{cpu}")
