@@ -27,6 +27,44 @@ def _disk_bytes(path: Path) -> int:
     return total
 
 
+def _count_group(g, max_errors: int) -> dict:
+    """Rows by status, skip reasons (+ the first ``max_errors`` examples) and missing captions of ok
+    rows, in one block-wise pass (memory does not grow with the store)."""
+    rows = ok = skipped = pending = missing = 0
+    reasons: Counter = Counter()
+    examples: list[dict] = []
+    for start, st in S.iter_status(g):
+        stop = start + len(st)
+        okm, skm = st == S.STATUS_OK, st == S.STATUS_SKIPPED
+        rows += len(st)
+        ok += int(okm.sum())
+        skipped += int(skm.sum())
+        pending += int((st == S.STATUS_PENDING).sum())
+        if skm.any():
+            rs = np.asarray(g["skip_reason"][start:stop])
+            reasons.update(rs[skm].tolist())
+            if len(examples) < max_errors:
+                ks = np.asarray(g["keys"][start:stop])
+                examples += [{"row": start + int(r), "key": str(ks[r]), "reason": str(rs[r])}
+                             for r in np.flatnonzero(skm)[:max_errors - len(examples)]]
+        if okm.any():
+            missing += int((np.asarray(g["captions"][start:stop])[okm] == "").sum())
+    return {"rows": rows, "ok": ok, "skipped": skipped, "pending": pending, "reasons": dict(reasons),
+            "examples": examples, "missing_captions": missing}
+
+
+def _ok_rows_at(g, ordinals: np.ndarray) -> list[int]:
+    """Row numbers of the ok rows number ``ordinals`` (0-based among ok rows, increasing)."""
+    out, seen, j = [], 0, 0
+    for start, st in S.iter_status(g):
+        okrows = np.flatnonzero(st == S.STATUS_OK)
+        while j < len(ordinals) and ordinals[j] < seen + len(okrows):
+            out.append(start + int(okrows[ordinals[j] - seen]))
+            j += 1
+        seen += len(okrows)
+    return out
+
+
 def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False, max_errors: int = 10,
                   preview_error: str | None = None) -> dict:
     """Report on ``store``; with ``codec`` (anything with ``preview(latents)``) also a preview grid.
@@ -57,16 +95,8 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     tot_rows = tot_ok = 0
     for gp in S.group_paths(root):
         g = S.sample_group(root, gp)
-        st = S.read_status(g)
-        ok = st == S.STATUS_OK
-        sk = st == S.STATUS_SKIPPED
         lat = g["latents"]
-        reasons = np.asarray(g["skip_reason"][:])
-        keys = np.asarray(g["keys"][:]) if sk.any() else np.array([])
-        by_reason = Counter(reasons[sk].tolist())
-        examples = [{"row": int(r), "key": str(keys[r]), "reason": str(reasons[r])}
-                    for r in np.flatnonzero(sk)[:max_errors]]
-        caps = np.asarray(g["captions"][:])
+        cnt = _count_group(g, max_errors)
         if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
             mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
         else:
@@ -74,31 +104,29 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
         gdir = path / gp if gp else path
         lat_bytes = _disk_bytes(gdir / "latents")
         info = {
-            "rows": int(len(st)),
-            "ok": int(ok.sum()),
-            "skipped": int(sk.sum()),
-            "pending": int((st == S.STATUS_PENDING).sum()),
+            "rows": cnt["rows"],
+            "ok": cnt["ok"],
+            "skipped": cnt["skipped"],
+            "pending": cnt["pending"],
             "latent_shape": list(lat.shape[1:]),
             "dtype": str(lat.dtype),
             "chunks": list(lat.chunks),
-            "latent_bytes_per_sample": lat_bytes / max(1, int(ok.sum())),
+            "latent_bytes_per_sample": lat_bytes / max(1, cnt["ok"]),
             "raw_bytes_per_sample": int(np.prod(lat.shape[1:])) * np.dtype(str(lat.dtype)).itemsize,
             "latent_mean": [round(float(m), 5) for m in mean],
             "latent_std": [round(float(s), 5) for s in std],
-            "skip_reasons": dict(by_reason),
-            "skip_examples": examples,
-            "missing_captions": int((caps[ok] == "").sum()),
+            "skip_reasons": cnt["reasons"],
+            "skip_examples": cnt["examples"],
+            "missing_captions": cnt["missing_captions"],
             "stage_a_shape": list(g["stage_a"].shape[1:]) if "stage_a" in g else None,
             "text_embeddings": {n: list(g[n].shape[1:]) for n in ("clip_text", "clip_text_pooled") if n in g},
         }
         report["groups"][gp or "/"] = info
         tot_rows += info["rows"]
         tot_ok += info["ok"]
-        okrows = np.flatnonzero(ok)
-        if len(okrows) and len(preview_latents) < n_preview:
-            k = min(n_preview - len(preview_latents), len(okrows))
-            pick = okrows[np.linspace(0, len(okrows) - 1, k).round().astype(int)]
-            for r in pick:
+        if cnt["ok"] and len(preview_latents) < n_preview:
+            k = min(n_preview - len(preview_latents), cnt["ok"])
+            for r in _ok_rows_at(g, np.linspace(0, cnt["ok"] - 1, k).round().astype(np.int64)):
                 preview_latents.append(np.asarray(lat[int(r)]))
     report["rows"], report["ok"] = tot_rows, tot_ok
     report["skipped"] = sum(i["skipped"] for i in report["groups"].values())

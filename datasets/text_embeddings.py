@@ -83,26 +83,27 @@ def add_text_embeddings(store, text_encoder, *, batch_size: int = 64, overwrite:
             g.create_array("text_status", shape=(n,), chunks=(tc,), dtype="uint8", compressors=comp,
                            fill_value=S.STATUS_PENDING, dimension_names=("sample",))
         w.attrs["text_encoder"] = ident
-        tstat = np.asarray(g["text_status"][:])
-        status = S.read_status(g)
-        caps = np.asarray(g["captions"][:])
+        tstat = np.asarray(g["text_status"][:])  # 1 byte per row; captions are read chunk by chunk below
         todo = [c for c in range(0, n, tc) if (tstat[c:c + tc] == S.STATUS_PENDING).any()]
         bar = tqdm(total=len(todo) * tc, unit="caption", disable=not progress, desc="embed-text")
         for a in todo:
             b = min(a + tc, n)
             hid = np.zeros((b - a, L, C), np.float16)
             pool = np.zeros((b - a, 1, P), np.float16)
-            ok = np.flatnonzero(status[a:b] == S.STATUS_OK)
+            status = S.read_status(g, a, b)
+            caps = np.asarray(g["captions"][a:b])
+            ok = np.flatnonzero(status == S.STATUS_OK)
             for s in range(0, len(ok), batch_size):
                 idx = ok[s:s + batch_size]
-                h, p = text_encoder.encode([str(c) for c in caps[a + idx]])
+                texts = [str(c) for c in caps[idx]]
+                h, p = text_encoder.encode(texts)
                 h, p = h.float().cpu().numpy(), p.float().cpu().numpy().reshape(len(idx), 1, P)
-                check_fp16(h, "clip_text", [str(c) for c in caps[a + idx]])
-                check_fp16(p, "clip_text_pooled", [str(c) for c in caps[a + idx]])
+                check_fp16(h, "clip_text", texts)
+                check_fp16(p, "clip_text_pooled", texts)
                 hid[idx], pool[idx] = h, p
             g["clip_text"][a:b] = hid
             g["clip_text_pooled"][a:b] = pool
-            g["text_status"][a:b] = np.where(status[a:b] == S.STATUS_OK, S.STATUS_OK, S.STATUS_SKIPPED).astype(np.uint8)
+            g["text_status"][a:b] = np.where(status == S.STATUS_OK, S.STATUS_OK, S.STATUS_SKIPPED).astype(np.uint8)
             embedded += len(ok)
             bar.update(b - a)
         bar.close()

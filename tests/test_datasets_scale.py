@@ -203,3 +203,27 @@ def test_build_keeps_plan_and_bucket_rows_in_tmp_dir(tmp_path, monkeypatch):
     keys = {gp: np.asarray(S.sample_group(root, gp)["keys"][:]).tolist() for gp in S.group_paths(root)}
     assert sorted(map(len, keys.values())) == [1, 2, 2] and keys["buckets/64x64"] == ["i1", "i4"]
     assert list(spill_dir.iterdir()) == []
+
+
+def test_inspect_counts_block_by_block(tmp_path, monkeypatch):
+    """inspect_store's single block-wise pass gives the same report as whole-array reads would."""
+    from cascadekit.datasets import inspect as I
+
+    good = png_bytes(np.full((64, 64, 3), 90, np.uint8))
+    samples = [Sample(f"k{i:03d}", f"src{i}", good if i % 3 else b"junk", caption="" if i % 5 else "c")
+               for i in range(100)]
+    out = tmp_path / "i.zarr"
+    build_latent_dataset(samples, out, TinyEncoder(), resolution=64, batch_size=8, chunk_rows=8, num_workers=0,
+                         progress=False)
+    real = S.iter_status
+    monkeypatch.setattr(S, "iter_status", lambda g, block_rows=0: real(g, block_rows=24))  # 3 chunks per block
+    rep = I.inspect_store(out, max_errors=5)["groups"]["/"]
+    st = S.read_status(S.open_store(out))
+    ok_rows = np.flatnonzero(st == S.STATUS_OK)
+    skipped = [i for i in range(100) if i % 3 == 0]
+    assert (rep["rows"], rep["ok"], rep["skipped"], rep["pending"]) == (100, 66, 34, 0)
+    assert [e["row"] for e in rep["skip_examples"]] == skipped[:5]
+    assert [e["key"] for e in rep["skip_examples"]] == [f"k{i:03d}" for i in skipped[:5]]
+    assert rep["missing_captions"] == sum(1 for i in ok_rows if i % 5) and rep["skip_reasons"] == {"not_an_image": 34}
+    pick = np.array([0, 5, 30, 65])
+    assert I._ok_rows_at(S.open_store(out), pick) == ok_rows[pick].tolist()
