@@ -8,6 +8,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 import time
@@ -141,13 +142,43 @@ def store_arrays(path) -> dict:
     return out
 
 
+class SlowEncoder:
+    """Any encoder, sleeping ``delay`` s before each batch (to kill a build mid-run); numerics unchanged."""
+
+    def __init__(self, encoder, delay: float):
+        self.encoder, self.delay = encoder, delay
+        self.device = getattr(encoder, "device", torch.device("cpu"))
+
+    def encode(self, x):
+        time.sleep(self.delay)
+        return self.encoder.encode(x)
+
+    def identity(self) -> dict:
+        return self.encoder.identity()
+
+
+def real_encoder(weights, resolution: int = 64):
+    """The real EfficientNetV2-S encoder of a ``Codec`` (only the effnet loaded), fp32 on CPU."""
+    import warnings
+
+    from cascadekit.codec.codec import Codec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Codec.from_pretrained(weights, device="cpu", dtype="fp32", encoder_resolution=resolution,
+                                     components=("effnet",))
+
+
 def main_build(argv: list[str]) -> None:
-    """Subprocess entry: ``python -m datasets_helpers OUT DELAY INPUT...`` builds with TinyEncoder."""
+    """Subprocess entry: ``python -m datasets_helpers OUT DELAY CHUNK INPUT...`` builds with TinyEncoder,
+    or with the real effnet of the weights in ``$CK_WEIGHTS`` when that is set."""
     from cascadekit.datasets.builder import build_latent_dataset
 
     out, delay, chunk, *inputs = argv
     torch.set_num_threads(1)
-    build_latent_dataset(inputs, out, TinyEncoder(delay=float(delay)), resolution=64, batch_size=2,
+    weights = os.environ.get("CK_WEIGHTS")
+    enc = SlowEncoder(real_encoder(weights), float(delay)) if weights else TinyEncoder(delay=float(delay))
+    build_latent_dataset(inputs, out, enc, resolution=64, batch_size=2,
                          chunk_rows=int(chunk), num_workers=0, progress=False)
 
 

@@ -238,6 +238,39 @@ def test_resume_after_sigkill_is_identical(corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_after_sigkill_is_identical_with_the_real_effnet(corpus, tmp_path, tmp_path_factory):
+    """The same guarantee with the real EfficientNetV2-S encoder (tiny random weights): batches start at
+    chunk boundaries and their size is fixed, so the resumed latents equal the uninterrupted run's bit for bit."""
+    from _tiny_weights import tiny_weights_dir
+    from datasets_helpers import real_encoder
+
+    weights = tiny_weights_dir(tmp_path_factory)
+    folder = corpus[0]
+    ref = tmp_path / "ref.zarr"
+    enc = real_encoder(weights)
+    build_latent_dataset([folder], ref, enc, **KW)
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "datasets_helpers", str(out), "0.3", "4", str(folder)]
+    p = subprocess.Popen(cmd, env=_helper_env(CK_WEIGHTS=weights), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:  # kill once at least one chunk (not all) is complete
+        if (out / "status" / "c").is_dir() and len(list((out / "status" / "c").iterdir())) >= 1:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, p.stdout.read().decode()[-2000:]
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    st = S.read_status(S.open_store(out))
+    assert 0 < (st != 0).sum() < len(st), "kill did not land mid-run"
+    s = build_latent_dataset([folder], out, enc, **KW)
+    assert s.resumed_rows == int((st != 0).sum())
+    r, k = store_arrays(ref), store_arrays(out)
+    assert np.abs(r["/latents"]).max() > 0
+    for name in r:
+        assert np.array_equal(r[name], k[name]), name
+
+
+@pytest.mark.slow
 def test_two_rank_gloo_equals_single_process(corpus, tmp_path):
     folder = corpus[0]
     ref = tmp_path / "ref.zarr"
