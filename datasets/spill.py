@@ -17,6 +17,13 @@ import tempfile
 import numpy as np
 
 
+def _spill_error(where: str, e: OSError) -> Exception:
+    from cascadekit.codec.errors import InputError
+
+    return InputError(f"cannot write temporary files in {where}: {e.strerror or e}; free space there or choose "
+                      "another folder with --tmp-dir (Python: tmp_dir=) or the TMPDIR environment variable")
+
+
 class ByteLog:
     """Append-only bytes: ``append(b) -> offset``, ``read(offset, n) -> bytes``.
 
@@ -27,7 +34,13 @@ class ByteLog:
 
     def __init__(self, on_disk: bool = False, tmp_dir: str | os.PathLike | None = None, flush_bytes: int = 1 << 16):
         self._mem: bytearray | None = None if on_disk else bytearray()
-        self._file = tempfile.TemporaryFile(dir=tmp_dir, prefix="cascadekit-") if on_disk else None
+        self._file = None
+        self._where = os.fspath(tmp_dir) if tmp_dir is not None else tempfile.gettempdir()
+        if on_disk:
+            try:
+                self._file = tempfile.TemporaryFile(dir=tmp_dir, prefix="cascadekit-")
+            except OSError as e:
+                raise _spill_error(self._where, e) from e
         self._pending = bytearray()
         self._flushed = 0
         self._flush_bytes = flush_bytes
@@ -56,11 +69,14 @@ class ByteLog:
             return
         view = memoryview(self._pending)
         while len(view):
-            if hasattr(os, "pwrite"):
-                n = os.pwrite(self._file.fileno(), view, self._flushed)
-            else:  # Windows
-                self._file.seek(self._flushed)
-                n = self._file.write(view)
+            try:
+                if hasattr(os, "pwrite"):
+                    n = os.pwrite(self._file.fileno(), view, self._flushed)
+                else:  # Windows
+                    self._file.seek(self._flushed)
+                    n = self._file.write(view)
+            except OSError as e:  # e.g. the temporary folder is full
+                raise _spill_error(self._where, e) from e
             self._flushed += n
             view = view[n:]
         view.release()

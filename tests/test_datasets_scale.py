@@ -227,3 +227,12 @@ def test_inspect_counts_block_by_block(tmp_path, monkeypatch):
     assert rep["missing_captions"] == sum(1 for i in ok_rows if i % 5) and rep["skip_reasons"] == {"not_an_image": 34}
     pick = np.array([0, 5, 30, 65])
     assert I._ok_rows_at(S.open_store(out), pick) == ok_rows[pick].tolist()
+
+
+def test_unusable_tmp_dir_is_a_clear_error_before_any_work(tmp_path):
+    folder = tmp_path / "c"
+    make_folder(folder)
+    with pytest.raises(InputError, match="cannot write temporary files in .*nowhere.*--tmp-dir"):
+        build_latent_dataset([folder], tmp_path / "o.zarr", TinyEncoder(), resolution=64, num_workers=0,
+                             progress=False, tmp_dir=tmp_path / "nowhere")
+    assert not (tmp_path / "o.zarr").exists()
