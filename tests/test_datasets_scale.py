@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets_helpers import TinyEncoder, make_folder, png_bytes  # noqa: E402
+from datasets_helpers import TinyEncoder, make_broken, make_folder, make_tar, png_bytes, store_arrays  # noqa: E402
 
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets import distributed as D
@@ -236,3 +236,22 @@ def test_unusable_tmp_dir_is_a_clear_error_before_any_work(tmp_path):
         build_latent_dataset([folder], tmp_path / "o.zarr", TinyEncoder(), resolution=64, num_workers=0,
                              progress=False, tmp_dir=tmp_path / "nowhere")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_forked_decode_workers_read_the_on_disk_plan(tmp_path):
+    """Two DataLoader workers (forked) read the plan from its anonymous files with pread and stream tar
+    shards; the store equals the one decoded in the main process."""
+    folder = tmp_path / "c"
+    make_folder(folder, n_repeat=2)
+    make_broken(folder / "broken")
+    a = np.full((80, 96, 3), 120, np.uint8)
+    make_tar(tmp_path / "s-000.tar", [(f"t{i}", {"png": png_bytes(a + i), "txt": f"cap {i}".encode()}) for i in range(7)])
+    inputs = [folder, str(tmp_path / "s-{000..000}.tar")]
+    kw = dict(resolution=64, batch_size=2, chunk_rows=4, progress=False)
+    s0 = build_latent_dataset(inputs, tmp_path / "w0.zarr", TinyEncoder(), num_workers=0, **kw)
+    s2 = build_latent_dataset(inputs, tmp_path / "w2.zarr", TinyEncoder(), num_workers=2, **kw)
+    assert s2.ok == s0.ok > 7 and s2.skipped == s0.skipped and s0.skipped
+    r, k = store_arrays(tmp_path / "w0.zarr"), store_arrays(tmp_path / "w2.zarr")
+    assert r.keys() == k.keys()
+    for name in r:
+        assert np.array_equal(r[name], k[name]), name
