@@ -573,7 +573,7 @@ def _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
     writer = WriterThread(ChunkWriter(root, chunk_rows, dtype, on_chunk=lambda *_: release_free_memory()), max_queue=8)
-    total = tasks.rows_total if isinstance(tasks, TaskList) else sum(t.stop - t.start for t in tasks)
+    total = tasks.rows_total
     bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0
     try:
