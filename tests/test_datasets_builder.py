@@ -212,29 +212,37 @@ def _helper_env(**extra):
     return env
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_is_identical(corpus, tmp_path):
-    folder = corpus[0]
+def _assert_resume_after_sigkill_is_identical(folder, tmp_path, encoder, delay: float, timeout: float, **env):
+    """Build ``folder`` uninterrupted; build it again in a subprocess (``datasets_helpers``, ``delay`` s per
+    batch) killed with SIGKILL once at least one chunk (not all) is complete; rerun in this process: the
+    resumed store must equal the uninterrupted one bit for bit."""
     ref = tmp_path / "ref.zarr"
-    build_latent_dataset([folder], ref, TinyEncoder(), **KW)
+    build_latent_dataset([folder], ref, encoder, **KW)
     out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "datasets_helpers", str(out), "0.15", "4", str(folder)]
-    p = subprocess.Popen(cmd, env=_helper_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # kill once at least one chunk (not all) is complete
+    cmd = [sys.executable, "-m", "datasets_helpers", str(out), str(delay), "4", str(folder)]
+    p = subprocess.Popen(cmd, env=_helper_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
         if (out / "status" / "c").is_dir() and len(list((out / "status" / "c").iterdir())) >= 1:
             break
         time.sleep(0.05)
+    assert p.poll() is None, p.stdout.read().decode()[-2000:]
     p.send_signal(signal.SIGKILL)
     p.wait()
     st = S.read_status(S.open_store(out))
     assert 0 < (st != 0).sum() < len(st), "kill did not land mid-run"
-    s = build_latent_dataset([folder], out, TinyEncoder(), **KW)
+    s = build_latent_dataset([folder], out, encoder, **KW)
     assert s.resumed_rows == int((st != 0).sum()) and s.encoded_now + s.skipped_now == len(st) - s.resumed_rows
     r, k = store_arrays(ref), store_arrays(out)
+    assert np.abs(r["/latents"]).max() > 0
     for name in r:
         assert np.array_equal(r[name], k[name]), name
     assert not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_identical(corpus, tmp_path):
+    _assert_resume_after_sigkill_is_identical(corpus[0], tmp_path, TinyEncoder(), delay=0.15, timeout=60)
 
 
 @pytest.mark.slow
@@ -245,29 +253,8 @@ def test_resume_after_sigkill_is_identical_with_the_real_effnet(corpus, tmp_path
     from datasets_helpers import real_encoder
 
     weights = tiny_weights_dir(tmp_path_factory)
-    folder = corpus[0]
-    ref = tmp_path / "ref.zarr"
-    enc = real_encoder(weights)
-    build_latent_dataset([folder], ref, enc, **KW)
-    out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "datasets_helpers", str(out), "0.3", "4", str(folder)]
-    p = subprocess.Popen(cmd, env=_helper_env(CK_WEIGHTS=weights), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None:  # kill once at least one chunk (not all) is complete
-        if (out / "status" / "c").is_dir() and len(list((out / "status" / "c").iterdir())) >= 1:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, p.stdout.read().decode()[-2000:]
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    st = S.read_status(S.open_store(out))
-    assert 0 < (st != 0).sum() < len(st), "kill did not land mid-run"
-    s = build_latent_dataset([folder], out, enc, **KW)
-    assert s.resumed_rows == int((st != 0).sum())
-    r, k = store_arrays(ref), store_arrays(out)
-    assert np.abs(r["/latents"]).max() > 0
-    for name in r:
-        assert np.array_equal(r[name], k[name]), name
+    _assert_resume_after_sigkill_is_identical(corpus[0], tmp_path, real_encoder(weights), delay=0.3, timeout=120,
+                                              CK_WEIGHTS=weights)
 
 
 @pytest.mark.slow
