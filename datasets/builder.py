@@ -608,16 +608,8 @@ def store_summary(out) -> Summary:
     rows = ok = missing = 0
     reasons: Counter = Counter()
     for gp in S.group_paths(root):
-        g = S.sample_group(root, gp)
-        c = g["status"].chunks[0]
-        for start, st in S.iter_status(g):
-            rows += len(st)
-            ok += int((st == S.STATUS_OK).sum())
-            for a in range(0, len(st), c):
-                s = st[a:a + c]
-                if (s == S.STATUS_SKIPPED).any():
-                    reasons.update(np.asarray(g["skip_reason"][start + a:start + a + len(s)])[s == S.STATUS_SKIPPED].tolist())
-                if (s == S.STATUS_OK).any():
-                    missing += int((np.asarray(g["captions"][start + a:start + a + len(s)])[s == S.STATUS_OK] == "").sum())
+        cnt = S.count_group(S.sample_group(root, gp))
+        rows, ok, missing = rows + cnt["rows"], ok + cnt["ok"], missing + cnt["missing_captions"]
+        reasons.update(cnt["reasons"])
     return Summary(store=str(out), rows=rows, ok=ok, skipped=dict(reasons), missing_captions=missing,
                    groups=S.group_paths(root))

@@ -7,7 +7,6 @@ decodes of a few latents), so nothing is written outside the store.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +24,6 @@ def _disk_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-def _count_group(g, max_errors: int) -> dict:
-    """Rows by status, skip reasons (+ the first ``max_errors`` examples) and missing captions of ok
-    rows, in one block-wise pass (memory does not grow with the store)."""
-    rows = ok = skipped = pending = missing = 0
-    reasons: Counter = Counter()
-    examples: list[dict] = []
-    for start, st in S.iter_status(g):
-        stop = start + len(st)
-        okm, skm = st == S.STATUS_OK, st == S.STATUS_SKIPPED
-        rows += len(st)
-        ok += int(okm.sum())
-        skipped += int(skm.sum())
-        pending += int((st == S.STATUS_PENDING).sum())
-        if skm.any():
-            rs = np.asarray(g["skip_reason"][start:stop])
-            reasons.update(rs[skm].tolist())
-            if len(examples) < max_errors:
-                ks = np.asarray(g["keys"][start:stop])
-                examples += [{"row": start + int(r), "key": str(ks[r]), "reason": str(rs[r])}
-                             for r in np.flatnonzero(skm)[:max_errors - len(examples)]]
-        if okm.any():
-            missing += int((np.asarray(g["captions"][start:stop])[okm] == "").sum())
-    return {"rows": rows, "ok": ok, "skipped": skipped, "pending": pending, "reasons": dict(reasons),
-            "examples": examples, "missing_captions": missing}
 
 
 def _ok_rows_at(g, ordinals: np.ndarray) -> list[int]:
@@ -96,7 +69,7 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     for gp in S.group_paths(root):
         g = S.sample_group(root, gp)
         lat = g["latents"]
-        cnt = _count_group(g, max_errors)
+        cnt = S.count_group(g, max_errors)
         if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
             mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
         else:

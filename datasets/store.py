@@ -14,6 +14,7 @@ import datetime as _dt
 import os
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +221,39 @@ def iter_status(g, block_rows: int = 1 << 16):
     step = max(c, block_rows // c * c)
     for a in range(0, n, step):
         yield a, read_status(g, a, a + step)
+
+
+def count_group(g, max_examples: int = 0) -> dict:
+    """Counts of one sample group as it is on disk, in one block-wise pass (constant memory).
+
+    Returns ``rows``, ``ok``, ``skipped``, ``pending``, ``reasons`` (skip reason -> count), ``examples``
+    (row, key, reason of the first ``max_examples`` skipped rows) and ``missing_captions`` (ok rows with
+    an empty caption). String arrays are read only for the chunks that hold skipped / ok rows.
+    """
+    c = g["status"].chunks[0]
+    rows = ok = skipped = pending = missing = 0
+    reasons: Counter = Counter()
+    examples: list[dict] = []
+    for start, st in iter_status(g):
+        rows += len(st)
+        pending += int((st == STATUS_PENDING).sum())
+        for a in range(0, len(st), c):
+            s = st[a:a + c]
+            rs = slice(start + a, start + a + len(s))
+            okm, skm = s == STATUS_OK, s == STATUS_SKIPPED
+            ok += int(okm.sum())
+            skipped += int(skm.sum())
+            if skm.any():
+                why = np.asarray(g["skip_reason"][rs])
+                reasons.update(why[skm].tolist())
+                if len(examples) < max_examples:
+                    keys = np.asarray(g["keys"][rs])
+                    examples += [{"row": rs.start + int(r), "key": str(keys[r]), "reason": str(why[r])}
+                                 for r in np.flatnonzero(skm)[:max_examples - len(examples)]]
+            if okm.any():
+                missing += int((np.asarray(g["captions"][rs])[okm] == "").sum())
+    return {"rows": rows, "ok": ok, "skipped": skipped, "pending": pending, "reasons": dict(reasons),
+            "examples": examples, "missing_captions": missing}
 
 
 # ----------------------------------------------------------------------------------- finalisation
