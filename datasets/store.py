@@ -279,14 +279,15 @@ def channel_stats(g, chunk_rows: int) -> tuple[list[float], list[float], int]:
     return mean.tolist(), std.tolist(), n_ok
 
 
-def write_error_table(g, block_rows: int = 65536) -> int:
+def write_error_table(g, block_rows: int = 65536, n_skipped: int | None = None) -> int:
     """(Re)write the ``errors`` sub-group: row, key, source, reason of every skipped sample.
 
-    Two passes over the status (count, then copy ``block_rows`` table rows at a time, reading only the
-    chunks that hold skipped rows), so memory does not grow with the store size or the error count.
+    Copies ``block_rows`` table rows at a time, reading only the chunks that hold skipped rows, so memory
+    does not grow with the store size or the error count. ``n_skipped`` (the table's length) is counted
+    in a first pass over the status unless the caller already knows it.
     """
     chunk = g["status"].chunks[0]
-    n = sum(int((st == STATUS_SKIPPED).sum()) for _, st in iter_status(g))
+    n = n_skipped if n_skipped is not None else sum(int((st == STATUS_SKIPPED).sum()) for _, st in iter_status(g))
     e = g.create_group("errors", overwrite=True)  # also replaces a table left half-written by a kill
     chunks = (max(1, min(n, block_rows)),)
     comp = _zstd()
@@ -329,11 +330,14 @@ def finalize_store(path) -> dict:
     stats, counts = {}, {}
     for gp in group_paths(root):
         g = sample_group(root, gp)
-        pending = sum(int((st == STATUS_PENDING).sum()) for _, st in iter_status(g))
+        pending = skipped = 0
+        for _, st in iter_status(g):
+            pending += int((st == STATUS_PENDING).sum())
+            skipped += int((st == STATUS_SKIPPED).sum())
         if pending:
             raise RuntimeError(f"finalize_store: {pending} rows of {path}/{gp} still pending")
         mean, std, n_ok = channel_stats(g, chunk_rows)
-        n_err = write_error_table(g)
+        n_err = write_error_table(g, n_skipped=skipped)
         g.attrs.update({"latent_mean": mean, "latent_std": std, "n_ok": n_ok, "n_skipped": n_err})
         stats[gp] = {"mean": mean, "std": std}
         counts[gp] = {"ok": n_ok, "skipped": n_err}
