@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from datasets_helpers import (TinyEncoder, make_broken, make_folder, make_tar, photos, png_bytes,  # noqa: E402
-                              store_arrays, write_bomb)
+                              store_arrays)
 
 from cascadekit.codec.errors import InputError, PrecisionError
 from cascadekit.datasets import store as S
