@@ -97,3 +97,16 @@ def ddp_worker(rank: int, world: int, port: int, store, out: str, cfg: dict, ove
 
     train(store, TrainConfig.from_dict(cfg), out, device="cpu", text_encoder=FixedEmpty(), model_overrides=overrides,
           log=lambda m: None)
+
+
+def assert_same_training_log(single_dir: Path, other_dir: Path, steps: int = 3) -> None:
+    """A distributed run logged the single-process run's losses and gradient norms, step by step, and the
+    gradients were not zero (training really moved the weights)."""
+    import json
+
+    la = [json.loads(x) for x in (Path(single_dir) / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (Path(other_dir) / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == list(range(1, steps + 1))
+    for ra, rb in zip(la, lb):
+        assert abs(ra["loss"] - rb["loss"]) < 1e-5 and abs(ra["grad_norm"] - rb["grad_norm"]) < 1e-4 * ra["grad_norm"]
+        assert ra["grad_norm"] > 0
