@@ -19,3 +19,8 @@ class PrecisionError(CascadeKitError):
 
 class DependencyError(CascadeKitError, ImportError):
     """An installed package cannot be used with the installed torch (e.g. a transformers release too new for it)."""
+
+
+class OutputError(CascadeKitError):
+    """An output cannot be written (read-only or missing folder, a file where a folder should be, full disk),
+    or would silently replace the results of an earlier run."""
