@@ -35,7 +35,7 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
     Multi-GPU / multi-node: torchrun --nproc-per-node N -m cascadekit.cli encode ...
     """
-    from cascadekit.datasets import distributed as D
+    from cascadekit.codec import distributed as D
 
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.codec.images import DEFAULT_MAX_PIXELS
-from cascadekit.datasets import distributed as D
+from cascadekit.codec import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
 from cascadekit.datasets.sources import PlanTable, Sample, SampleReader, plan_fingerprint, plan_inputs

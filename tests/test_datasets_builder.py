@@ -281,7 +281,7 @@ def test_reader_sees_only_complete_rows(corpus, tmp_path):
     from cascadekit.datasets.builder import make_tasks, assign_groups
     from cascadekit.datasets.preprocess import PreprocessConfig
     from cascadekit.datasets.sources import plan_inputs
-    from cascadekit.datasets import distributed as D
+    from cascadekit.codec import distributed as D
 
     folder = corpus[0] / "part0"
     out = tmp_path / "p.zarr"

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from datasets_helpers import TinyEncoder, make_broken, make_folder, make_tar, png_bytes, store_arrays  # noqa: E402
 
 from cascadekit.codec.errors import InputError
-from cascadekit.datasets import distributed as D
+from cascadekit.codec import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.builder import Task, build_latent_dataset, make_tasks
 from cascadekit.datasets.plan import FileRef, PlanTable, Sample, TarRef
