@@ -12,6 +12,8 @@ fully decoded 8-bit RGB :class:`PIL.Image.Image`:
 * The pixel count in the header is checked against ``max_pixels`` *before* decoding (decompression
   bomb guard; PIL's own ``DecompressionBombWarning``/``Error`` become our error), then the image is
   decoded completely (``img.load()``) so truncated files fail here, not later in a worker.
+* A path must be a regular file, opened without blocking, and at most ``max_bytes`` are read
+  (:mod:`cascadekit.codec.input_files`): a FIFO, a device or ``/dev/zero`` is refused, not read.
 
 Every failure raises :class:`~cascadekit.codec.errors.InputError` whose ``reason`` attribute is one
 of :data:`REASONS` (machine friendly, e.g. for dataset skip statistics) and whose message says what
@@ -36,9 +38,11 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from cascadekit.codec.errors import InputError
+from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES, InputFileError, read_regular
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_INPUT_BYTES",
     "REASONS",
     "ImageInputError",
     "load_image",
@@ -59,7 +63,8 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 89_478_485
 
 #: The values :attr:`ImageInputError.reason` can take.
-REASONS = ("empty", "not_an_image", "truncated", "decompression_bomb", "too_small", "unreadable")
+REASONS = ("empty", "not_an_image", "truncated", "decompression_bomb", "too_small", "unreadable", "not_a_file",
+           "too_large")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,16 +91,20 @@ def _describe(src) -> str:
     return getattr(src, "name", None) or f"<{type(src).__name__}>"
 
 
-def _open_bytes(src) -> io.BytesIO:
-    """Read ``src`` into memory (paths, bytes and file objects alike); raise on empty/unreadable."""
+def _open_bytes(src, max_bytes: int | None) -> io.BytesIO:
+    """Read ``src`` into memory (paths, bytes and file objects alike); raise on empty/unreadable.
+
+    Paths go through :func:`~cascadekit.codec.input_files.read_regular` (regular files only, opened
+    non-blocking, at most ``max_bytes``); a file object is read up to ``max_bytes + 1`` bytes.
+    """
     name = _describe(src)
     try:
         if isinstance(src, (str, os.PathLike)):
-            data = Path(src).read_bytes()
+            data = read_regular(src, max_bytes)
         elif isinstance(src, (bytes, bytearray, memoryview)):
             data = bytes(src)
         elif hasattr(src, "read"):
-            data = src.read()
+            data = src.read() if max_bytes is None else src.read(max_bytes + 1)
             if not isinstance(data, (bytes, bytearray)):
                 raise ImageInputError("unreadable", "the file object must be opened in binary mode ('rb')", name)
         else:
@@ -104,8 +113,13 @@ def _open_bytes(src) -> io.BytesIO:
             )
     except ImageInputError:
         raise
-    except OSError as e:  # missing file, permission, directory, ...
+    except InputFileError as e:  # not a regular file, above the cap, cannot be opened
+        raise ImageInputError(e.reason, str(e)) from e
+    except OSError as e:  # a file object that fails to read
         raise ImageInputError("unreadable", f"cannot read the file ({e.strerror or e})", name) from e
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageInputError("too_large", f"more than max_input_bytes={max_bytes:,} bytes; raise the cap "
+                              "(--max-input-bytes) if this input is legitimate", name)
     if len(data) == 0:
         raise ImageInputError("empty", "the file is empty (0 bytes); re-download or drop it", name)
     return io.BytesIO(data)
@@ -116,6 +130,7 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int = 1,
+    max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
 ) -> Image.Image:
     """Load ``src`` as a fully decoded 8-bit RGB image with EXIF orientation applied.
 
@@ -125,6 +140,8 @@ def load_image(
             (``None`` disables our check; PIL's hard limit of ``2 * Image.MAX_IMAGE_PIXELS`` still
             applies).
         min_side: smallest allowed ``min(width, height)`` after EXIF rotation.
+        max_bytes: most bytes read from ``src`` (default 256 MiB; ``None``: no cap). A path must be a
+            regular file (FIFOs, devices, sockets are refused unopened, reason ``not_a_file``).
 
     Returns:
         ``PIL.Image.Image`` in mode ``"RGB"``, independent of any open file.
@@ -133,7 +150,7 @@ def load_image(
         ImageInputError (an :class:`InputError`) with ``reason`` in :data:`REASONS`.
     """
     name = _describe(src)
-    buf = _open_bytes(src)
+    buf = _open_bytes(src, max_bytes)
     with warnings.catch_warnings():
         # we run our own (configurable) pixel-count check on the header below
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

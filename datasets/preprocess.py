@@ -18,6 +18,7 @@ import numpy as np
 
 from cascadekit.codec.errors import InputError
 from cascadekit.codec.images import DEFAULT_MAX_PIXELS
+from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES
 
 #: w/h ratios of the official multi-aspect training config; reciprocals are added.
 OFFICIAL_ASPECT_RATIOS = (1 / 1, 1 / 2, 1 / 3, 2 / 3, 3 / 4, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 1 / 6, 5 / 6, 9 / 16)
@@ -33,21 +34,29 @@ class PreprocessConfig:
     min_size: drop images whose shorter side (after EXIF rotation) is below this (reason ``too_small``).
     max_pixels: header pixel count above which an image is refused (``decompression_bomb``).
     buckets: use aspect-ratio buckets instead of the square crop.
+    max_input_bytes: most bytes read from one input file or tar member (default 256 MiB); a larger one
+        is skipped with reason ``too_large``. Recorded in ``to_dict`` only when not the default (so
+        stores made before the cap existed still resume).
     """
 
     resolution: int = 768
     min_size: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # PIL's own limit, as load_image
     buckets: bool = False
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
 
     def __post_init__(self):
         if self.resolution < SIZE_FACTOR or self.resolution % SIZE_FACTOR:
             raise InputError(f"resolution must be a positive multiple of {SIZE_FACTOR}, got {self.resolution}")
         if self.min_size is not None and self.min_size < 1:
             raise InputError(f"min_size must be >= 1, got {self.min_size}")
+        if self.max_input_bytes < 1:
+            raise InputError(f"max_input_bytes must be >= 1, got {self.max_input_bytes}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.max_input_bytes == DEFAULT_MAX_INPUT_BYTES:
+            del d["max_input_bytes"]
         d["resample"] = "bicubic-antialiased"
         d["crop"] = "centre"
         if self.buckets:
@@ -93,11 +102,12 @@ def load_and_prepare(src, cfg: PreprocessConfig, name: str | None = None):
     """Load ``src`` (path or bytes) and return ``(uint8 array (3,H,W), (orig_h, orig_w))``.
 
     Raises :class:`~cascadekit.codec.images.ImageInputError` (``.reason`` set) for unusable images,
-    including ``too_small`` under ``cfg.min_size``.
+    including ``too_small`` under ``cfg.min_size``, ``not_a_file`` for a path that is not a regular
+    file and ``too_large`` above ``cfg.max_input_bytes``.
     """
     from cascadekit.codec.images import ImageInputError, load_image, resize_center_crop
 
-    img = load_image(src, max_pixels=cfg.max_pixels)
+    img = load_image(src, max_pixels=cfg.max_pixels, max_bytes=cfg.max_input_bytes)
     w, h = img.size
     if cfg.min_size is not None and min(w, h) < cfg.min_size:
         raise ImageInputError("too_small", f"image is {w}x{h}, shorter side below min_size={cfg.min_size}", name)

@@ -30,10 +30,13 @@ import json
 import os
 import tarfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from cascadekit.codec.errors import InputError
+from cascadekit.codec.input_files import (DEFAULT_MAX_INPUT_BYTES, InputFileError, check_regular, file_kind,
+                                          format_bytes, open_regular, read_regular)
 from cascadekit.datasets.plan import FileRef, PlanTable, Sample, TarRef
 
 __all__ = ["FileRef", "PlanTable", "Sample", "TarRef", "SampleReader", "plan_inputs", "plan_fingerprint",
@@ -94,20 +97,24 @@ def _local_path(url: str) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ folder
-def _folder_samples(root: Path) -> Iterator[Sample]:
+def _folder_samples(root: Path, excluded: frozenset[str] = frozenset()) -> Iterator[Sample]:
     """Images below ``root`` in sorted order of their relative POSIX path, one directory at a time.
 
     A directory's entries are sorted with a trailing ``/`` on subdirectory names, and a subdirectory is
     walked when its turn comes: every path below ``d/`` shares that prefix, so this order is exactly
     the sorted order of the full relative paths, without ever holding the whole tree (memory: the
-    listings along one branch). Symlinked directories are not followed; a directory that cannot be
-    listed is an :class:`InputError` (its images would otherwise vanish from the dataset unnoticed).
+    listings along one branch). Symlinked directories are not followed, and a directory whose real
+    path is in ``excluded`` (the output folder) is not entered; a directory that cannot be listed is
+    an :class:`InputError` (its images would otherwise vanish from the dataset unnoticed). Sources are
+    absolute paths.
     """
-    yield from _walk_sorted(os.fspath(root), "")
+    top = os.path.abspath(root)
+    yield from _walk_sorted(top, os.path.realpath(top), "", excluded)
 
 
-def _walk_sorted(dirpath: str, rel_dir: str) -> Iterator[Sample]:
-    files, dirs = [], []
+def _list_dir(dirpath: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(file names, subdirectory names, {image-named entry that is no regular file: what it is})."""
+    files, dirs, odd = [], [], {}
     try:
         with os.scandir(dirpath) as it:
             for e in it:
@@ -118,23 +125,64 @@ def _walk_sorted(dirpath: str, rel_dir: str) -> Iterator[Sample]:
                 if is_dir:
                     if not e.is_symlink():
                         dirs.append(e.name)
-                else:
-                    files.append(e.name)
+                    continue
+                files.append(e.name)
+                if _ext(e.name) in IMAGE_EXTS and not e.is_file():  # FIFO, device, socket (d_type: no syscall)
+                    try:
+                        odd[e.name] = file_kind(e.stat().st_mode)
+                    except OSError:  # broken symlink: fails as unreadable when read
+                        pass
     except OSError as e:
         raise InputError(f"cannot list the folder {dirpath}: {e.strerror or e}; fix its permissions or leave it out") from e
+    return files, dirs, odd
+
+
+def _first_of_stem(images: list[str], odd: dict[str, str]) -> dict[str, str]:
+    """stem -> the first (sorted) regular image file of that stem: it alone keeps the key ``<stem>``."""
+    first: dict[str, str] = {}
+    for fn in images:  # sorted
+        if fn not in odd:
+            first.setdefault(fn.rsplit(".", 1)[0], fn)
+    return first
+
+
+def _walk_sorted(dirpath: str, realdir: str, rel_dir: str, excluded: frozenset[str]) -> Iterator[Sample]:
+    files, dirs, odd = _list_dir(dirpath)
     names = set(files)
-    entries = [(fn, False) for fn in files if not fn.startswith(".") and _ext(fn) in IMAGE_EXTS]
-    entries += [(d + "/", True) for d in dirs]
+    images = sorted(fn for fn in files if not fn.startswith(".") and _ext(fn) in IMAGE_EXTS)
+    first = _first_of_stem(images, odd)
+    # symlinked directories are never followed, so a child's real path is realdir/name
+    entries = [(fn, False) for fn in images]
+    entries += [(d + "/", True) for d in dirs if os.path.join(realdir, d) not in excluded]
     del files, dirs
     entries.sort()
     for name, is_dir in entries:
         if is_dir:
-            yield from _walk_sorted(os.path.join(dirpath, name[:-1]), rel_dir + name)
-            continue
-        stem = name.rsplit(".", 1)[0]
-        cap = next((os.path.join(dirpath, f"{stem}.{e}") for e in CAPTION_EXTS if f"{stem}.{e}" in names), None)
-        path = os.path.join(dirpath, name)
-        yield Sample(key=(rel_dir + name).rsplit(".", 1)[0], source=path, load=FileRef(path, cap))
+            d = name[:-1]
+            yield from _walk_sorted(os.path.join(dirpath, d), os.path.join(realdir, d), rel_dir + name, excluded)
+        else:
+            yield _file_sample(dirpath, rel_dir, name, names, first, odd)
+
+
+def _file_sample(dirpath: str, rel_dir: str, name: str, names: set[str], first: dict[str, str],
+                 odd: dict[str, str]) -> Sample:
+    """The sample of image file ``name``: key ``rel_dir + stem``; a sidecar caption; or a planned skip.
+
+    Skips: ``not_a_file`` (FIFO, device, socket: never opened) and ``duplicate_key`` (another image
+    of the same stem sorts first in this folder and keeps the key and the sidecar caption).
+    """
+    stem = name.rsplit(".", 1)[0]
+    path = os.path.join(dirpath, name)
+    key = rel_dir + stem
+    if name in odd:
+        return Sample(key=key, source=path, load=FileRef(path), error="not_a_file",
+                      detail=f"{path} is {odd[name]}, not a regular file")
+    if first[stem] != name:
+        return Sample(key=key, source=path, load=FileRef(path), error="duplicate_key",
+                      detail=f"key {key!r} belongs to {first[stem]} (the first of the images with this stem); "
+                             "rename one of them to encode both")
+    cap = next((os.path.join(dirpath, f"{stem}.{e}") for e in CAPTION_EXTS if f"{stem}.{e}" in names), None)
+    return Sample(key=key, source=path, load=FileRef(path, cap))
 
 
 # ---------------------------------------------------------------------------------------- manifest
@@ -158,6 +206,8 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
 
 
 def _manifest_samples(path: Path) -> Iterator[Sample]:
+    """One sample per manifest row; the source is the absolute path (relative ones: against the
+    manifest's folder), the default key the path relative to that folder, without the extension."""
     base = path.parent
     for n, row in enumerate(_manifest_rows(path), 1):
         p = next((row[f] for f in PATH_FIELDS if row.get(f)), None)
@@ -170,28 +220,58 @@ def _manifest_samples(path: Path) -> Iterator[Sample]:
         except ValueError:
             rel = full.with_suffix("").as_posix()
         key = str(row.get("key") or row.get("id") or rel)
-        yield Sample(key=key, source=str(full), load=FileRef(str(full)), caption=(caption or "").strip())
+        src = os.path.abspath(full)
+        yield Sample(key=key, source=src, load=FileRef(src), caption=(caption or "").strip())
 
 
 # --------------------------------------------------------------------------------------------- tar
-def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes | None]], str | None]]:
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """Stands for the data of a tar member that was not read: its header size is above the byte cap."""
+
+    size: int
+
+
+def iter_tar_samples(url: str, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES
+                     ) -> Iterator[tuple[str, dict[str, tuple[str, bytes | Oversize | None]], str | None]]:
     """Stream a tar shard, grouping consecutive members by webdataset key.
 
     Yields ``(key, {last_ext: (member_name, data)}, error)``; ``data`` is ``None`` when the caller
-    asked only for the layout (see :func:`count_tar`). When the stream breaks (cannot be opened,
+    asked only for the layout (see :func:`count_tar`), :class:`Oversize` for a member above
+    ``max_bytes`` (skipped in the stream, never held in memory). A member is read by its header
+    size, so no member can make a read run on without end. A local shard is opened as a regular
+    file only (:func:`~cascadekit.codec.input_files.open_regular`: never a FIFO or a device). When the stream breaks (cannot be opened,
     truncated, corrupt header) a final pseudo-sample ``(<shard#broken-after-n>, {}, message)`` is
     yielded, the same way whether data is read or not, so sample indices agree between the
     counting pass and the reading pass. Works on anything :func:`webdataset.gopen` can open;
     never raises for a broken shard.
     """
-    yield from _iter_tar(url, read_data=True)
+    yield from _iter_tar(url, read_data=True, max_bytes=max_bytes)
 
 
-def _iter_tar(url: str, read_data: bool):
-    import webdataset as wds
+def _open_shard(url: str):
+    local = _local_path(url)
+    if local is not None:
+        return open_regular(local)
+    import webdataset as wds  # lazy: only remote shards and pipe: commands need it
 
+    return wds.gopen(url, "rb")
+
+
+def _read_member(tf: tarfile.TarFile, m: tarfile.TarInfo, max_bytes: int | None) -> bytes | Oversize:
+    if max_bytes is not None and m.size > max_bytes:
+        return Oversize(m.size)  # the stream skips it block by block
+    f = tf.extractfile(m)
+    data = f.read(m.size) if f is not None else b""
+    if len(data) != m.size:
+        raise EOFError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+    return data
+
+
+# one loop over the stream with its error handling; reads exactly what count_tar counted (60+ lines)
+def _iter_tar(url: str, read_data: bool, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES):
     try:
-        stream = wds.gopen(url, "rb")
+        stream = _open_shard(url)
     except Exception as e:  # noqa: BLE001 - any opener failure is a broken shard
         yield f"<{Path(url).name}>", {}, f"cannot open shard: {e}"
         return
@@ -215,12 +295,7 @@ def _iter_tar(url: str, read_data: bool):
                         yield current_key, current, None
                         n += 1
                     current_key, current = key, {}
-                data = None
-                if read_data:
-                    f = tf.extractfile(m)
-                    data = f.read() if f is not None else b""
-                    if len(data) != m.size:
-                        raise EOFError(f"member {m.name} is cut off ({len(data)} of {m.size} bytes)")
+                data = _read_member(tf, m, max_bytes) if read_data else None
                 last = ext.rsplit(".", 1)[-1].lower()
                 if last not in current:
                     current[last] = (m.name, data)
@@ -275,43 +350,83 @@ def _tar_plan(url: str) -> Iterator[Sample]:
 
 # -------------------------------------------------------------------------------------------- plan
 def plan_inputs(inputs: Sequence[str | os.PathLike], *, on_disk: bool = True,
-                tmp_dir: str | os.PathLike | None = None) -> PlanTable:
+                tmp_dir: str | os.PathLike | None = None,
+                exclude: Sequence[str | os.PathLike] = ()) -> PlanTable:
     """All inputs -> ordered sample plan (a :class:`PlanTable`; ``plan[i]`` is a :class:`Sample`).
 
     With ``on_disk`` (default) the plan is kept in anonymous temporary files in ``tmp_dir``
     (default ``TMPDIR``), so its size does not count against memory; walking a folder holds one
     branch of directory listings at a time and a tar shard is counted as a stream.
-    Raises :class:`InputError` for a missing input, an unlistable folder or an empty corpus.
+    ``exclude``: folders (the output store) that are never read: folder walks do not enter them and
+    an input inside one is an error. Sources of local files are recorded as absolute paths.
+    Raises :class:`InputError` for a missing input, an unlistable folder, an input inside ``exclude``,
+    a shard that is not a regular file, or an empty corpus.
     """
     if not inputs:
         raise InputError("no input given; pass image folders, tar shards or a manifest")
+    excluded = frozenset(os.path.realpath(os.fspath(x)) for x in exclude)
     plan = PlanTable(on_disk=on_disk, tmp_dir=tmp_dir)
     for spec in inputs:
-        spec = os.fspath(spec)
-        p = Path(spec)
-        if p.is_dir():
-            plan.extend(_folder_samples(p))
-        elif p.is_file() and p.suffix.lower() in (".jsonl", ".csv"):
-            plan.extend(_manifest_samples(p))
-        elif p.is_file() and _ext(p.name) in IMAGE_EXTS:
-            plan.append(Sample(key=p.stem, source=str(p), load=FileRef(str(p))))
-        elif is_tar_input(spec):
-            shards = expand_shards(spec)
-            for url in shards:
-                local = _local_path(url)
-                if local is not None and not local.is_file():
-                    raise InputError(f"tar shard {url} does not exist (from input {spec!r}); check the path/pattern")
-            for url in shards:
-                plan.extend(_tar_plan(url))
-        elif not p.exists():
-            raise InputError(f"input {spec!r} does not exist; pass image folders, tar shards or a .jsonl/.csv manifest")
-        else:
-            raise InputError(
-                f"input {spec!r} is not a folder, an image, a tar shard or a .jsonl/.csv manifest"
-            )
+        plan.extend(_plan_one(os.fspath(spec), excluded))
     if not plan:
         raise InputError(f"no images found in {[os.fspath(i) for i in inputs]} (looked for {', '.join(IMAGE_EXTS)})")
     return plan.seal()
+
+
+def inside(path: str | os.PathLike, folders: frozenset[str]) -> str | None:
+    """The folder of ``folders`` (real paths) that holds ``path`` (or is it), else ``None``."""
+    real = os.path.realpath(os.fspath(path))
+    for f in folders:
+        if real == f or real.startswith(f.rstrip(os.sep) + os.sep):
+            return f
+    return None
+
+
+def _refuse_inside_output(path: str, spec: str, excluded: frozenset[str]) -> None:
+    out = inside(path, excluded)
+    if out is not None:
+        raise InputError(f"input {spec!r} is inside the output folder {out} (--out); a run must not read its own "
+                         "output: pass the image folder itself, or choose an --out outside the inputs")
+
+
+def _plan_one(spec: str, excluded: frozenset[str]) -> Iterator[Sample]:
+    p = Path(spec)
+    if p.exists():
+        _refuse_inside_output(spec, spec, excluded)
+    if p.is_dir():
+        return _folder_samples(p, excluded)
+    if p.exists() and not p.is_file():
+        check_regular(p)  # raises: a FIFO, a device or a socket given as an input
+    if p.is_file() and p.suffix.lower() in (".jsonl", ".csv"):
+        return _manifest_samples(p)
+    if p.is_file() and _ext(p.name) in IMAGE_EXTS:
+        src = os.path.abspath(p)
+        return iter([Sample(key=p.stem, source=src, load=FileRef(src))])
+    if is_tar_input(spec):
+        return _shard_samples(spec, excluded)
+    if not p.exists():
+        raise InputError(f"input {spec!r} does not exist; pass image folders, tar shards or a .jsonl/.csv manifest")
+    raise InputError(f"input {spec!r} is not a folder, an image, a tar shard or a .jsonl/.csv manifest")
+
+
+def _shard_samples(spec: str, excluded: frozenset[str]) -> Iterator[Sample]:
+    """Every shard of ``spec`` is checked (exists, regular file, not in the output) before any is read."""
+    shards = []
+    for url in expand_shards(spec):
+        local = _local_path(url)
+        if local is not None:
+            if not local.exists():
+                raise InputError(f"tar shard {url} does not exist (from input {spec!r}); check the path/pattern")
+            try:
+                check_regular(local)
+            except InputError as e:
+                raise InputError(f"tar shard {e} (from input {spec!r})") from e
+            _refuse_inside_output(local, spec, excluded)
+            if "://" not in url:
+                url = os.path.abspath(url)
+        shards.append(url)
+    for url in shards:
+        yield from _tar_plan(url)
 
 
 def samples_from_images(images, captions=None, prefix: str = "sample") -> list[Sample]:
@@ -346,10 +461,12 @@ class SampleReader:
     """Fetch image bytes/paths and captions of planned samples, in increasing row order.
 
     Tar shards are streamed forward once; asking for an earlier sample of the same shard reopens it.
-    One reader per DataLoader worker.
+    One reader per DataLoader worker. ``max_bytes`` caps every file and tar member read (a larger
+    one raises with reason ``too_large``; a caption above it counts as no caption).
     """
 
-    def __init__(self):
+    def __init__(self, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES):
+        self.max_bytes = max_bytes
         self._url = None
         self._it = None
         self._pos = -1
@@ -359,7 +476,7 @@ class SampleReader:
         # _pos = samples consumed from the open stream; _cur = the last one (index _pos - 1)
         if self._url != ref.url or ref.index < self._pos - 1:
             self.close()
-            self._url, self._it, self._pos = ref.url, iter_tar_samples(ref.url), 0
+            self._url, self._it, self._pos = ref.url, iter_tar_samples(ref.url, self.max_bytes), 0
         while self._pos <= ref.index:
             try:
                 self._cur = next(self._it)
@@ -370,18 +487,26 @@ class SampleReader:
         return self._cur
 
     def fetch(self, s: Sample) -> tuple[bytes | str, str | None]:
-        """Return ``(image bytes or path, caption or None)``. Raises ``InputError`` (reason in ``.reason``)."""
+        """Return ``(image bytes or path, caption or None)``. Raises ``InputError`` (reason in ``.reason``).
+
+        A file path is returned only after :func:`~cascadekit.codec.input_files.check_regular` (a regular
+        file within ``max_bytes``); the loader then opens it non-blocking and reads at most the cap.
+        """
         ref = s.load
         if isinstance(ref, (bytes, bytearray)):
             return bytes(ref), s.caption
         if isinstance(ref, FileRef):
+            check_regular(ref.path, self.max_bytes)  # InputFileError: not_a_file / too_large / unreadable
             caption = s.caption
             if caption is None and ref.caption_path is not None:
                 try:
-                    caption = parse_caption(Path(ref.caption_path).read_bytes(), _ext(ref.caption_path))
-                except OSError:
+                    caption = parse_caption(read_regular(ref.caption_path, self.max_bytes), _ext(ref.caption_path))
+                except (InputError, OSError):
                     caption = None
             return ref.path, caption
+        return self._fetch_tar(s, ref)
+
+    def _fetch_tar(self, s: Sample, ref: TarRef) -> tuple[bytes, str | None]:
         got = self._tar_sample(ref)
         if got is None:
             raise _Unreadable(f"{s.source}: sample vanished from the shard on re-read")
@@ -391,11 +516,16 @@ class SampleReader:
         cap = None
         for e in CAPTION_EXTS:
             if e in members:
-                cap = parse_caption(members[e][1], e)
+                data = members[e][1]
+                cap = None if isinstance(data, Oversize) else parse_caption(data, e)
                 break
-        img = next((members[e][1] for e in IMAGE_EXTS if e in members), None)
+        name, img = next((members[e] for e in IMAGE_EXTS if e in members), (None, None))
         if img is None:
             raise _Unreadable(f"{s.source}: the image member cannot be read (tar stream broken)")
+        if isinstance(img, Oversize):
+            raise InputFileError("too_large", f"{s.source}: member {name} is {format_bytes(img.size)}, above the "
+                                 f"input cap of {format_bytes(self.max_bytes)}; raise --max-input-bytes "
+                                 "(Python: max_input_bytes=) if it is a legitimate input")
         return img, cap
 
     def close(self):
