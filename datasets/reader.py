@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,11 +29,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cascadekit.codec.errors import InputError
-from cascadekit.datasets import store as S
+from cascadekit.datasets.access import FIELDS, TEXT_FIELDS, LatentStore
 
-TENSOR_FIELDS = ("latents", "stage_a", "clip_text", "clip_text_pooled", "orig_size")
-STRING_FIELDS = ("captions", "keys", "source")
-TEXT_FIELDS = ("clip_text", "clip_text_pooled")
+STRING_FIELDS = tuple(f for f, d in FIELDS.items() if d.kind == "string")
 
 
 @dataclass
@@ -74,16 +73,14 @@ class LatentDataset(IterableDataset):
                  memory_budget: int = 2 << 30, dtype: torch.dtype | None = None, read_threads: int = 2):
         super().__init__()
         self.path = os.fspath(store)
-        root = S.open_store(self.path)
-        paths = S.group_paths(root)
+        st = LatentStore(self.path)
+        paths = st.group_paths
         if group is not None:
-            if group not in paths:
-                raise InputError(f"{self.path} has no sample group {group!r}; it has {paths}")
+            st.group(group)  # InputError naming the groups there are
             paths = [group]
         self.group_paths = paths
-        first = S.sample_group(root, paths[0])
-        present = [f for f in TENSOR_FIELDS + STRING_FIELDS if all(
-            _field_array(f) in S.sample_group(root, gp) for gp in paths)]
+        first = st.group(paths[0])
+        present = st.common_fields(paths)
         if fields is None:
             fields = ["latents", "captions"] + [f for f in TEXT_FIELDS if f in present]
         fields = list(dict.fromkeys(fields))
@@ -105,8 +102,8 @@ class LatentDataset(IterableDataset):
         self.buffer_blocks = max(1, buffer_blocks)
         self.read_threads = max(1, read_threads)
         self.dtype = dtype
-        self.chunk_rows = int(root.attrs["chunk_rows"])
-        self.attrs = dict(root.attrs)
+        self.chunk_rows = st.chunk_rows
+        self.attrs = st.attrs
         self.refresh()
         self._auto_memory = in_memory == "auto"
         if in_memory == "auto":
@@ -117,15 +114,20 @@ class LatentDataset(IterableDataset):
 
     # ------------------------------------------------------------------ bookkeeping
     def refresh(self) -> None:
-        """Re-read ``status`` (a store being written shows more complete rows later)."""
-        root = S.open_store(self.path)
+        """Re-select the usable rows (a store being written shows more complete rows later).
+
+        The rule is :meth:`~cascadekit.datasets.access.GroupView.select`'s: status ok, text_status ok for
+        text fields, chunk files present; ok rows behind missing chunks are skipped with a warning.
+        """
+        st = LatentStore(self.path)
         self._groups = []
         for gp in self.group_paths:
-            g = S.sample_group(root, gp)
-            ok = S.read_status(g) == S.STATUS_OK
-            if any(f in TEXT_FIELDS for f in self.fields) and "text_status" in g:
-                ok &= np.asarray(g["text_status"][:]) == S.STATUS_OK  # embeddings written too
-            self._groups.append(_Group(gp, np.flatnonzero(ok), self.chunk_rows))
+            sel = st.group(gp).select(self.fields)
+            if sel.problems:
+                warnings.warn(f"{self.path}: skipping {sel.lost_rows} rows with missing chunk files: "
+                              f"{sel.describe_problems()}; rerun `cascadekit encode`/`embed-text` to re-create them",
+                              stacklevel=2)
+            self._groups.append(_Group(gp, sel.rows, self.chunk_rows))
         self._cache = None
 
     @property
@@ -164,10 +166,6 @@ class LatentDataset(IterableDataset):
                 break
         return out
 
-    def rank_rows(self) -> list[tuple[str, np.ndarray]]:
-        """(group, rows) blocks this rank reads this epoch, in order (before buffer shuffling)."""
-        return [(self._groups[gi].path, r) for gi, r in self._slice(self._blocks(), self.rank, self.world_size)]
-
     def __len__(self) -> int:
         """Batches this rank yields per epoch with one DataLoader worker (per group rounding)."""
         n = [0] * len(self._groups)
@@ -177,31 +175,20 @@ class LatentDataset(IterableDataset):
         return int(sum(f(k / self.batch_size) for k in n))
 
     # ------------------------------------------------------------------ reading
-    def _arrays(self, root) -> list[dict]:
-        """Open every (group, field) array once per iteration (opening costs a metadata read)."""
-        out = []
-        for grp in self._groups:
-            g = S.sample_group(root, grp.path)
-            out.append({f: g[_field_array(f)] for f in self.fields})
-        return out
+    def _arrays(self, st: LatentStore) -> list[dict]:
+        """One chunk reader per (group, field), opened once per iteration (opening costs a metadata read).
+        Blocks lie inside one chunk and are read once: nothing is kept decoded."""
+        return [{f: st.group(grp.path).cache(f, keep=0) for f in self.fields} for grp in self._groups]
 
     def _read_block(self, arrays, gi: int, rows: np.ndarray) -> dict:
-        a, b = int(rows[0]), int(rows[-1]) + 1
-        sel = rows - a
-        out = {}
-        for f in self.fields:
-            x = np.asarray(arrays[gi][f][a:b])
-            out[f] = x[sel] if len(sel) != b - a else x
+        out = {f: arrays[gi][f].rows(rows) for f in self.fields}
         out["rows"] = rows
         return out
 
-    def _load_all(self, root) -> list[dict]:
+    def _load_all(self, st: LatentStore) -> list[dict]:
         cache = []
-        for g in self._groups:
-            grp = S.sample_group(root, g.path)
-            d = {f: np.asarray(grp[_field_array(f)][:])[g.rows] for f in self.fields}
-            d["rows"] = g.rows
-            cache.append(d)
+        for d, g in zip(self._arrays(st), self._groups):
+            cache.append({**{f: r.rows(g.rows) for f, r in d.items()}, "rows": g.rows})
         return cache
 
     def _emit(self, gi: int, cat: dict, idx: np.ndarray) -> dict:
@@ -220,7 +207,7 @@ class LatentDataset(IterableDataset):
         return b
 
     def __iter__(self):
-        root = S.open_store(self.path)
+        root = LatentStore(self.path)
         blocks = self._slice(self._blocks(), self.rank, self.world_size)
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -295,12 +282,9 @@ class LatentDataset(IterableDataset):
                 del carry[gi]
 
 
-def _field_array(field: str) -> str:
-    return field
-
-
 def _row_bytes(g, field: str) -> int:
+    """Bytes one row of ``field`` takes in memory (``g`` a :class:`~cascadekit.datasets.access.GroupView`)."""
     if field in STRING_FIELDS:
         return 128
-    a = g[_field_array(field)]
+    a = g.array(field)
     return int(np.prod(a.shape[1:])) * a.dtype.itemsize if hasattr(a.dtype, "itemsize") else 64

@@ -21,9 +21,31 @@ from pathlib import Path
 import numpy as np
 
 from cascadekit.codec.errors import InputError
+from cascadekit.datasets import integrity
 
 FORMAT_NAME = "cascadekit.latent-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads. Version 1 (before dimension names were made consistent and chunks got a
+#: crc32c checksum) reads unchanged; only its damaged chunks are found by failed decoding instead of checksums.
+READABLE_VERSIONS = (1, 2)
+LOCK_NAME = ".lock"  # cascadekit.codec.fsio.AdvisoryLock's file inside the store folder
+
+#: Zarr dimension names per array, consistent across a store (version 2): ``xarray.open_zarr`` opens any group.
+DIMENSIONS = {
+    "latents": ("sample", "latent_channel", "latent_y", "latent_x"),
+    "stage_a": ("sample", "stage_a_channel", "stage_a_y", "stage_a_x"),
+    "orig_size": ("sample", "hw"),
+    "clip_text": ("sample", "text_token", "text_channel"),
+    "clip_text_pooled": ("sample", "pooled_token", "pooled_channel"),
+}
+#: Version 1 reused ``channel``/``y``/``x`` with different sizes (xarray refuses such a store).
+DIMENSIONS_V1 = {
+    "latents": ("sample", "channel", "y", "x"),
+    "stage_a": ("sample", "channel", "y", "x"),
+    "orig_size": ("sample", "hw"),
+    "clip_text": ("sample", "token", "channel"),
+    "clip_text_pooled": ("sample", "one", "channel"),
+}
 
 STATUS_PENDING, STATUS_OK, STATUS_SKIPPED = 0, 1, 2
 
@@ -48,9 +70,27 @@ def consolidate(path) -> None:
 
 
 def _zstd():
-    from zarr.codecs import ZstdCodec
+    """The compressors of every chunked array: zstd, then a crc32c checksum of the compressed bytes."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    return ZstdCodec(level=ZSTD_LEVEL)
+    return (ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec())
+
+
+def dimension_names(name: str, version: int = FORMAT_VERSION) -> tuple[str, ...]:
+    """Zarr dimension names of array ``name`` in a store of format ``version`` (per-row arrays: ``("sample",)``)."""
+    return (DIMENSIONS if version >= 2 else DIMENSIONS_V1).get(name, ("sample",))
+
+
+def writable(arr):
+    """``arr`` configured to write every chunk, also one equal to the fill value (zarr skips those by default),
+    so that a chunk file exists behind every written row and a missing one means lost data."""
+    return arr.with_config({"write_empty_chunks": True})
+
+
+def create_row_array(g, name: str, shape, chunks, dtype, fill_value, version: int = FORMAT_VERSION, **kw):
+    """One per-row array of a sample group (checksummed zstd chunks, the store's dimension names)."""
+    return g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=_zstd(), fill_value=fill_value,
+                          dimension_names=dimension_names(name, version), config={"write_empty_chunks": True}, **kw)
 
 
 def tool_version() -> str:
@@ -86,20 +126,14 @@ def create_group_arrays(root, layout: GroupLayout, chunk_rows: int, dtype: str):
     """Create all per-row arrays of one sample group at their final size (fill: pending/empty)."""
     g = root.require_group(layout.path) if layout.path else root
     n = layout.n
-    comp = _zstd()
-    g.create_array("latents", shape=(n, *layout.latent_shape), chunks=(chunk_rows, *layout.latent_shape),
-                   dtype=dtype, compressors=comp, fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+    create_row_array(g, "latents", (n, *layout.latent_shape), (chunk_rows, *layout.latent_shape), dtype, 0)
     if layout.stage_a_shape is not None:
         ca = stage_a_chunk_rows(chunk_rows, layout.stage_a_shape)
-        g.create_array("stage_a", shape=(n, *layout.stage_a_shape), chunks=(ca, *layout.stage_a_shape),
-                       dtype=dtype, compressors=comp, fill_value=0, dimension_names=("sample", "channel", "y", "x"))
+        create_row_array(g, "stage_a", (n, *layout.stage_a_shape), (ca, *layout.stage_a_shape), dtype, 0)
     for name in ("keys", "captions", "source", "skip_reason"):
-        g.create_array(name, shape=(n,), chunks=(chunk_rows,), dtype=str, compressors=comp, fill_value="",
-                       dimension_names=("sample",))
-    g.create_array("orig_size", shape=(n, 2), chunks=(chunk_rows, 2), dtype="int32", compressors=comp,
-                   fill_value=0, dimension_names=("sample", "hw"))
-    g.create_array("status", shape=(n,), chunks=(chunk_rows,), dtype="uint8", compressors=comp,
-                   fill_value=STATUS_PENDING, dimension_names=("sample",))
+        create_row_array(g, name, (n,), (chunk_rows,), str, "")
+    create_row_array(g, "orig_size", (n, 2), (chunk_rows, 2), "int32", 0)
+    create_row_array(g, "status", (n,), (chunk_rows,), "uint8", STATUS_PENDING)
     g.attrs.update({"n": n, "latent_shape": list(layout.latent_shape),
                     "stage_a_shape": list(layout.stage_a_shape) if layout.stage_a_shape else None})
     return g
@@ -118,17 +152,48 @@ def is_store(path: str | os.PathLike) -> bool:
     return meta.get("attributes", {}).get("format") == FORMAT_NAME
 
 
+def has_content(path: str | os.PathLike) -> bool:
+    """Whether folder ``path`` holds anything besides the store's lock file."""
+    p = Path(path)
+    return p.is_dir() and any(e.name != LOCK_NAME for e in p.iterdir())
+
+
 def remove_store(path: str | os.PathLike) -> None:
-    """Delete an existing store (only if it is a cascadekit store, or an empty folder)."""
+    """Delete an existing store's contents (only if it is a cascadekit store, or an empty folder).
+
+    The folder and its lock file stay: a process holding the store's lock keeps holding it.
+    """
     p = Path(path)
     if not p.exists():
         return
     if is_store(p):
-        shutil.rmtree(p)
-    elif p.is_dir() and not any(p.iterdir()):
-        p.rmdir()
+        for e in p.iterdir():
+            if e.name != LOCK_NAME:
+                shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+    elif p.is_dir() and not has_content(p):
+        return
     else:
         raise InputError(f"{p} exists and is not a cascadekit latent store; refusing to delete it. Choose another --out.")
+
+
+def lock_store(path: str | os.PathLike):
+    """Take the advisory lock of the store at ``path`` (the folder is created if needed).
+
+    Returns ``(lock, None)``, or ``(None, message)`` when another process holds it (the message names the
+    holder) or the folder cannot be made: callers of distributed jobs broadcast the message instead of raising
+    on one rank. Release with ``lock.release()``.
+    """
+    from cascadekit.codec.errors import CascadeKitError
+    from cascadekit.codec.fsio import AdvisoryLock, describe_os_error
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        return AdvisoryLock(p, "latent store").acquire(), None
+    except CascadeKitError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, describe_os_error(e, p)
 
 
 def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: str, attrs: dict):
@@ -136,7 +201,9 @@ def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: st
     zarr = _zarr()
     # mark the store as ours and unfinished first: a run killed while creating arrays leaves a store
     # that the next run recognises and recreates (it holds no data yet)
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3,
+    if has_content(path):
+        raise InputError(f"{path} already holds files; refusing to create a latent store over them")
+    root = zarr.open_group(str(path), mode="a", zarr_format=3,
                            attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "initializing": True})
     for lay in layouts:
         create_group_arrays(root, lay, chunk_rows, dtype)
@@ -156,15 +223,40 @@ def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: st
 
 
 def open_store(path, mode: str = "r"):
-    """Open a store (read-only by default). Raises :class:`InputError` if it is not a cascadekit store."""
+    """Open a store (read-only by default) as a zarr group.
+
+    Raises :class:`InputError` if it is not a cascadekit store, has an unknown ``format_version``, or a sample
+    group lacks ``status`` / ``latents`` (a damaged store, not a ``KeyError``).
+    """
     zarr = _zarr()
     if not is_store(path):
         raise InputError(f"{path} is not a cascadekit latent store (no zarr.json with format={FORMAT_NAME!r})")
-    root = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+    try:
+        root = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: cannot open the latent store ({e})") from None
     ver = root.attrs.get("format_version")
-    if ver != FORMAT_VERSION:
-        raise InputError(f"{path}: store format version {ver} is not supported (this cascadekit reads {FORMAT_VERSION})")
+    if ver not in READABLE_VERSIONS:
+        raise InputError(f"{path}: store format version {ver} is not supported (this cascadekit reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild it with `cascadekit encode --overwrite`")
+    if not root.attrs.get("initializing", False):
+        for gp in root.attrs.get("groups", [""]):
+            _require_arrays(path, root, gp)
     return root
+
+
+def _require_arrays(path, root, gp: str) -> None:
+    where = f"{path}/{gp}" if gp else str(path)
+    try:
+        g = root[gp] if gp else root
+        names = set(g.array_keys())
+    except (KeyError, OSError, ValueError):
+        raise InputError(f"{where}: sample group missing or unreadable; the store is damaged (rebuild it with "
+                         "`cascadekit encode ... --overwrite`)") from None
+    lost = [a for a in ("status", "latents") if a not in names]
+    if lost:
+        raise InputError(f"{where}: the {' and '.join(lost)} array{'s are' if len(lost) > 1 else ' is'} missing; the "
+                         "store is damaged (rebuild it with `cascadekit encode ... --overwrite`)")
 
 
 def group_paths(root) -> list[str]:
@@ -175,12 +267,13 @@ def sample_group(root, path: str):
     return root[path] if path else root
 
 
-def read_status(g, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Status per row (uint8) of rows ``start..stop-1`` (default: all).
+def read_status(g, start: int = 0, stop: int | None = None, name: str = "status") -> np.ndarray:
+    """Status per row (uint8) of rows ``start..stop-1`` (default: all) of array ``name`` (``status`` or
+    ``text_status``).
 
     A chunk file that cannot be decoded (torn write) counts as pending.
     """
-    arr = g["status"]
+    arr = g[name]
     n = arr.shape[0]
     stop = n if stop is None else min(stop, n)
     start = min(max(start, 0), stop)
@@ -198,11 +291,56 @@ def read_status(g, start: int = 0, stop: int | None = None) -> np.ndarray:
         return out
 
 
-class StatusView:
-    """``view[a:b]`` reads rows ``a..b-1`` of a group's status with :func:`read_status` (torn chunks = pending)."""
+#: Per-row arrays whose rows are valid where ``text_status`` (not ``status``) is ok.
+TEXT_ARRAYS = ("clip_text", "clip_text_pooled")
+#: Arrays whose chunk files a version-1 store always has behind ok rows (it did not write chunks holding
+#: only fill values, e.g. all-empty captions, so its string arrays cannot be presence-checked).
+V1_CHECKED = ("latents", "stage_a", "clip_text", "clip_text_pooled")
 
-    def __init__(self, g):
+
+def store_version(g) -> int:
+    """The ``format_version`` of the store a zarr group (root or sample group) belongs to."""
+    return int(zarr_root(g).attrs.get("format_version", FORMAT_VERSION))
+
+
+def zarr_root(g):
+    """The root group of the store ``g`` belongs to (``g`` itself for the root)."""
+    return _zarr().open_group(str(g.store.root), mode="r", use_consolidated=False) if g.path else g
+
+
+def checked_arrays(g, status_name: str = "status", version: int | None = None) -> list[str]:
+    """Arrays of sample group ``g`` whose chunks must exist behind rows with ``status_name == ok``."""
+    version = store_version(g) if version is None else version
+    names = set(g.array_keys())
+    text = status_name == "text_status"
+    cand = [n for n in names if n not in ("status", "text_status") and (n in TEXT_ARRAYS) == text]
+    return sorted(n for n in cand if version >= 2 or n in V1_CHECKED)
+
+
+def damaged_rows(g, start: int, stop: int, ok: np.ndarray, arrays, deep: bool) -> list:
+    """:class:`~.integrity.ChunkProblem` of the chunks of ``arrays`` holding an ok row of ``start..stop-1``
+    (``ok`` a boolean mask over those rows)."""
+    rows = np.flatnonzero(ok) + start
+    if not len(rows):
+        return []
+    out = []
+    for name in arrays:
+        arr = g[name]
+        out += integrity.bad_chunks(arr, integrity.chunks_of_rows(arr, rows), deep, g.path, name)
+    return out
+
+
+class StatusView:
+    """``view[a:b]`` reads rows ``a..b-1`` of a group's status with :func:`read_status` (torn chunks = pending).
+
+    With ``verify`` (``"presence"`` or ``"deep"``, see :mod:`.integrity`), ok rows whose data chunks are
+    missing or damaged also read as pending: a resumed ``encode`` then re-creates those chunks.
+    """
+
+    def __init__(self, g, verify: str | None = "deep"):
         self.g = g
+        self.verify = verify
+        self._arrays = checked_arrays(g) if verify else []
 
     def __len__(self) -> int:
         return self.g["status"].shape[0]
@@ -211,7 +349,11 @@ class StatusView:
         a, b, step = s.indices(len(self))
         if step != 1:
             raise IndexError("StatusView slices must be contiguous")
-        return read_status(self.g, a, b)
+        st = read_status(self.g, a, b)
+        if self._arrays:
+            bad = damaged_rows(self.g, a, b, st == STATUS_OK, self._arrays, self.verify == "deep")
+            st = np.where(integrity.rows_mask(bad, a, b) & (st == STATUS_OK), STATUS_PENDING, st).astype(np.uint8)
+        return st
 
 
 def iter_status(g, block_rows: int = 1 << 16):
@@ -291,9 +433,11 @@ def write_error_table(g, block_rows: int = 65536, n_skipped: int | None = None) 
     e = g.create_group("errors", overwrite=True)  # also replaces a table left half-written by a kill
     chunks = (max(1, min(n, block_rows)),)
     comp = _zstd()
-    e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0, overwrite=True)
+    e.create_array("row", shape=(n,), chunks=chunks, dtype="int64", compressors=comp, fill_value=0, overwrite=True,
+                   dimension_names=("error",))
     for name in ("key", "source", "reason"):
-        e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="", overwrite=True)
+        e.create_array(name, shape=(n,), chunks=chunks, dtype=str, compressors=comp, fill_value="", overwrite=True,
+                       dimension_names=("error",))
     if not n:
         return 0
     cols = {"row": [], "key": [], "source": [], "reason": []}

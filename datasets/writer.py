@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascadekit.codec.errors import PrecisionError
-from cascadekit.datasets.store import STATUS_OK, STATUS_SKIPPED
+from cascadekit.datasets.store import STATUS_OK, STATUS_SKIPPED, writable
 
 FP16_MAX = 65504.0
 
@@ -129,15 +129,12 @@ class ChunkWriter:
     def _write(self, gpath: str, p: _Pending) -> None:
         g = self._group(gpath)
         s = slice(p.start, p.stop)
-        g["latents"][s] = p.latents
-        if p.stage_a is not None:
-            g["stage_a"][s] = p.stage_a
-        g["keys"][s] = p.keys.astype(str)
-        g["captions"][s] = p.captions.astype(str)
-        g["source"][s] = p.sources.astype(str)
-        g["skip_reason"][s] = p.reasons.astype(str)
-        g["orig_size"][s] = p.orig_size
-        g["status"][s] = p.status  # last: marks the chunk complete
+        data = {"latents": p.latents, "stage_a": p.stage_a, "keys": p.keys.astype(str),
+                "captions": p.captions.astype(str), "source": p.sources.astype(str),
+                "skip_reason": p.reasons.astype(str), "orig_size": p.orig_size, "status": p.status}
+        for name, values in data.items():  # status last: marks the chunk complete
+            if values is not None:
+                writable(g[name])[s] = values  # every chunk gets a file, also an all-zero one
         self.chunks_written += 1
         if self.on_chunk is not None:
             self.on_chunk(gpath, p)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cascadekit.codec.errors import InputError
+from cascadekit.datasets.access import REPAIR_HINT, LatentStore
 from cascadekit.generator.batches import Group
 from cascadekit.generator.conditioning import EmptyCaption
 
@@ -22,65 +23,59 @@ EMBEDDINGS = ("clip_text", "clip_text_pooled", "clip_img")
 EMPTY_NAMES = (("empty_clip_text", "empty_clip_text_pooled"),)
 
 
-def _find(container, names) -> Any:
-    for n in names:
-        try:
-            if n in container:
-                return container[n]
-        except Exception:  # noqa: BLE001 - zarr membership on odd keys
-            continue
-    return None
-
-
 def open_groups(path: Path):
-    """(groups with their readers, available fields, empty-caption embeddings or None, {field: per-sample shape})."""
-    from cascadekit.datasets.store import STATUS_OK, group_paths, open_store, read_status, sample_group
+    """(groups with their readers, available fields, empty-caption embeddings or None, {field: per-sample shape}).
 
-    root = open_store(path)
+    Rows are selected by :meth:`cascadekit.datasets.access.GroupView.select` (the one rule); training refuses
+    a store whose ok rows lack text embeddings or chunk files instead of training on fewer or zero samples.
+    """
+    store = LatentStore(path)
     out = []
     fields_per_group = []
     field_shapes: dict[str, tuple] = {}
-    for gp in group_paths(root):
-        g = sample_group(root, gp)
-        rows = np.flatnonzero(read_status(g) == STATUS_OK)
+    for gv in store.groups:
+        emb_names = [n for n in EMBEDDINGS if gv.has(n)]
+        sel = gv.select(["latents", *emb_names] + (["captions"] if gv.has("captions") else []))
+        _refuse_incomplete(path, gv, sel)
+        rows = sel.rows
         if len(rows) == 0:
             continue
-        lat = g["latents"]
         fields = {"latents"}
         caps = None
-        if "captions" in g:
-            caps_all = np.asarray(g["captions"][:])[rows]
+        if gv.has("captions"):
+            caps_all = gv.cache("captions", keep=0).rows(rows)
             if any(str(c).strip() for c in caps_all):
                 caps = [str(c) for c in caps_all]
                 fields.add("captions")
-        emb = {}
-        for name in EMBEDDINGS:
-            if name in g:
-                emb[name] = g[name]
-                fields.add(name)
-                field_shapes[name] = tuple(g[name].shape[1:])
-        if "clip_text" in emb and "text_status" in g:
-            tstat = np.asarray(g["text_status"][:])[rows]
-            if (tstat != STATUS_OK).any():
-                raise InputError(f"{path}: {int((tstat != STATUS_OK).sum())} samples of group {gp or 'root'!r} have "
-                                 "no text embedding yet; rerun `cascadekit embed-text` to finish it")
+        for name in emb_names:
+            fields.add(name)
+            field_shapes[name] = gv.shape(name)
         fields_per_group.append(fields)
-        name = gp or "root"
-        grp = Group(name, int(len(rows)), tuple(int(s) for s in lat.shape[1:]), chunk=int(lat.chunks[0]))
-        out.append((grp, _reader(lat, rows, caps, emb)))
+        lat = gv.array("latents")
+        grp = Group(gv.name, int(len(rows)), gv.shape("latents"), chunk=int(lat.chunks[0]))
+        out.append((grp, _reader(gv, rows, caps, emb_names)))
     if not out:
         raise InputError(f"latent store {path} has no complete samples (status ok); did `cascadekit encode` finish?")
     fields = set.intersection(*fields_per_group)
     empty = None
     for tn, pn in EMPTY_NAMES:
-        t, p = _find(root, [tn]), _find(root, [pn])
+        t, p = store.root_array(tn), store.root_array(pn)
         if t is not None and p is not None:
             t = torch.from_numpy(np.asarray(t[:], dtype=np.float32))
             p = torch.from_numpy(np.asarray(p[:], dtype=np.float32))
             empty = EmptyCaption(t.reshape(1, *t.shape[-2:]), p.reshape(1, 1, -1))
     if empty is None and "clip_text" in fields:
-        empty = _empty_from_text_encoder(root.attrs.get("text_encoder"), field_shapes)
+        empty = _empty_from_text_encoder(store.attrs.get("text_encoder"), field_shapes)
     return out, fields, empty, field_shapes
+
+
+def _refuse_incomplete(path, gv, sel) -> None:
+    if sel.text_pending:
+        raise InputError(f"{path}: {sel.text_pending} samples of group {gv.path or 'root'!r} have "
+                         "no text embedding yet; rerun `cascadekit embed-text` to finish it")
+    if sel.problems:
+        raise InputError(f"{path}: {sel.lost_rows} samples of group {gv.path or 'root'!r} have missing chunk files "
+                         f"({sel.describe_problems()}); {REPAIR_HINT}")
 
 
 def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
@@ -103,43 +98,8 @@ def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
     return None
 
 
-class _ChunkCache:
-    """Decoded row chunks of one array, least recently used dropped first (all of them for small arrays)."""
-
-    def __init__(self, arr, keep: int):
-        self.arr, self.keep = arr, keep
-        self.rows_per_chunk = int(arr.chunks[0])
-        self.chunks: dict[int, np.ndarray] = {}
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        out = None
-        c = self.rows_per_chunk
-        for ci in np.unique(rows // c):
-            block = self.chunks.pop(int(ci), None)
-            if block is None:
-                block = np.asarray(self.arr[int(ci) * c:(int(ci) + 1) * c])
-            self.chunks[int(ci)] = block  # most recently used last
-            sel = np.flatnonzero(rows // c == ci)
-            if out is None:
-                out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)
-            out[sel] = block[rows[sel] - int(ci) * c]
-        while len(self.chunks) > self.keep:
-            self.chunks.pop(next(iter(self.chunks)))
-        return out
-
-
-SMALL_BYTES = 256 << 20  # arrays up to this size are kept decoded in memory entirely
-
-
-def _cache_for(arr) -> _ChunkCache:
-    n_chunks = -(-arr.shape[0] // int(arr.chunks[0]))
-    nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
-    return _ChunkCache(arr, n_chunks if nbytes <= SMALL_BYTES else 16)
-
-
-def _reader(lat, rows: np.ndarray, caps: list[str] | None, emb: dict):
-    caches = {"latents": _cache_for(lat)}
-    caches.update({name: _cache_for(arr) for name, arr in emb.items()})
+def _reader(gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
+    caches = {name: gv.cache(name) for name in ["latents", *emb]}
 
     def read(indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)

@@ -7,7 +7,9 @@ A source exposes ``groups`` (one :class:`~cascadekit.generator.batches.Group` pe
 which indices are read, so the order is deterministic and resumable whatever the source.
 
 * :class:`TensorData`: in-memory tensors (one group), for experiments, tests and benchmarks.
-* :func:`open_store`: a Zarr latent store written by ``cascadekit encode`` (``cascadekit.datasets``).
+* :func:`open_train_data`: a Zarr latent store written by ``cascadekit encode``, read through
+  :mod:`cascadekit.datasets.access` (``open_store`` is its former name, kept as an alias; the zarr-level
+  opener is :func:`cascadekit.datasets.store.open_store`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,14 @@ from cascadekit.generator.conditioning import EmptyCaption
 
 
 class TrainData(Protocol):
+    """What the trainer reads: groups, the fields each sample has, their per-sample shapes
+    (``field_shapes``: e.g. ``{"clip_text": (77, 1280)}``, every field except ``latents`` and ``captions``),
+    an optional empty-caption embedding, and :meth:`read`."""
+
     groups: list[Group]
     fields: set[str]
     empty: EmptyCaption | None
+    field_shapes: dict[str, tuple[int, ...]]
 
     def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
         """Samples ``indices`` of ``group``: ``latents`` (B,16,h,w) plus any of ``captions`` (B str),
@@ -63,9 +70,12 @@ class TensorData:
         return out
 
 
-def open_store(path: str | Path) -> TrainData:
+def open_train_data(path: str | Path) -> TrainData:
     """Open a latent store for training (see :class:`StoreData`)."""
     return StoreData(path)
+
+
+open_store = open_train_data  # the former name (callers written against it keep working)
 
 
 class StoreData:
@@ -75,8 +85,6 @@ class StoreData:
         from cascadekit.generator._store import open_groups
 
         self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"latent store {self.path} does not exist (create it with `cascadekit encode`)")
         self._groups, self.fields, self.empty, self.field_shapes = open_groups(self.path)
         self.groups = [g for g, _ in self._groups]
         self._readers = {g.name: r for g, r in self._groups}

@@ -1,0 +1,272 @@
+"""The one read-side API of a latent store: every reader (``LatentDataset``, the trainer, ``evaluate``,
+``inspect``, ``embed-text``) opens stores, selects rows and reads chunks through it.
+
+* :class:`LatentStore` opens a store read-only (format versions 1 and 2) and lists its sample groups.
+* :class:`GroupView` is one sample group: its fields, their per-row shapes and dtypes, and
+  :meth:`GroupView.select`, **the** rule for which rows are usable: ``status == ok``; for a field governed
+  by ``text_status`` (text embeddings) also ``text_status == ok``; and every chunk file holding the row in
+  a requested field present (a deleted chunk would otherwise read as zeros, zarr's fill value).
+* :class:`ChunkCache` reads rows of one array chunk by chunk, keeping recently decoded chunks; a missing
+  or damaged chunk is an :class:`InputError` naming the array and rows, never zeros or a codec traceback.
+
+Fields are named in :data:`FIELDS`; a later kind of per-row data (ControlNet controls, image embeddings)
+is one more entry there.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cascadekit.codec.errors import InputError
+from cascadekit.datasets import integrity
+from cascadekit.datasets import store as S
+
+
+@dataclass(frozen=True)
+class Field:
+    """A per-row field: the array holding it, what it is, and the status array that says a row has it."""
+
+    array: str
+    kind: str  # "tensor" (float data), "int" (integer data), "string"
+    status: str = "status"
+
+
+FIELDS: dict[str, Field] = {
+    "latents": Field("latents", "tensor"),
+    "stage_a": Field("stage_a", "tensor"),
+    "clip_text": Field("clip_text", "tensor", "text_status"),
+    "clip_text_pooled": Field("clip_text_pooled", "tensor", "text_status"),
+    "clip_img": Field("clip_img", "tensor"),
+    "orig_size": Field("orig_size", "int"),
+    "captions": Field("captions", "string"),
+    "keys": Field("keys", "string"),
+    "source": Field("source", "string"),
+}
+TEXT_FIELDS = tuple(f for f, d in FIELDS.items() if d.status == "text_status")
+
+REPAIR_HINT = ("run `cascadekit inspect --verify STORE` to list every damaged chunk, then rerun `cascadekit encode` "
+               "(latents, captions, ...) or `cascadekit embed-text` (text embeddings) with the same arguments: "
+               "they re-create them")
+
+
+def field_info(name: str) -> Field:
+    try:
+        return FIELDS[name]
+    except KeyError:
+        raise InputError(f"unknown store field {name!r}; known: {sorted(FIELDS)}") from None
+
+
+@dataclass
+class Selection:
+    """The usable rows of a group for some fields, and why the other ok rows were left out."""
+
+    rows: np.ndarray  # increasing row numbers
+    text_pending: int = 0  # ok rows without text embeddings yet (text_status not ok)
+    problems: list = field(default_factory=list)  # integrity.ChunkProblem behind ok rows
+    lost_rows: int = 0  # ok rows left out because of those problems
+
+    def describe_problems(self, limit: int = 5) -> str:
+        lines = [p.describe() for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"... and {len(self.problems) - limit} more")
+        return "; ".join(lines)
+
+
+class GroupView:
+    """One sample group of an open store (``path`` ``""`` is the root group)."""
+
+    def __init__(self, store: LatentStore, path: str):
+        self.store, self.path = store, path
+        self.name = path or "root"
+        self.g = S.sample_group(store.root, path)
+        self.n = int(self.g["status"].shape[0])
+        self._names = set(self.g.array_keys())
+
+    # ------------------------------------------------------------------ what the group holds
+    @property
+    def fields(self) -> list[str]:
+        """Fields this group has (names of :data:`FIELDS`, in that order)."""
+        return [f for f, d in FIELDS.items() if d.array in self._names and
+                (d.status == "status" or d.status in self._names)]
+
+    def has(self, name: str) -> bool:
+        return name in self.fields
+
+    def array(self, name: str):
+        """The zarr array of field (or array) ``name``."""
+        arr = FIELDS[name].array if name in FIELDS else name
+        if arr not in self._names:
+            raise InputError(f"{self.store.path}: group {self.name!r} has no {arr!r} array")
+        return self.g[arr]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Per-row shape of field ``name``, e.g. (16, 24, 24) for ``latents``; () for strings."""
+        return tuple(int(s) for s in self.array(name).shape[1:])
+
+    def dtype(self, name: str) -> np.dtype | str:
+        a = self.array(name)
+        return a.dtype if FIELDS.get(name, Field(name, "tensor")).kind != "string" else "str"
+
+    def chunk_rows(self, name: str = "latents") -> int:
+        return int(self.array(name).chunks[0])
+
+    # ------------------------------------------------------------------ statuses and the ok rows
+    def status(self, start: int = 0, stop: int | None = None, name: str = "status") -> np.ndarray:
+        """``status`` (or ``text_status``) of rows ``start..stop-1``; undecodable chunks read as pending."""
+        return S.read_status(self.g, start, stop, name)
+
+    def iter_status(self, block_rows: int = 1 << 16):
+        """``(start, status)`` blocks of whole chunks, in order (constant memory)."""
+        return S.iter_status(self.g, block_rows)
+
+    def select(self, fields=("latents",), check_chunks: bool = True, block_rows: int = 1 << 16) -> Selection:
+        """The rows usable for ``fields``: status ok, text_status ok for text fields, and (``check_chunks``)
+        every chunk file behind the row present in each field's array. Reads status block by block."""
+        infos = [field_info(f) for f in fields]
+        for f, d in zip(fields, infos):
+            if not self.has(f):
+                raise InputError(f"{self.store.path}: group {self.name!r} has no field {f!r}; it has {self.fields}")
+        text = any(d.status == "text_status" for d in infos)
+        arrays = sorted({d.array for d in infos}) if check_chunks else []
+        if arrays and self.store.version < 2:
+            arrays = [a for a in arrays if a in S.V1_CHECKED]
+        rows, sel = [], Selection(np.zeros(0, np.int64))
+        for start, st in self.iter_status(block_rows):
+            ok = st == S.STATUS_OK
+            if text:
+                tok = self.status(start, start + len(st), "text_status") == S.STATUS_OK
+                sel.text_pending += int((ok & ~tok).sum())
+                ok &= tok
+            bad = S.damaged_rows(self.g, start, start + len(st), ok, arrays, deep=False)
+            if bad:
+                lost = integrity.rows_mask(bad, start, start + len(st)) & ok
+                sel.problems += bad
+                sel.lost_rows += int(lost.sum())
+                ok &= ~lost
+            rows.append(np.flatnonzero(ok) + start)
+        sel.rows = np.concatenate(rows).astype(np.int64) if rows else sel.rows
+        return sel
+
+    def cache(self, name: str, keep: int | None = None) -> ChunkCache:
+        """A :class:`ChunkCache` of field ``name`` (``keep`` decoded chunks; default: all of an array up to
+        :data:`SMALL_BYTES`, else 16)."""
+        arr = self.array(name)
+        if keep is None:
+            n_chunks = -(-arr.shape[0] // int(arr.chunks[0]))
+            nbytes = int(np.prod(arr.shape)) * getattr(arr.dtype, "itemsize", 64)
+            keep = n_chunks if nbytes <= SMALL_BYTES else 16
+        base = arr.path.rsplit("/", 1)[-1]
+        presence = self.store.version >= 2 or base in S.V1_CHECKED
+        return ChunkCache(arr, keep, f"{self.store.path}: {self.path + '/' if self.path else ''}{base}", presence)
+
+
+SMALL_BYTES = 256 << 20  # arrays up to this size are kept decoded in memory entirely by default
+
+
+class LatentStore:
+    """A latent store opened read-only (see docs/dataset_format.md).
+
+    Args:
+        path: the store folder. Raises :class:`InputError` if it is not a readable cascadekit store.
+
+    Attributes: ``path``, ``root`` (zarr group), ``attrs`` (dict of the root attributes), ``version``,
+    ``chunk_rows``, ``group_paths``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"latent store {self.path} does not exist (create it with `cascadekit encode`)")
+        self.root = S.open_store(self.path)
+        self.attrs = dict(self.root.attrs)
+        self.version = int(self.attrs.get("format_version", S.FORMAT_VERSION))
+        self.chunk_rows = int(self.attrs["chunk_rows"])
+        self.group_paths = S.group_paths(self.root)
+        self._views: dict[str, GroupView] = {}
+
+    def group(self, path: str) -> GroupView:
+        if path not in self.group_paths:
+            raise InputError(f"{self.path} has no sample group {path!r}; it has {self.group_paths}")
+        if path not in self._views:
+            self._views[path] = GroupView(self, path)
+        return self._views[path]
+
+    @property
+    def groups(self) -> list[GroupView]:
+        return [self.group(p) for p in self.group_paths]
+
+    def common_fields(self, paths=None) -> list[str]:
+        """Fields every group (of ``paths``, default all) has, in :data:`FIELDS` order."""
+        views = [self.group(p) for p in (self.group_paths if paths is None else paths)]
+        return [f for f in FIELDS if all(v.has(f) for v in views)]
+
+    def root_array(self, name: str):
+        """A root-level array that is not per-row (e.g. ``empty_clip_text``), or None."""
+        try:
+            return self.root[name] if name in set(self.root.array_keys()) else None
+        except (KeyError, OSError):
+            return None
+
+
+class ChunkCache:
+    """Rows of one array read whole chunk by whole chunk, the ``keep`` most recently used kept decoded.
+
+    Thread-safe (``LatentDataset`` reads blocks on threads). Before decoding, the chunk file must exist
+    (zarr would return fill values for a deleted one; ``presence=False`` for arrays of version-1 stores that
+    legitimately lack fill-only chunks); a decoding failure (checksum, truncation) is an
+    :class:`InputError` naming the array and the rows.
+    """
+
+    def __init__(self, arr, keep: int = 1, label: str | None = None, presence: bool = True):
+        self.arr, self.keep, self.presence = arr, max(0, int(keep)), presence
+        self.label = label or arr.path
+        self.rows_per_chunk = int(arr.chunks[0])
+        self.chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def chunk(self, i: int) -> np.ndarray:
+        """Decoded chunk ``i`` (rows ``i*c .. (i+1)*c-1``)."""
+        with self._lock:
+            block = self.chunks.pop(i, None)
+            if block is not None:
+                self.chunks[i] = block  # most recently used last
+                return block
+        block = self._load(i)
+        with self._lock:
+            if self.keep:
+                self.chunks[i] = block
+                while len(self.chunks) > self.keep:
+                    self.chunks.popitem(last=False)
+        return block
+
+    def _load(self, i: int) -> np.ndarray:
+        a, b = integrity.chunk_span(self.arr, i)
+        st = integrity.chunk_state(self.arr, i, deep=False) if self.presence else None
+        if st is not None:
+            raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) is {st[0]} ({st[1]}); {REPAIR_HINT}")
+        try:
+            return np.asarray(self.arr[a:b])
+        except Exception as e:  # noqa: BLE001 - checksum / zstd / truncation errors of a damaged chunk
+            raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) is damaged and cannot be read "
+                             f"({type(e).__name__}: {str(e)[:120]}); {REPAIR_HINT}") from None
+
+    def rows(self, rows) -> np.ndarray:
+        """Values of ``rows`` (int array, any order, repeats allowed), shape (len(rows), *row shape)."""
+        rows = np.asarray(rows, np.int64)
+        c = self.rows_per_chunk
+        cid = rows // c
+        out = None
+        for ci in np.unique(cid):
+            block = self.chunk(int(ci))
+            sel = np.flatnonzero(cid == ci)
+            if out is None:
+                out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)
+            out[sel] = block[rows[sel] - int(ci) * c]
+        if out is None:
+            out = np.empty((0, *self.arr.shape[1:]), dtype=np.asarray(self.arr[0:0]).dtype)
+        return out
