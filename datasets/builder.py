@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.codec.images import DEFAULT_MAX_PIXELS
+from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES, open_regular
 from cascadekit.codec import distributed as D
 from cascadekit.datasets import store as S
 from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare, target_size
@@ -97,7 +98,7 @@ def _header_size(data) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with Image.open(data if isinstance(data, str) else io.BytesIO(data)) as im:
+        with (open_regular(data) if isinstance(data, str) else io.BytesIO(data)) as f, Image.open(f) as im:
             w, h = im.size
             try:
                 if im.getexif().get(0x0112) in (5, 6, 7, 8):
@@ -120,7 +121,7 @@ def assign_groups(plan: Sequence[Sample], cfg: PreprocessConfig, tmp_dir: str | 
         return {"": range(len(plan))}
     on_disk = bool(getattr(plan, "on_disk", False))
     groups: dict[str, IntLog] = {}
-    reader = SampleReader()
+    reader = SampleReader(cfg.max_input_bytes)
     square = f"buckets/{cfg.resolution}x{cfg.resolution}"
     try:
         for i, s in enumerate(plan):
@@ -232,7 +233,7 @@ class _TaskDataset(IterableDataset):
         lo, hi = 0, n
         if info is not None:
             lo, hi = n * info.id // info.num_workers, n * (info.id + 1) // info.num_workers
-        reader = SampleReader()
+        reader = SampleReader(self.cfg.max_input_bytes)
         try:
             for k in range(lo, hi):
                 t = self.tasks[k]
@@ -451,6 +452,7 @@ def build_latent_dataset(
     buckets: bool = False,
     min_size: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     batch_size: int = 32,
     num_workers: int = 2,
     chunk_rows: int = 256,
@@ -473,6 +475,7 @@ def build_latent_dataset(
         spaces: ``("semantic",)`` and/or ``"stage_a"`` (Stage A latents (4, H/4, W/4)).
         buckets: aspect-ratio buckets (official multi-aspect list), one group per bucket.
         min_size: skip images whose shorter side is below this (reason ``too_small``).
+        max_input_bytes: most bytes read from one file or tar member (reason ``too_large`` above it).
         batch_size: encoder batch (capped at ``chunk_rows``; batches start at chunk boundaries). Recorded
             in the store: resuming with another batch size is refused (the latents' last bits may
             depend on it) unless ``overwrite``.
@@ -501,7 +504,8 @@ def build_latent_dataset(
         raise InputError("stage_a latents were requested but the encoder has no encode_stage_a")
     if chunk_rows < 1 or batch_size < 1:
         raise InputError("chunk_rows and batch_size must be >= 1")
-    cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets)
+    cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
+                           max_input_bytes=max_input_bytes)
     _check_output(out)
     device = _encoder_device(codec)
     identity = codec.identity()
@@ -511,7 +515,7 @@ def build_latent_dataset(
     elif inputs and all(isinstance(x, Sample) for x in inputs):
         plan = PlanTable(inputs)  # already planned (e.g. sources.samples_from_images)
     else:
-        plan = plan_inputs(inputs, tmp_dir=tmp_dir)  # InputError for missing inputs / empty corpus
+        plan = plan_inputs(inputs, tmp_dir=tmp_dir, exclude=(out,))  # InputError for missing inputs / empty corpus
     groups = assign_groups(plan, cfg, tmp_dir)
     fingerprint = plan_fingerprint(plan)
     shapes = {gp: _probe(codec, _group_hw(gp, cfg), device, want_a) for gp in groups}
