@@ -21,32 +21,37 @@ and every stage output is checked for NaN/inf.
 """
 from __future__ import annotations
 
-import hashlib
 import os
+import types
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cascadekit.codec import codec_load as L
+from cascadekit.codec.codec_load import CODEC_COMPONENTS
+from cascadekit.codec.codec_text import caption_list, check_pooled, no_empty_clip_error, pooled_from_text_encoder
+from cascadekit.codec.decode_noise import explicit_noise, per_sample_noise
 from cascadekit.codec.diffusion.samplers import SAMPLERS, sample
-from cascadekit.codec.errors import InputError, WeightsError
+from cascadekit.codec.diffusion.settings import SamplingSettings
+from cascadekit.codec.errors import InputError
+from cascadekit.codec.hashing import file_sha256, state_sha256
 from cascadekit.codec.images import imagenet_normalize, to_batch
 from cascadekit.codec.models.effnet import EfficientNetEncoder
 from cascadekit.codec.models.previewer import Previewer
 from cascadekit.codec.models.stage_a import StageA
 from cascadekit.codec.models.stage_b import StageB
 from cascadekit.codec.precision import StageDtypes, check_finite, dtype_name, stage_dtypes
+from cascadekit.codec.progress import progress_bar
 
 if TYPE_CHECKING:
     from cascadekit.codec.weights.sources import WeightSet
 
-__all__ = ["CODEC_COMPONENTS", "Codec", "DECODE_DEFAULTS", "default_image_size", "resize_short_side_tensor"]
-
-#: The models a codec can hold, in load order; ``Codec.from_pretrained(components=...)`` picks a subset.
-CODEC_COMPONENTS = ("stage_a", "effnet", "stage_b", "previewer")
+__all__ = ["CODEC_COMPONENTS", "Codec", "DECODE_DEFAULTS", "DECODE_SETTINGS", "SamplingSettings",
+           "default_image_size", "resize_short_side_tensor"]
 
 #: What each component is for (error messages of a codec loaded without it).
 _COMPONENT_USE = {
@@ -56,8 +61,16 @@ _COMPONENT_USE = {
     "previewer": "the Previewer (preview)",
 }
 
-#: Stage B sampling settings of the official inference notebooks.
-DECODE_DEFAULTS = {"steps": 10, "guidance": 1.1, "cfg_rho": 0.7, "shift": 1.0, "sampler": "ddpm"}
+#: Stage B sampling settings of the official inference notebooks: DDPM, 10 steps, cfg 1.1, cfg_rho 0.7,
+#: shift 1, t 1 -> 0. ``Codec.decode``'s keyword defaults are read from here.
+DECODE_SETTINGS = SamplingSettings(steps=10, cfg=1.1, cfg_rho=0.7, shift=1.0, sampler="ddpm")
+
+#: The same settings under ``Codec.decode``'s keyword names (read-only): steps, guidance, cfg_rho, shift, sampler.
+DECODE_DEFAULTS = types.MappingProxyType({
+    "steps": DECODE_SETTINGS.steps, "guidance": DECODE_SETTINGS.cfg, "cfg_rho": DECODE_SETTINGS.cfg_rho,
+    "shift": DECODE_SETTINGS.shift, "sampler": DECODE_SETTINGS.sampler,
+})
+_KEYWORD_TO_FIELD = {"steps": "steps", "guidance": "cfg", "cfg_rho": "cfg_rho", "shift": "shift", "sampler": "sampler"}
 
 _PIXELS_PER_LATENT = 128 / 3  # 1024 px per 24 effnet latents (the 42.67 compression of Stage C/B)
 
@@ -90,25 +103,6 @@ def _chunks(n: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _progress(total: int, desc: str, enabled: bool | None):
-    """A tqdm bar (``enabled=None``: shown only on a terminal) or a no-op stand-in."""
-    if enabled is False:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return _NoBar()
-    return tqdm(total=total, desc=desc, disable=None if enabled is None else False, leave=False)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _dtype_of(module: nn.Module) -> torch.dtype:
     """The floating dtype a module's parameters are in (inputs are cast to it)."""
     for p in module.parameters():
@@ -117,33 +111,33 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _state_sha256(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict (sorted keys, shapes, dtypes, bytes): the identity of in-memory weights."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def _output_size(size: int | tuple[int, int] | None, h: int, w: int) -> tuple[int, int]:
+    """decode()'s ``size`` argument as (H, W); None: :func:`default_image_size` of the latents."""
+    if size is None:
+        size = default_image_size(h, w)
+    elif isinstance(size, int):
+        size = (size, size)
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise InputError(f"size must be positive, got {size}")
+    return size
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a weights file; for a diffusers folder, of its weights file (and shards, combined)."""
-    from cascadekit.codec.weights.io import sha256_file
-    from cascadekit.codec.weights.load import diffusers_weights_file
+def _decode_settings(settings: SamplingSettings | None, keywords: dict[str, Any]) -> SamplingSettings:
+    """decode()'s sampling settings: ``settings`` as given, or :data:`DECODE_SETTINGS` with the keywords.
 
-    path = Path(path)
-    if path.is_dir():
-        path = diffusers_weights_file(path)
-    if path.name.endswith(".json"):  # sharded index: hash of the index and every shard, in order
-        import json
-
-        shards = sorted(set(json.loads(path.read_text()).get("weight_map", {}).values()))
-        h = hashlib.sha256(sha256_file(path).encode())
-        for s in shards:
-            h.update(sha256_file(path.parent / s).encode())
-        return h.hexdigest()
-    return sha256_file(path)
+    With ``settings``, a keyword that differs from its default is an :class:`InputError` (two sources of
+    one value), so a grouped call cannot be silently overridden or ignored.
+    """
+    if settings is None:
+        return DECODE_SETTINGS.replace(**{_KEYWORD_TO_FIELD[k]: v for k, v in keywords.items()})
+    if not isinstance(settings, SamplingSettings):
+        raise InputError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+    clash = {k: v for k, v in keywords.items() if v != DECODE_DEFAULTS[k]}
+    if clash:
+        raise InputError(f"give the sampling settings either as settings= or as keywords, not both; got settings= "
+                         f"and {', '.join(f'{k}={v!r}' for k, v in clash.items())}")
+    return settings
 
 
 class Codec:
@@ -253,60 +247,14 @@ class Codec:
         ``components=("previewer",)`` for :meth:`preview` only, ``("effnet",)`` for :meth:`encode`
         only. The empty-caption embedding (and ``text_encoder``) matter only with Stage B.
         """
-        from cascadekit.codec.weights.components import load_component
-        from cascadekit.codec.weights.sources import WeightSet, resolve_source
-
-        if components is None:
-            load_set = set(CODEC_COMPONENTS) if previewer else set(CODEC_COMPONENTS[:3])
-            need = CODEC_COMPONENTS[:3]  # the previewer is optional (diffusers has none)
-        else:
-            if isinstance(components, str):
-                components = (components,)
-            load_set = set(components)
-            unknown = sorted(load_set - set(CODEC_COMPONENTS))
-            if unknown or not load_set:
-                raise InputError(f"components must be a non-empty subset of {CODEC_COMPONENTS}, got {tuple(components)}")
-            if "previewer" in load_set and not previewer:
-                raise InputError("components lists 'previewer' but previewer=False; drop one of them")
-            need = tuple(c for c in CODEC_COMPONENTS if c in load_set)
+        load_set, need = L.select_components(components, previewer)
         device = torch.device(device)
         dts = stage_dtypes(dtype, device)
-        if isinstance(source, WeightSet):  # resolved by the caller (e.g. the text-to-image pipeline)
-            ws = source
-            for c in need:
-                ws.path(c)  # a WeightsError naming a required component it lacks
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tiny-weights warning is re-issued below, once
-                ws = resolve_source(source, stage_b=stage_b, need=need)
-        if ws.tiny:
-            warnings.warn(f"{ws.weights_dir}: {ws.warning}", stacklevel=2)
-        if "stage_b" in load_set and dts.stage_b != dts.requested:
-            warnings.warn(
-                f"dtype={dtype_name(dts.requested)} requested: Stage B runs in {dtype_name(dts.stage_b)} instead "
-                "(it overflows in float16; see cascadekit.codec.precision)", stacklevel=2)
-
-        presets: dict[str, str] = {}
-
-        def load(component, dt):
-            model, presets[component] = load_component(ws, component, device=device, dtype=dt)
-            return model
-
-        # a component is loaded when asked for and found (the required ones were checked by resolve_source)
-        loaded = [c for c in CODEC_COMPONENTS if c in load_set and getattr(ws, c) is not None]
-        models = {c: load(c, getattr(dts, c)) for c in loaded}
+        ws = L.weight_set_for(source, stage_b, need)
+        L.warn_about(ws, load_set, dts, stacklevel=2)
+        models, presets = L.load_models(ws, load_set, dts, device)
         sa, eff, sb, pv = (models.get(c) for c in CODEC_COMPONENTS)
-        if sa is not None and not ws.scale_in_model and "stage_a" not in ws.model_kwargs:
-            sa.scale_factor = 1.0  # defensive: diffusers always has kwargs
-
-        empty, why = None, None
-        if sb is not None:
-            if isinstance(text_encoder, (str, os.PathLike)) or text_encoder is True:
-                from cascadekit.codec.text import TextEncoder
-
-                text_encoder = TextEncoder.from_pretrained(ws if text_encoder is True else text_encoder, device=device)
-            empty, why = _load_empty_clip(ws, sb.clip_mapper.in_features, text_encoder)
-        files = {c: ws.path(c) for c in loaded}
+        text_encoder, empty, why = L.text_side(ws, sb, text_encoder, device)
         return cls(
             sa, eff, sb, pv,
             latent_scale=ws.outside_scale,
@@ -317,7 +265,7 @@ class Codec:
             device=device,
             dtype=dts.requested,
             empty_clip_missing=why,
-            files=files,
+            files={c: ws.path(c) for c in models},
             presets=presets,
             tiny=ws.tiny,
         )
@@ -359,32 +307,15 @@ class Codec:
         return self.stage_b
 
     def _check_clip(self, clip: torch.Tensor, what: str) -> torch.Tensor:
-        clip = clip.detach().float()
-        if clip.dim() == 1:
-            clip = clip.view(1, 1, -1)
-        elif clip.dim() == 2:
-            clip = clip.unsqueeze(1)
-        if clip.dim() != 3 or clip.shape[1] != 1:
-            raise InputError(f"{what} must be a pooled CLIP embedding (B,1,C), (B,C) or (C,), got {tuple(clip.shape)}")
-        if self.stage_b is not None and clip.shape[-1] != self.stage_b.clip_mapper.in_features:
-            raise InputError(
-                f"{what} has {clip.shape[-1]} channels but Stage B expects {self.stage_b.clip_mapper.in_features}"
-            )
-        return clip
+        c_clip = self.stage_b.clip_mapper.in_features if self.stage_b is not None else None
+        return check_pooled(clip, what, c_clip)
 
     def _empty_pooled(self, batch: int) -> torch.Tensor:
         """(batch, 1, c_clip) empty-caption pooled embedding (or zeros when allowed)."""
         sb = self._require_stage_b()
         if self.empty_clip is None:
             if not self.allow_zero_text:
-                detail = f" ({self._empty_clip_missing})" if self._empty_clip_missing else ""
-                raise WeightsError(
-                    "cannot decode: the pooled CLIP embedding of the empty caption is not available, and Stage B's "
-                    "conditional and unconditional inputs need it. Put a CLIP ViT-bigG text_encoder/ + tokenizer/ "
-                    "beside the weights (it is computed and cached once as empty_caption.safetensors), pass "
-                    "text_encoder= to Codec.from_pretrained, or pass allow_zero_text=True to use zeros "
-                    f"(lower quality).{detail}"
-                )
+                raise no_empty_clip_error(self._empty_clip_missing)
             warnings.warn(
                 "no empty-caption CLIP embedding available: decoding with a zero text embedding "
                 "(allow_zero_text=True); reconstructions are slightly worse than the official pipeline's",
@@ -396,17 +327,13 @@ class Codec:
     def _caption_pooled(self, captions: Sequence[str] | None, batch: int) -> torch.Tensor:
         if captions is None:
             return self._empty_pooled(batch)
-        if isinstance(captions, str):
-            captions = [captions] * batch
-        captions = list(captions)
-        if len(captions) != batch:
-            raise InputError(f"got {len(captions)} captions for {batch} latents; give one per latent (or one string)")
+        captions = caption_list(captions, batch)
         if self.text_encoder is None:
             raise InputError(
                 "captions were given but the codec has no text encoder; pass text_encoder= to Codec.from_pretrained "
                 "(a cascadekit.codec.text.TextEncoder)"
             )
-        pooled = _pooled_from_text_encoder(self.text_encoder, captions)
+        pooled = pooled_from_text_encoder(self.text_encoder, captions)
         return self._check_clip(pooled, "the text encoder's pooled output").to(self.device)
 
     def _images(self, images) -> torch.Tensor:
@@ -443,7 +370,7 @@ class Codec:
         x = self._images(images)
         out = []
         parts = _chunks(x.shape[0], batch_size)
-        bar = _progress(len(parts), "encode", progress if len(parts) > 1 else False)
+        bar = progress_bar(len(parts), "encode", progress if len(parts) > 1 else False)
         for sl in parts:
             xb = x[sl].to(self.device)
             xb = resize_short_side_tensor(xb, self.encoder_resolution)
@@ -456,32 +383,6 @@ class Codec:
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------------ decode
-
-    def _noise_for(self, batch: int, shape: tuple[int, ...], steps: int, generator: torch.Generator | None
-                   ) -> Callable[[slice], tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Per-sample start noise and per-step noise, independent of how the batch is chunked.
-
-        Sample i draws from its own CPU generator seeded from ``generator`` (one 62-bit seed per
-        sample, drawn in order), so a seed gives the same noise for sample i with any ``batch_size``
-        and on any device. Without a generator the global RNG is used.
-        """
-        if generator is None:
-            def draw(sl: slice):
-                n = sl.stop - sl.start
-                x_init = torch.randn((n, *shape))
-                return x_init, [torch.randn((n, *shape)) for _ in range(steps)]
-            return draw
-        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device).tolist()
-
-        def draw(sl: slice):
-            xs, ns = [], []
-            for s in seeds[sl]:
-                g = torch.Generator("cpu").manual_seed(int(s))
-                xs.append(torch.randn((1, *shape), generator=g))
-                ns.append([torch.randn((1, *shape), generator=g) for _ in range(steps)])
-            return torch.cat(xs), [torch.cat([n[i] for n in ns]) for i in range(steps)]
-
-        return draw
 
     def stage_b_latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Stage A latent size Stage B samples for an image of ``size`` (H, W): H/4 rounded to the nearest
@@ -497,27 +398,37 @@ class Codec:
     def decode(
         self,
         latents: torch.Tensor,
-        steps: int = 10,
-        guidance: float | None = 1.1,
+        steps: int = DECODE_SETTINGS.steps,
+        guidance: float | None = DECODE_SETTINGS.cfg,
         seed: int | None = None,
         size: int | tuple[int, int] | None = None,
         captions: str | Sequence[str] | None = None,
-        shift: float = 1.0,
-        cfg_rho: float = 0.7,
-        sampler: str = "ddpm",
+        shift: float = DECODE_SETTINGS.shift,
+        cfg_rho: float = DECODE_SETTINGS.cfg_rho,
+        sampler: str = DECODE_SETTINGS.sampler,
         generator: torch.Generator | None = None,
         noise: Sequence[torch.Tensor] | None = None,
         x_init: torch.Tensor | None = None,
         *,
+        settings: SamplingSettings | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
     ) -> torch.Tensor:
         """Semantic latents (B,16,h,w) -> images (B,3,H,W) in [0, 1] (Stage B sampling, then Stage A).
 
+        The Stage B sampling settings come in one of two forms::
+
+            codec.decode(z, steps=20, guidance=2.0)                                # keywords
+            codec.decode(z, settings=DECODE_SETTINGS.replace(steps=20, cfg=2.0))   # grouped
+
         Args:
             latents: (B,16,h,w) from :meth:`encode` (or Stage C).
-            steps, guidance, shift, cfg_rho, sampler: Stage B sampling (official: 10, 1.1, 1, 0.7,
-                'ddpm'); ``guidance=None`` disables classifier-free guidance.
+            steps, guidance, shift, cfg_rho, sampler: Stage B sampling (official, :data:`DECODE_SETTINGS`:
+                10, 1.1, 1, 0.7, 'ddpm'); ``guidance=None`` disables classifier-free guidance.
+            settings: the same as one :class:`~cascadekit.codec.diffusion.settings.SamplingSettings`
+                (``cfg`` is the guidance), which also reaches ``t_start`` / ``t_end``, ``eta`` and
+                ``cfg_t_stop`` / ``cfg_t_start``. With ``settings``, leave the five keywords at their
+                defaults (one that differs is an :class:`InputError`).
             seed / generator: reproducible noise (a seed makes a CPU generator). Each sample gets its
                 own noise stream, so results do not depend on ``batch_size``... except through the
                 official cfg_rho rescale, which uses the std of the **whole batch** (pass the same
@@ -531,65 +442,57 @@ class Codec:
                 (B,4,h',w') tensor per step) instead of drawing it.
             batch_size: decode in chunks of this many latents; progress: tqdm bar (None: on a terminal).
         """
+        st = _decode_settings(settings, {"steps": steps, "guidance": guidance, "shift": shift,
+                                         "cfg_rho": cfg_rho, "sampler": sampler})
         self._require("stage_b", "stage_a")
         sb = self.stage_b
         z = self._latents(latents, sb.effnet_mapper[0].in_channels, "latents")
-        if sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if steps < 1:
-            raise InputError(f"steps must be >= 1, got {steps}")
+        if st.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {st.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if st.steps < 1:
+            raise InputError(f"steps must be >= 1, got {st.steps}")
         B, _, h, w = z.shape
-        if size is None:
-            size = default_image_size(h, w)
-        elif isinstance(size, int):
-            size = (size, size)
-        size = (int(size[0]), int(size[1]))
-        if min(size) < 1:
-            raise InputError(f"size must be positive, got {size}")
+        size = _output_size(size, h, w)
         lh, lw = self.stage_b_latent_size(size)
         shape = (sb.embedding[1].in_channels // int(sb.embedding[0].downscale_factor) ** 2, lh, lw)
         if generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(int(seed))
         if noise is not None or x_init is not None:
-            if noise is None or x_init is None or len(noise) != steps:
-                raise InputError(f"explicit noise needs both x_init (B,{shape[0]},{lh},{lw}) and `noise` with one tensor per step ({steps})")
-            for t in [x_init, *noise]:
-                if tuple(t.shape) != (B, *shape):
-                    raise InputError(f"explicit noise has shape {tuple(t.shape)}, expected {(B, *shape)}")
-            draw = lambda sl: (x_init[sl].float().cpu(), [n[sl].float().cpu() for n in noise])  # noqa: E731
+            draw = explicit_noise(x_init, noise, st.steps, (B, *shape))
         else:
-            draw = self._noise_for(B, shape, steps, generator)
+            draw = per_sample_noise(B, shape, st.steps, generator)
         cond_clip = self._caption_pooled(captions, B)  # (B,1,c_clip)
-        uncond_clip = self._empty_pooled(B) if guidance is not None else None
-        dt_b = _dtype_of(sb)
-
-        def model(x, r, **kw):
-            return sb(x, r, **kw).float()
-
+        uncond_clip = self._empty_pooled(B) if st.cfg is not None else None
         parts = _chunks(B, batch_size)
-        bar = _progress(len(parts) * steps, "decode (Stage B)", progress)
+        bar = progress_bar(len(parts) * st.steps, "decode (Stage B)", progress)
         out = []
         for sl in parts:
-            x0_init, step_noise = draw(sl)
-            zb = z[sl].to(self.device).float()
-            inputs = {"effnet": zb, "clip": cond_clip[sl]}
-            uncond = {"effnet": torch.zeros_like(zb), "clip": uncond_clip[sl]} if guidance is not None else None
-            last = None
-            for i, st in enumerate(sample(
-                model, x0_init.to(self.device),
-                steps=steps, cfg=guidance, cfg_rho=cfg_rho, shift=shift, sampler=sampler,
-                model_inputs=inputs, unconditional_inputs=uncond,
-                noise=[t.to(self.device) for t in step_noise],
-            )):
-                check_finite(st.x0, f"Stage B (sampling step {i + 1}/{steps})", dt_b)
-                last = st
-                bar.update()
-            images = self._stage_a_decode(last.x0)  # (n,3,4lh,4lw)
+            x0 = self._sample_stage_b(z[sl], cond_clip[sl], None if uncond_clip is None else uncond_clip[sl],
+                                      draw(sl), st, bar)
+            images = self._stage_a_decode(x0)  # (n,3,4lh,4lw)
             if tuple(images.shape[-2:]) != size:
                 images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
             out.append(images.clamp(0, 1))
         bar.close()
         return torch.cat(out)
+
+    def _sample_stage_b(self, z: torch.Tensor, cond_clip: torch.Tensor, uncond_clip: torch.Tensor | None,
+                        noise: tuple[torch.Tensor, list[torch.Tensor]], st: SamplingSettings, bar) -> torch.Tensor:
+        """Stage B sampling of one chunk: latents z (n,16,h,w) -> the last step's x0 (n,4,h',w') in float32."""
+        sb = self.stage_b
+        dt_b = _dtype_of(sb)
+        x_init, step_noise = noise
+        zb = z.to(self.device).float()
+        inputs = {"effnet": zb, "clip": cond_clip}
+        uncond = {"effnet": torch.zeros_like(zb), "clip": uncond_clip} if st.cfg is not None else None
+        last = None
+        steps = sample(lambda x, r, **kw: sb(x, r, **kw).float(), x_init.to(self.device), st,
+                       model_inputs=inputs, unconditional_inputs=uncond,
+                       noise=[t.to(self.device) for t in step_noise])
+        for i, last in enumerate(steps):
+            check_finite(last.x0, f"Stage B (sampling step {i + 1}/{st.steps})", dt_b)
+            bar.update()
+        return last.x0
 
     def _stage_a_decode(self, latents: torch.Tensor) -> torch.Tensor:
         dt = _dtype_of(self.stage_a)
@@ -662,10 +565,10 @@ class Codec:
             for name in self.components:
                 mod = getattr(self, name)
                 if name in self.files:
-                    files[name] = {"file": self.files[name].name, "sha256": _file_sha256(self.files[name]),
+                    files[name] = {"file": self.files[name].name, "sha256": file_sha256(self.files[name]),
                                    "sha256_of": "file"}
                 else:
-                    files[name] = {"file": None, "sha256": _state_sha256(mod), "sha256_of": "state_dict"}
+                    files[name] = {"file": None, "sha256": state_sha256(mod), "sha256_of": "state_dict"}
             self._identity = {
                 "kind": "cascadekit.codec",
                 "checkpoints": files,
@@ -684,35 +587,3 @@ class Codec:
         parts = ", ".join(f"{k}={v}" for k, v in self.presets.items())
         return (f"Codec({parts or 'custom modules'}, device={self.device}, dtype={dtype_name(self.dtype)}, "
                 f"encoder_resolution={self.encoder_resolution}{', TINY RANDOM WEIGHTS' if self.tiny else ''})")
-
-
-# ---------------------------------------------------------------------------------------- text glue
-
-
-def _pooled_from_text_encoder(text_encoder: Any, captions: list[str]) -> torch.Tensor:
-    """Pooled CLIP embeddings (B,1,C) of ``captions`` from a :class:`cascadekit.codec.text.TextEncoder`
-    (``encode(captions) -> (clip_text, clip_text_pooled)``)."""
-    encode = getattr(text_encoder, "encode", None)
-    if not callable(encode):
-        raise InputError(f"text_encoder must be a cascadekit.codec.text.TextEncoder, got {type(text_encoder).__name__}")
-    out = encode(captions)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise InputError("text_encoder.encode(captions) must return (clip_text, clip_text_pooled)")
-    return out[1]
-
-
-def _load_empty_clip(ws, c_clip: int, text_encoder: Any) -> tuple[torch.Tensor | None, str | None]:
-    """``(pooled (1,1,c_clip), None)`` from the empty-caption cache beside the weights (computed once with
-    ``text_encoder`` or the weights' own ``text_encoder/`` when not cached), or ``(None, why)``."""
-    from cascadekit.codec.text import empty_caption_embeddings
-
-    try:
-        _, pooled = empty_caption_embeddings(ws, text_encoder=text_encoder)
-    except WeightsError as e:
-        return None, str(e)
-    if pooled.shape[-1] != c_clip:
-        raise WeightsError(
-            f"the empty-caption CLIP embedding has {pooled.shape[-1]} channels but Stage B expects {c_clip}: "
-            "the text encoder / cache beside the weights does not belong to this Stage B"
-        )
-    return pooled.reshape(1, 1, c_clip).float(), None

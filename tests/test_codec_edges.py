@@ -11,9 +11,10 @@ import torch
 from _tiny_weights import tiny_weights_dir
 from safetensors.torch import load_file, save_file
 
-from cascadekit.codec.codec import DECODE_DEFAULTS, Codec
+from cascadekit.codec.codec import DECODE_DEFAULTS, DECODE_SETTINGS, Codec
 from cascadekit.codec.diffusion.samplers import sample
-from cascadekit.codec.errors import WeightsError
+from cascadekit.codec.diffusion.settings import SamplingSettings
+from cascadekit.codec.errors import InputError, WeightsError
 
 RES = 32
 
@@ -62,6 +63,28 @@ def test_decode_defaults_are_the_official_notebook_settings(tmp_path, tmp_path_f
     # other settings really change the result (the defaults above are not ignored)
     other = codec.decode(z, x_init=x_init, noise=noise, size=(4 * lh, 4 * lw), guidance=3.0)
     assert (ours - other).abs().max() > 1e-4
+
+
+def test_decode_takes_grouped_settings_equal_to_the_keywords(tmp_path, tmp_path_factory):
+    """decode(settings=...) gives what the same keywords give; both forms at once is refused before any work."""
+    assert {"steps": DECODE_SETTINGS.steps, "guidance": DECODE_SETTINGS.cfg, "cfg_rho": DECODE_SETTINGS.cfg_rho,
+            "shift": DECODE_SETTINGS.shift, "sampler": DECODE_SETTINGS.sampler} == DECODE_DEFAULTS
+    codec = _load(_folder(tmp_path, tmp_path_factory))
+    z = torch.randn(2, 16, 1, 1, generator=torch.Generator().manual_seed(0))
+    ref = codec.decode(z, seed=5, size=(64, 64))
+    assert torch.equal(codec.decode(z, seed=5, size=(64, 64), settings=DECODE_SETTINGS), ref)
+    kw = codec.decode(z, seed=5, size=(64, 64), steps=3, guidance=2.0, sampler="ddim", cfg_rho=0.2)
+    grouped = codec.decode(z, seed=5, size=(64, 64),
+                           settings=DECODE_SETTINGS.replace(steps=3, cfg=2.0, sampler="ddim", cfg_rho=0.2))
+    assert torch.equal(kw, grouped) and (kw - ref).abs().max() > 1e-4
+    # what only the grouped form reaches: guidance switched off below t = 0.5 changes the result
+    window = codec.decode(z, seed=5, size=(64, 64), settings=DECODE_SETTINGS.replace(cfg=3.0, cfg_t_stop=0.5))
+    full = codec.decode(z, seed=5, size=(64, 64), guidance=3.0)
+    assert (window - full).abs().max() > 1e-5
+    with pytest.raises(InputError, match="not both"):
+        codec.decode(z, steps=4, settings=SamplingSettings(steps=4))
+    with pytest.raises(InputError, match="SamplingSettings"):
+        codec.decode(z, settings={"steps": 4})
 
 
 def test_official_bf16_file_name_loads_and_converts(tmp_path, tmp_path_factory):

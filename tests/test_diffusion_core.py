@@ -10,6 +10,7 @@ from conftest import load_golden
 from cascadekit.codec.diffusion import (
     GDF,
     AdaptiveLossWeight,
+    SamplingSettings,
     alpha_sigma,
     cfg,
     cosine_logsnr,
@@ -382,6 +383,44 @@ def test_cfg_schedule_pair_and_cfg_t_stop():
     assert calls == [4, 4, 4, 2]
     for st, expect in zip(steps, [4.0, 3.25, 2.5, 1.0]):  # t = 1, .75, .5 guided; t = .25 unguided
         torch.testing.assert_close(st.pred, torch.full_like(x, expect))
+
+
+def test_grouped_sampling_settings_equal_the_keyword_form():
+    """sample(model, x, SamplingSettings(...)) == sample(model, x, **the same keywords); keywords override
+    fields of the settings; a misspelt keyword is an InputError before any model call."""
+    g = torch.Generator().manual_seed(3)
+    noise = [torch.randn(2, 3, 4, 4, generator=g) for _ in range(4)]
+    kw = dict(steps=4, cfg=(3.0, 1.5), cfg_rho=0.5, shift=2.0, sampler="ddim", eta=0.3, t_start=0.9, t_end=0.1,
+              cfg_t_stop=0.3, cfg_t_start=0.8)
+    by_keywords, m_kw = _run(noise=noise, **kw)
+    x_init = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    grouped_model = ToyModel()
+    grouped = list(sample(grouped_model, x_init, SamplingSettings(**kw), noise=noise,
+                          model_inputs={"cond": torch.tensor([0.5, -0.5])},
+                          unconditional_inputs={"cond": torch.tensor([0.1, 0.1])}))
+    assert len(grouped) == 4 and [c[0] for c in grouped_model.calls] == [c[0] for c in m_kw.calls]
+    for a, b in zip(by_keywords, grouped):
+        assert torch.equal(a.x, b.x) and torch.equal(a.x0, b.x0) and torch.equal(a.pred, b.pred)
+    # a keyword overrides the settings' field; the default settings are sample()'s keyword defaults
+    other, _ = _run(noise=noise, **{**kw, "cfg": 1.0})
+    overridden = list(sample(ToyModel(), x_init, SamplingSettings(**kw), cfg=1.0, noise=noise,
+                             model_inputs={"cond": torch.tensor([0.5, -0.5])},
+                             unconditional_inputs={"cond": torch.tensor([0.1, 0.1])}))
+    assert torch.equal(other[-1].x0, overridden[-1].x0) and not torch.equal(other[-1].x0, by_keywords[-1].x0)
+    assert SamplingSettings().steps == 20 and SamplingSettings().cfg == 3.0 and SamplingSettings().sampler == "ddpm"
+    model = ToyModel()
+    with pytest.raises(InputError, match="stepz"):
+        sample(model, x_init, stepz=3)
+    with pytest.raises(InputError, match="SamplingSettings"):
+        sample(model, x_init, {"steps": 3})
+    with pytest.raises(InputError, match="cfg_scale"):
+        SamplingSettings().replace(cfg_scale=2.0)
+    assert model.calls == []
+    # GDF.sample forwards the grouped form too
+    via_gdf = list(GDF().sample(ToyModel(), x_init, SamplingSettings(**kw), noise=noise,
+                                model_inputs={"cond": torch.tensor([0.5, -0.5])},
+                                unconditional_inputs={"cond": torch.tensor([0.1, 0.1])}))
+    assert torch.equal(via_gdf[-1].x0, grouped[-1].x0)
 
 
 def test_offset_noise_adds_a_per_channel_constant():

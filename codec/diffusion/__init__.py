@@ -31,6 +31,7 @@ from cascadekit.codec.diffusion.schedule import (
     logsnr_limits,
     timesteps,
 )
+from cascadekit.codec.diffusion.settings import SamplingSettings
 from cascadekit.codec.diffusion.targets import (
     TARGETS,
     eps_from_v,
@@ -48,7 +49,7 @@ __all__ = [
     "AdaptiveLossWeight", "p2_loss_weight",
     "cosine_t_noise_cond",
     "SAMPLERS", "SampleStep", "ddim_step", "ddpm_step", "get_step", "guided_inputs", "lcm_step", "randn",
-    "sample", "sample_final",
+    "sample", "sample_final", "SamplingSettings",
     "CLAMP_RANGE", "S", "alpha_sigma", "append_dims", "cosine_logsnr", "cosine_logsnr_raw", "cosine_min_var",
     "logsnr_limits", "timesteps",
     "TARGETS", "eps_from_v", "eps_from_x0", "make_target", "pred_to_x0_eps", "v_from_x0_eps", "x0_from_eps",

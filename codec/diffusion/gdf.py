@@ -13,7 +13,8 @@ Training::
     (loss * d.loss_weight).mean().backward()
     gdf.update_loss_weight(d.logsnr, loss)        # no-op unless loss_weight == "adaptive"
 
-Sampling: ``gdf.sample(model, x_init, steps=20, cfg=4, shift=2, model_inputs=..., ...)`` (see
+Sampling: ``gdf.sample(model, x_init, steps=20, cfg=4, shift=2, model_inputs=..., ...)`` or
+``gdf.sample(model, x_init, SamplingSettings(steps=20, cfg=4, shift=2), model_inputs=...)`` (see
 :func:`~cascadekit.codec.diffusion.samplers.sample`).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from cascadekit.codec.diffusion.loss_weights import AdaptiveLossWeight, p2_loss_weight
 from cascadekit.codec.diffusion.noise_cond import cosine_t_noise_cond
 from cascadekit.codec.diffusion.samplers import SampleStep, sample, sample_final
+from cascadekit.codec.diffusion.settings import SamplingSettings
 from cascadekit.codec.diffusion.schedule import CLAMP_RANGE, S, alpha_sigma, append_dims, cosine_logsnr, logsnr_limits
 from cascadekit.codec.diffusion.targets import check_target, make_target, pred_to_x0_eps
 from cascadekit.codec.errors import InputError
@@ -198,13 +200,18 @@ class GDF:
         t = torch.full((x0.size(0),), float(t_start), dtype=torch.float32)
         return self.diffuse(x0, t=t, noise=noise, shift=shift, generator=generator).x_t
 
-    def sample(self, model: Callable[..., torch.Tensor], x_init: torch.Tensor | None, **kwargs: Any) -> Iterator[SampleStep]:
-        """:func:`~cascadekit.codec.diffusion.samplers.sample` with this GDF's schedule, noise condition and target."""
-        return sample(model, x_init, **self._sampling_kwargs(kwargs))
+    def sample(self, model: Callable[..., torch.Tensor], x_init: torch.Tensor | None,
+               settings: SamplingSettings | None = None, **kwargs: Any) -> Iterator[SampleStep]:
+        """:func:`~cascadekit.codec.diffusion.samplers.sample` with this GDF's schedule, noise condition and target.
 
-    def sample_final(self, model: Callable[..., torch.Tensor], x_init: torch.Tensor | None, **kwargs: Any) -> SampleStep:
+        ``settings`` (a :class:`SamplingSettings`) and/or the sampling keywords, as for ``sample``.
+        """
+        return sample(model, x_init, settings, **self._sampling_kwargs(kwargs))
+
+    def sample_final(self, model: Callable[..., torch.Tensor], x_init: torch.Tensor | None,
+                     settings: SamplingSettings | None = None, **kwargs: Any) -> SampleStep:
         """Run :meth:`sample` to the end; returns the last step (``.x0`` is the sample)."""
-        return sample_final(model, x_init, **self._sampling_kwargs(kwargs))
+        return sample_final(model, x_init, settings, **self._sampling_kwargs(kwargs))
 
     def _sampling_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs.setdefault("schedule", self.schedule)

@@ -20,10 +20,12 @@ from cascadekit.codec.diffusion.guidance import cfg as apply_cfg
 from cascadekit.codec.diffusion.guidance import cfg_scale_at
 from cascadekit.codec.diffusion.noise_cond import cosine_t_noise_cond
 from cascadekit.codec.diffusion.schedule import alpha_sigma, append_dims, cosine_logsnr, timesteps
+from cascadekit.codec.diffusion.settings import SAMPLERS, SamplingSettings, resolve_settings
 from cascadekit.codec.diffusion.targets import check_target, pred_to_x0_eps
 from cascadekit.codec.errors import InputError
 
-SAMPLERS = ("ddpm", "ddim", "lcm")
+__all__ = ["SAMPLERS", "SampleStep", "SamplingSettings", "ddim_step", "ddpm_step", "get_step", "guided_inputs",
+           "lcm_step", "randn", "sample", "sample_final"]
 
 
 class SampleStep(NamedTuple):
@@ -190,45 +192,46 @@ def guided_inputs(model_inputs: Mapping[str, Any], unconditional_inputs: Mapping
 def sample(
     model: Callable[..., torch.Tensor],
     x_init: torch.Tensor | None,
+    settings: SamplingSettings | None = None,
     *,
-    steps: int = 20,
-    cfg: float | tuple[float, float] | None = 3.0,
-    cfg_rho: float = 0.7,
-    shift: float = 1.0,
-    t_start: float = 1.0,
-    t_end: float = 0.0,
-    sampler: str = "ddpm",
     model_inputs: Mapping[str, Any] | None = None,
     unconditional_inputs: Mapping[str, Any] | None = None,
     noise: Sequence[torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
-    eta: float | None = None,
     target: str = "epsilon",
     shape: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    cfg_t_stop: float | None = None,
-    cfg_t_start: float | None = None,
     schedule: Callable[[torch.Tensor, float], torch.Tensor] = cosine_logsnr,
     noise_cond: Callable[[torch.Tensor], torch.Tensor] = cosine_t_noise_cond,
     callback: Callable[[int, int, SampleStep], None] | None = None,
+    **sampling: Any,
 ) -> Iterator[SampleStep]:
     """Run a sampler, yielding a :class:`SampleStep` ``(x0, x, pred)`` after each of the ``steps`` steps.
 
+    The sampling settings come grouped or as keywords (both forms are equivalent and may be mixed)::
+
+        sample(model, x, SamplingSettings(steps=10, cfg=1.1), model_inputs=...)
+        sample(model, x, steps=10, cfg=1.1, model_inputs=...)          # keywords override ``settings``
+
+    settings: a :class:`~cascadekit.codec.diffusion.settings.SamplingSettings` (default: its defaults,
+        20 DDPM steps, cfg 3, cfg_rho 0.7, shift 1, t 1 -> 0); ``**sampling``: any of its fields by name
+        (``steps``, ``cfg``, ``cfg_rho``, ``shift``, ``sampler``, ``t_start``, ``t_end``, ``eta``,
+        ``cfg_t_stop``, ``cfg_t_start``), applied on top of ``settings``; another name is an InputError.
+        What they mean: the t grid ``linspace(t_start, t_end, steps + 1)`` and the schedule shift
+        (official notebooks: Stage C 20 steps shift 2, Stage B 10 steps shift 1); cfg = guidance scale (a
+        pair = linear in t from t=1 to t=0), ``None`` disables guidance (one model call on the conditional
+        inputs per step); cfg_rho: std-rescale strength (see :func:`guidance.cfg`); guidance only while
+        ``cfg_t_stop <= t <= cfg_t_start``; sampler 'ddpm' (official), 'ddim' or 'lcm', eta overrides the
+        DDIM/DDPM eta.
     model: ``model(x, r, **inputs) -> pred`` with x (N, C, H, W), r (N,) in [0, 1] (the noise condition),
         pred shaped like x (ε for the released models, see ``target``).
     x_init: (B, C, H, W) start state at t_start — pure noise for t_start = 1, or the caller's diffused
         latents for image-to-image (t_start < 1). ``None``: drawn from ``generator`` (or the global RNG)
         with ``shape``, ``device``, ``dtype``.
-    steps, t_start, t_end, shift: the t grid ``linspace(t_start, t_end, steps + 1)`` and the schedule
-        shift (official notebooks: Stage C 20 steps shift 2, Stage B 10 steps shift 1).
-    cfg: guidance scale (a pair = linear in t from t=1 to t=0); ``None`` disables guidance (one model call
-        on the conditional inputs per step). cfg_rho: std-rescale strength (see :func:`guidance.cfg`).
-        cfg_t_stop / cfg_t_start: guide only while ``cfg_t_stop <= t <= cfg_t_start``.
     model_inputs / unconditional_inputs: keyword inputs of the model, paired by order (see
         :func:`guided_inputs`); ``unconditional_inputs=None`` = zeros.
-    sampler: 'ddpm' (default, official), 'ddim' or 'lcm'; eta overrides the DDIM/DDPM eta.
     noise / generator: where the per-step Gaussian draws come from (module docstring). ``seed``: shorthand
         for ``generator=torch.Generator('cpu').manual_seed(seed)`` (also draws ``x_init`` when it is None).
     schedule / noise_cond: logSNR(t, shift) and r(logSNR); defaults are the official cosine pair. The
@@ -239,39 +242,47 @@ def sample(
     Arguments are checked when ``sample`` is called (bad input raises ``InputError`` at once); the
     model runs lazily, one step per iteration.
     """
+    st = resolve_settings(settings, sampling)
     check_target(target)
     if seed is not None:
         if generator is not None:
             raise InputError("give either seed or generator, not both")
         generator = torch.Generator("cpu").manual_seed(int(seed))
-    step_fn = get_step(sampler, eta)
-    t_grid = timesteps(steps, t_start, t_end)  # (steps+1,) CPU float32
-    logsnr_grid = schedule(t_grid, shift)  # (steps+1,)
+    step_fn = get_step(st.sampler, st.eta)
+    t_grid = timesteps(st.steps, st.t_start, st.t_end)  # (steps+1,) CPU float32
+    logsnr_grid = schedule(t_grid, st.shift)  # (steps+1,)
     r_grid = noise_cond(logsnr_grid)  # (steps+1,)
-    draws = _Noise(noise, generator, steps)
+    draws = _Noise(noise, generator, st.steps)
     model_inputs = dict(model_inputs or {})
-    if cfg is not None:
-        cfg_scale_at(cfg, 1.0)  # validates a pair
+    joint_inputs = None
+    if st.cfg is not None:
+        cfg_scale_at(st.cfg, 1.0)  # validates a pair
         joint_inputs = guided_inputs(model_inputs, unconditional_inputs)
-    else:
-        joint_inputs = None
-
     if x_init is None:
-        if shape is None:
-            raise InputError("give x_init or the shape (B, C, H, W) of the initial noise")
-        if generator is not None:
-            x = randn(shape, generator).to(device or "cpu", dtype)
-        else:
-            x = torch.randn(tuple(shape), dtype=dtype).to(device or "cpu")
+        x = _initial_noise(shape, generator, device, dtype)
     else:
         x = x_init.clone()
     # validation above runs at call time; the loop below runs lazily, one step per next()
-    return _loop(model, x, t_grid, logsnr_grid, r_grid, draws, step_fn, target, cfg, cfg_rho,
-                 cfg_t_stop, cfg_t_start, model_inputs, joint_inputs, callback)
+    grids = (t_grid, logsnr_grid, r_grid)
+    return _loop(model, x, grids, draws, step_fn, target, st, model_inputs, joint_inputs, callback)
 
 
-def _loop(model, x, t_grid, logsnr_grid, r_grid, draws, step_fn, target, cfg, cfg_rho,
-          cfg_t_stop, cfg_t_start, model_inputs, joint_inputs, callback) -> Iterator[SampleStep]:
+def _initial_noise(shape, generator, device, dtype) -> torch.Tensor:
+    if shape is None:
+        raise InputError("give x_init or the shape (B, C, H, W) of the initial noise")
+    if generator is not None:
+        return randn(shape, generator).to(device or "cpu", dtype)
+    return torch.randn(tuple(shape), dtype=dtype).to(device or "cpu")
+
+
+def _guided_at(st: SamplingSettings, t: float) -> bool:
+    return (st.cfg is not None and (st.cfg_t_stop is None or t >= st.cfg_t_stop)
+            and (st.cfg_t_start is None or t <= st.cfg_t_start))
+
+
+def _loop(model, x, grids, draws, step_fn, target, st: SamplingSettings, model_inputs, joint_inputs,
+          callback) -> Iterator[SampleStep]:
+    t_grid, logsnr_grid, r_grid = grids
     steps = len(t_grid) - 1
     batch = x.size(0)
     for i in range(steps):
@@ -279,16 +290,11 @@ def _loop(model, x, t_grid, logsnr_grid, r_grid, draws, step_fn, target, cfg, cf
         logsnr = logsnr_grid[i].expand(batch).to(x.device)  # (B,)
         logsnr_prev = logsnr_grid[i + 1].expand(batch).to(x.device)  # (B,)
         r = r_grid[i].expand(batch).to(x.device)  # (B,)
-        guided = (
-            cfg is not None
-            and (cfg_t_stop is None or t_i >= cfg_t_stop)
-            and (cfg_t_start is None or t_i <= cfg_t_start)
-        )
-        if guided:
+        if _guided_at(st, t_i):
             out = model(torch.cat([x, x], dim=0), r.repeat(2), **joint_inputs)
             _check_pred(out, 2 * batch, x)
             pred_c, pred_u = out.chunk(2)
-            pred = apply_cfg(pred_c, pred_u, cfg_scale_at(cfg, t_i), cfg_rho)
+            pred = apply_cfg(pred_c, pred_u, cfg_scale_at(st.cfg, t_i), st.cfg_rho)
         else:
             pred = model(x, r, **model_inputs)
             _check_pred(pred, batch, x)
@@ -307,10 +313,11 @@ def _check_pred(pred: Any, n: int, x: torch.Tensor) -> None:
         raise InputError(f"the model returned {got}; expected a prediction of shape {(n, *x.shape[1:])}")
 
 
-def sample_final(model: Callable[..., torch.Tensor], x_init: torch.Tensor | None, **kwargs: Any) -> SampleStep:
+def sample_final(model: Callable[..., torch.Tensor], x_init: torch.Tensor | None,
+                 settings: SamplingSettings | None = None, **kwargs: Any) -> SampleStep:
     """Run :func:`sample` to the end and return its last :class:`SampleStep` (``.x0`` is the sample)."""
     last = None
-    for last in sample(model, x_init, **kwargs):
+    for last in sample(model, x_init, settings, **kwargs):
         pass
     assert last is not None  # steps >= 1 is checked by timesteps()
     return last
