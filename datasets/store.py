@@ -58,6 +58,8 @@ def _zarr():
     import zarr
 
     warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    # the store's lock file (LOCK_NAME) is not a zarr node; zarr says so whenever it lists a group
+    warnings.filterwarnings("ignore", message=r".*\.lock is not recognized as a component of a Zarr hierarchy")
     return zarr
 
 
@@ -187,6 +189,8 @@ def lock_store(path: str | os.PathLike):
     from cascadekit.codec.fsio import AdvisoryLock, describe_os_error
 
     p = Path(path)
+    if has_content(p) and not is_store(p):  # never leave a lock file in someone else's folder
+        return None, f"{p} exists and is not a cascadekit latent store; choose another --out"
     try:
         p.mkdir(parents=True, exist_ok=True)
         return AdvisoryLock(p, "latent store").acquire(), None
