@@ -1,29 +1,68 @@
-"""What every command shares: the device rule, the default weights (announced when they are the tiny random
-set), and turning a user error into one readable line and exit status 2."""
+"""What every command shares: the device rule (and a clear refusal of a device this machine lacks), the default
+weights (announced when they are the tiny random set), and turning a user error into one readable line and exit
+status 2."""
 from __future__ import annotations
 
+import errno
 import functools
-import os
 import sys
 
 import click
 
-from cascadekit.codec.errors import CascadeKitError
+from cascadekit.codec.errors import CascadeKitError, InputError
+from cascadekit.codec.fsio import describe_os_error
+from cascadekit.metrics.errors import MetricsError
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+# OSErrors that are the user's environment, not a bug: one line instead of a traceback
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def check_device(name: str | None):
+    """``name`` as a ``torch.device`` this machine has (None / ``auto`` -> None), else InputError saying which
+    devices exist. ``cuda`` without CUDA, ``cuda:7`` on a 2-GPU machine, ``banana``: one clear message."""
+    if name is None or name == "auto":
+        return None
+    import torch  # lazy: parsing the command line stays fast when --device is not given
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise InputError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps "
+                         f"(this machine has: {', '.join(available_devices())})")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise InputError(f"--device {name}: this machine has {count or 'no'} CUDA device(s) "
+                             f"(available: {', '.join(available_devices())})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device mps: MPS is not available here (available: {', '.join(available_devices())})")
+    return dev
+
+
+def available_devices() -> list[str]:
+    """The devices ``--device`` accepts on this machine: cpu, cuda:0.., mps."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
 
 
 def pick_device(name: str | None):
-    """``--device`` as given, else ``cuda:LOCAL_RANK`` when CUDA is available (torchrun), else ``cpu``.
+    """``--device`` as a ``torch.device`` by :func:`cascadekit.codec.distributed.local_device` (None / ``auto``:
+    ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``cuda`` is ``cuda:LOCAL_RANK``), after
+    :func:`check_device` made sure this machine has it (InputError otherwise)."""
+    from cascadekit.codec.distributed import local_device
 
-    A bare ``cuda`` under a multi-process torchrun launch also becomes ``cuda:LOCAL_RANK``.
-    """
-    import torch
-
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if name is None or name == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dev = torch.device(f"cuda:{local}")
+    check_device(name)
+    dev = local_device(name)
+    check_device(str(dev))  # cuda:LOCAL_RANK must exist too
     return dev
 
 
@@ -45,15 +84,34 @@ def pick_weights(weights, *, stage_b: str = "lite", announce: bool = True):
     return chosen.source, {"source": str(chosen.source), "chosen_because": chosen.why}, chosen.tiny
 
 
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line a user error becomes, or None for anything else (a bug: its traceback stays).
+
+    User errors: :class:`CascadeKitError`, the metrics package's ``MetricsError``, and an OSError that is the
+    environment's (full disk or quota, read-only file system, permission denied)."""
+    if isinstance(exc, (CascadeKitError, MetricsError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        where = exc.filename or "an output file"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{where}: permission denied; choose files and folders you can read and write"
+        return describe_os_error(exc, where)
+    return None
+
+
 def reports_user_errors(command):
-    """Decorator: a :class:`CascadeKitError` becomes ``error: <message>`` on stderr and exit status 2."""
+    """Decorator: a user error (:func:`user_error_message`) becomes ``error: <message>`` on stderr and exit
+    status 2; anything else propagates unchanged."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except CascadeKitError as e:
-            click.echo(f"error: {e}", err=True)
+        except (CascadeKitError, MetricsError, OSError) as e:
+            message = user_error_message(e)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
     return wrapper

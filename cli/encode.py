@@ -4,23 +4,27 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.params import BATCH, COUNT, DEVICE, WORKERS, PixelSide
 
 
 @click.command("encode")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out", required=True, type=click.Path(), help="Store folder to create or resume (STORE.zarr).")
 @click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: $CASCADEKIT_WEIGHTS or ~/.cache/cascadekit/weights, else the tiny RANDOM test weights).")
-@click.option("--resolution", default=768, show_default=True, type=int, help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
-@click.option("--encoder-resolution", default=None, type=int, help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
+@click.option("--resolution", default=768, show_default=True, type=PixelSide(multiple=32), help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
+@click.option("--encoder-resolution", default=None, type=PixelSide(minimum=32), help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
 @click.option("--dtype", "dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]), help="Storage dtype of the latents.")
 @click.option("--compute-dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Encoder precision (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--stage-a", is_flag=True, help="Also store Stage A latents (4, H/4, W/4), for training Stage B.")
 @click.option("--buckets", is_flag=True, help="Aspect-ratio buckets (official multi-aspect list), one group per bucket.")
-@click.option("--min-size", default=None, type=int, help="Skip images whose shorter side is below this (reason too_small).")
-@click.option("--batch-size", default=32, show_default=True, type=int, help="Encoder batch (at most --chunk-rows). Recorded in the store: resume with the same value.")
-@click.option("--num-workers", default=2, show_default=True, type=int, help="DataLoader processes decoding images.")
-@click.option("--chunk-rows", default=256, show_default=True, type=int, help="Samples per chunk (unit of resume and of each writer).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")
+@click.option("--min-size", default=None, type=COUNT, help="Skip images whose shorter side is below this (reason too_small).")
+@click.option("--max-input-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
+              help="Most bytes read from one input file or tar member (default 256 MiB); larger ones are skipped "
+                   "(reason too_large). FIFOs, devices and sockets are never read (reason not_a_file).")
+@click.option("--batch-size", default=32, show_default=True, type=BATCH, help="Encoder batch (at most --chunk-rows). Recorded in the store: resume with the same value.")
+@click.option("--num-workers", default=2, show_default=True, type=WORKERS, help="DataLoader processes decoding images.")
+@click.option("--chunk-rows", default=256, show_default=True, type=COUNT, help="Samples per chunk (unit of resume and of each writer).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing store made with different settings.")
 @click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
 @click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
@@ -28,7 +32,7 @@ from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pi
 @click.option("--tmp-dir", default=None, type=click.Path(file_okay=False, exists=True), help="Folder for the corpus plan's anonymous temporary files (default: $TMPDIR). Nothing is left there afterwards.")
 @reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
-           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir):
+           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir, max_input_bytes):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
     --weights it encodes the built-in sample photographs with the tiny default weights.
@@ -37,10 +41,13 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     """
     from cascadekit.codec import distributed as D
 
+    if batch_size > chunk_rows:
+        raise click.UsageError(f"--batch-size {batch_size} is above --chunk-rows {chunk_rows}: a batch must fit in "
+                               "one chunk; lower --batch-size or raise --chunk-rows")
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,
-                          tmp_dir=tmp_dir)
+                          tmp_dir=tmp_dir, max_input_bytes=max_input_bytes)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
@@ -52,7 +59,8 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
 
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
-         num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None):
+         num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None,
+         max_input_bytes=256 * 1024 * 1024):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -79,7 +87,7 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
                                    chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info,
-                                   tmp_dir=tmp_dir)
+                                   tmp_dir=tmp_dir, max_input_bytes=max_input_bytes)
     if text_embeddings and info.is_main:
         from cascadekit.codec.text import TextEncoder
         from cascadekit.datasets.text_embeddings import add_text_embeddings

@@ -1,18 +1,31 @@
 """`cascadekit evaluate`: how faithful is the codec on these images? PSNR/SSIM/LPIPS/FID + an HTML report."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from cascadekit.codec.errors import CascadeKitError
-from cascadekit.metrics.errors import MetricsError
+from cascadekit.cli.common import reports_user_errors
+from cascadekit.cli.out_folder import EVALUATE, claim_out_folder
+from cascadekit.cli.params import BATCH, COUNT, DEVICE, FINITE, NON_NEGATIVE, OUT_FOLDER, SEED, STEPS, PixelSide
+
+
+def _metric_names(ctx, param, value):
+    """--metrics -> validated names, refused at parse time naming the flag."""
+    from cascadekit.metrics.errors import MetricInputError
+    from cascadekit.metrics.evaluate import parse_metrics
+
+    try:
+        return ",".join(parse_metrics(value))
+    except MetricInputError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
 @click.command("evaluate")
 @click.argument("images", nargs=-1, type=click.Path(exists=True))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Report folder (created).")
+@click.option("--out", "out", required=True, type=OUT_FOLDER,
+              help="Report folder (created). A folder with an earlier report needs --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Remove the outputs of an earlier `evaluate` run in --out first.")
 @click.option("--weights", default=None,
               help="Codec weights folder / diffusers snapshot / hub id. Default: $CASCADEKIT_WEIGHTS or "
                    "~/.cache/cascadekit/weights, else the built-in TINY RANDOM weights (clearly labelled).")
@@ -21,39 +34,37 @@ from cascadekit.metrics.errors import MetricsError
                    "by key (IMAGES, or the store's recorded source files when IMAGES is empty) and prepared as "
                    "the store's preprocessing did.")
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Stage B sampling steps.")
-@click.option("--guidance", default=1.1, show_default=True, type=float, help="Stage B classifier-free guidance.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Decoding is stochastic: batch seed = SEED + index of the batch's first image (in the report).")
-@click.option("--metrics", "metrics", default="psnr,ssim,lpips,fid", show_default=True,
+@click.option("--steps", default=10, show_default=True, type=STEPS, help="Stage B sampling steps.")
+@click.option("--guidance", default=1.1, show_default=True, type=FINITE, help="Stage B classifier-free guidance.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="0 <= seed < 2**63. Decoding is stochastic: batch seed = SEED + index of the batch's first image (in the report).")
+@click.option("--metrics", "metrics", default="psnr,ssim,lpips,fid", show_default=True, callback=_metric_names,
               help="Comma-separated subset of psnr,ssim,lpips,fid.")
 @click.option("--lpips-net", default="alex", show_default=True, type=click.Choice(["alex", "vgg"]))
 @click.option("--weights-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with the metric backbones (alexnet-owt-7be5be79.pth, vgg16-397923af.pth, "
                    "weights-inception-2015-12-05-6726825d.pth); default: torch's hub cache. Never downloaded.")
-@click.option("--size", default=1024, show_default=True, type=click.IntRange(min=4),
-              help="Encode mode: resize each image's short side to this, then centre-crop to multiples of 64.")
-@click.option("--encoder-resolution", default=768, show_default=True, type=click.IntRange(min=32),
+@click.option("--size", default=1024, show_default=True, type=PixelSide(multiple=64),
+              help="Encode mode, a multiple of 64: resize each image's short side to this, then centre-crop to "
+                   "multiples of 64.")
+@click.option("--encoder-resolution", default=768, show_default=True, type=PixelSide(minimum=32),
               help="Short side the effnet sees (official 768: 1024² -> 24×24 latents).")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-images", default=None, type=click.IntRange(min=1), help="Evaluate at most N images.")
-@click.option("--grid-samples", default=8, show_default=True, type=click.IntRange(min=0),
+@click.option("--batch-size", default=4, show_default=True, type=BATCH)
+@click.option("--max-images", default=None, type=COUNT, help="Evaluate at most N images.")
+@click.option("--grid-samples", default=8, show_default=True, type=NON_NEGATIVE,
               help="Images shown as original | reconstruction | error grids.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Codec precision (default: bf16 on CUDA, fp32 on CPU). Metrics always run in float32/64.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir, size,
-             encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+@reports_user_errors
+def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
+             size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
     """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
     Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
     and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
-    try:
-        result = _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
-                      size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet)
-    except (CascadeKitError, MetricsError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    result = _run(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net,
+                  weights_dir, size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet)
     agg = result["aggregate"]
     for name, v in agg.items():
         if isinstance(v, dict):
@@ -72,17 +83,20 @@ def evaluate(images, out, weights, store, stage_b, steps, guidance, seed, metric
         click.echo(f"NOTE: {result['notice']}", err=True)
 
 
-def _expand(paths) -> list[tuple[str, Path]]:
+def _expand(paths, out, skipped: list) -> list[tuple[str, Path]]:
     """(key, path) for IMAGES: a folder gives every image under it (key = relative path without the last
-    suffix, as `cascadekit encode` keys folder samples); a file gives key = its stem."""
+    suffix, as `cascadekit encode` keys folder samples; the report folder `out` is never scanned; a second
+    image of one stem is appended to `skipped`, as encode skips it); a file gives key = its stem."""
     from cascadekit.metrics.images import iter_folder
 
-    items = []
+    items, dups = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            items.extend(iter_folder(p))
+            items.extend(iter_folder(p, exclude=(out,), duplicates=dups))
         else:
             items.append((p.stem, p))
+    skipped += [{"key": k, "reason": f"{p}: an image of the same stem sorts first in its folder and has this key "
+                 "(as in cascadekit encode); rename one to evaluate both"} for k, p in dups]
     return items
 
 
@@ -97,8 +111,8 @@ def _mode_note(path) -> str | None:
         return None
 
 
-def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir, size,
-         encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+def _run(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
+         size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
     import warnings
 
     from cascadekit.cli.common import default_dtype, pick_device, pick_weights
@@ -109,6 +123,7 @@ def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, l
 
     metric_names = parse_metrics(metrics)  # fail on a typo or a missing backbone before loading the codec
     check_weights(metric_names, lpips_net=lpips_net, weights_dir=weights_dir)
+    claim_out_folder(out, EVALUATE, overwrite)
     dev = pick_device(device)
     dtype = default_dtype(dtype, dev)
     source, info, _ = pick_weights(weights, stage_b=stage_b)
@@ -124,15 +139,15 @@ def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, l
     settings = {"codec_weights": info, "codec": codec.identity(), "steps": steps, "guidance": guidance,
                 "mode": "store" if store else "encode"}
     if store:
-        items, reconstruct, extra_skipped, store_info = _store_mode(store, images, codec, decode_kw)
+        items, reconstruct, extra_skipped, store_info = _store_mode(store, images, codec, decode_kw, out)
         settings["store"] = store_info
     else:
         from cascadekit.codec.reconstruct_files import prepare_image
 
-        pairs = _expand(images) if images else [(p.stem, p) for p in sample_image_paths()]
+        extra_skipped = []
+        pairs = _expand(images, out, extra_skipped) if images else [(p.stem, p) for p in sample_image_paths()]
         settings["size"] = size
         items = [(k, (lambda p=p: (prepare_image(p, size), _mode_note(p)))) for k, p in pairs]
-        extra_skipped = []
 
         def reconstruct(x, seed):
             return codec.reconstruct(x, seed=seed, **decode_kw).float().cpu()
@@ -144,7 +159,7 @@ def _run(images, out, weights, store, stage_b, steps, guidance, seed, metrics, l
     return result
 
 
-def _store_mode(store, images, codec, decode_kw):
+def _store_mode(store, images, codec, decode_kw, out):
     """Items and a reconstruct callable that decodes the store's latents for each key.
 
     Originals are prepared exactly as the store's builder prepared them (its recorded preprocessing), so
@@ -158,7 +173,8 @@ def _store_mode(store, images, codec, decode_kw):
 
     root = open_store(store)
     pre = dict(root.attrs.get("preprocess", {}))
-    cfg = PreprocessConfig(**{k: pre[k] for k in ("resolution", "min_size", "max_pixels", "buckets") if k in pre})
+    cfg = PreprocessConfig(**{k: pre[k] for k in ("resolution", "min_size", "max_pixels", "buckets", "max_input_bytes")
+                              if k in pre})
     latents_of: dict[str, tuple] = {}  # key -> (group, row)
     sources: dict[str, str] = {}
     skipped = []
@@ -183,7 +199,7 @@ def _store_mode(store, images, codec, decode_kw):
         raise InputError(f"{store}: no encoded rows (status ok) to evaluate")
 
     if images:
-        given = dict(_expand(images))
+        given = dict(_expand(images, out, skipped))
         pairs = [(k, given[k]) for k in given if k in latents_of]
         skipped += [{"key": k, "reason": "no latent with this key in the store"} for k in given if k not in latents_of]
         skipped += [{"key": k, "reason": "in the store but not among IMAGES"} for k in latents_of if k not in given]

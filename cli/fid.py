@@ -2,33 +2,56 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from cascadekit.cli.common import reports_user_errors
+from cascadekit.cli.out_folder import claim_out_file
+from cascadekit.cli.params import BATCH, DEVICE
 
 
 @click.command("fid")
 @click.argument("a", type=click.Path(exists=True))
 @click.argument("b", type=click.Path(exists=True), required=False)
 @click.option("--save-stats", "save_to", type=click.Path(dir_okay=False), default=None,
-              help="With only A: featurise folder A once and save its Inception statistics (.npz) here.")
+              help="Save the Inception statistics (.npz) of folder A here (with or without B), so A is featurised "
+                   "once. An existing file needs --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save-stats file.")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding weights-inception-2015-12-05-6726825d.pth (default: the torch hub cache).")
-@click.option("--batch-size", default=16, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
-def fid(a, b, save_to, weights_dir, batch_size, device):
-    """FID between image folders A and B, or save A's statistics with --save-stats."""
-    from cascadekit.metrics.fid import InceptionFeatures, fid_folders, folder_stats, save_stats
+@click.option("--batch-size", default=16, show_default=True, type=BATCH)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
+@reports_user_errors
+def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
+    """FID between A and B (each an image folder or an .npz of saved statistics), and/or save folder A's
+    statistics with --save-stats. Unreadable images are skipped and listed."""
+    from cascadekit.cli.common import pick_device
+    from cascadekit.metrics.fid import (InceptionFeatures, check_stats_source, checked_folder_stats, frechet_distance,
+                                        stats_of)
 
+    if b is None and save_to is None:
+        raise click.UsageError("give a second folder B, or --save-stats FILE.npz to save A's statistics")
+    for flag, source in (("A", a), ("B", b)):
+        if source is not None:
+            check_stats_source(source, flag)
+    if save_to is not None:
+        if not Path(a).is_dir():
+            raise click.UsageError(f"--save-stats saves the statistics of an image folder, and A ({a}) is a file")
+        claim_out_file(save_to, overwrite, "--save-stats")
+    dev = pick_device(device)
+    needs_features = any(s is not None and Path(s).is_dir() for s in (a, b))
+    extractor = InceptionFeatures(weights_dir=weights_dir, device=dev) if needs_features else None
     skipped: list[tuple[str, str]] = []
-    if b is None:
-        if save_to is None:
-            raise click.UsageError("give a second folder B, or --save-stats FILE.npz to save A's statistics")
-        stats = folder_stats(a, InceptionFeatures(weights_dir=weights_dir, device=device), batch_size=batch_size,
-                             skipped=skipped, progress=True)
-        click.echo(f"saved statistics of {a} to {save_stats(stats, save_to)}")
+    if save_to is not None:
+        stats = checked_folder_stats(a, extractor, batch_size=batch_size, skipped=skipped, progress=True)
+        mu_a, sigma_a = stats.mu, stats.sigma
+        click.echo(f"saved statistics of {a} ({stats.n} images) to {stats.save(save_to)}", err=b is not None)
     else:
-        value = fid_folders(a, b, weights_dir=weights_dir, device=device, batch_size=batch_size, skipped=skipped,
-                            progress=True)
+        mu_a, sigma_a = stats_of(a, extractor, batch_size=batch_size, skipped=skipped, progress=True)
+    if b is not None:
+        mu_b, sigma_b = stats_of(b, extractor, batch_size=batch_size, skipped=skipped, progress=True)
+        value = frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
         click.echo(json.dumps({"fid": value, "a": str(a), "b": str(b), "skipped": len(skipped)}))
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

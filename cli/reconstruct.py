@@ -4,32 +4,37 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.out_folder import RECONSTRUCT, claim_out_folder
+from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, PixelSide
 
 
 @click.command("reconstruct")
 @click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
+@click.option("--out", "out", required=True, type=OUT_FOLDER,
+              help="Output folder (created). A folder with an earlier run's outputs needs --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Remove the outputs of an earlier `reconstruct` run in --out first.")
 @click.option("--weights", default=None,
               help="Weights folder / diffusers snapshot / hub id. Default: $CASCADEKIT_WEIGHTS or "
                    "~/.cache/cascadekit/weights, else the built-in TINY RANDOM weights (clearly labelled).")
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Stage B sampling steps.")
-@click.option("--guidance", default=1.1, show_default=True, type=float, help="Stage B classifier-free guidance.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--size", default=1024, show_default=True, type=click.IntRange(min=4),
-              help="Resize each image's short side to this, then centre-crop to multiples of 64.")
-@click.option("--encoder-resolution", default=768, show_default=True, type=click.IntRange(min=32),
+@click.option("--steps", default=10, show_default=True, type=STEPS, help="Stage B sampling steps.")
+@click.option("--guidance", default=1.1, show_default=True, type=FINITE, help="Stage B classifier-free guidance.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="0 <= seed < 2**63.")
+@click.option("--size", default=1024, show_default=True, type=PixelSide(multiple=64),
+              help="A multiple of 64: resize each image's short side to this, then centre-crop to multiples of 64.")
+@click.option("--encoder-resolution", default=768, show_default=True, type=PixelSide(minimum=32),
               help="Short side the effnet sees (official 768: 1024² -> 24×24 latents).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Compute precision (default: bf16 on CUDA, fp32 on CPU). fp16 runs Stage B in bf16.")
 @click.option("--allow-zero-text", is_flag=True,
               help="Decode with a zero text embedding when no empty-caption CLIP embedding (or text encoder) exists.")
 @reports_user_errors
-def reconstruct(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-                allow_zero_text):
+def reconstruct(images, out, overwrite, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device,
+                dtype, allow_zero_text):
     """Reconstruct IMAGES... (encode + decode) into --out: one PNG each, grid.png (original |
     reconstruction) and reconstruct.json. With no IMAGES, scikit-image's sample photographs are used."""
+    claim_out_folder(out, RECONSTRUCT, overwrite)
     _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
          allow_zero_text)
 

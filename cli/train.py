@@ -4,19 +4,20 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import pick_device, reports_user_errors
+from cascadekit.cli.params import DEVICE, OUT_FOLDER
 
 
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(), help="Latent store (STORE.zarr) from `cascadekit encode`.")
 @click.option("--config", "config", required=True,
               help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny.")
-@click.option("--out", "out", required=True, type=click.Path(), help="Run folder: checkpoints/, previews/, train_log.jsonl.")
+@click.option("--out", "out", required=True, type=OUT_FOLDER, help="Run folder: checkpoints/, previews/, train_log.jsonl.")
 @click.option("--init", "init", default=None, help="Stage C weights to fine-tune (file, folder, diffusers snapshot, hub id); required for LoRA.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint (exactly).")
 @click.option("--text-encoder", "text_encoder", default=None,
               help="Folder with text_encoder/ + tokenizer/ (CLIP ViT-bigG): needed if the store has no text embeddings.")
 @click.option("--previewer", "previewer", default=None, help="Weights folder with previewer.safetensors, for PNG previews.")
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda:LOCAL_RANK if available).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (YAML syntax), e.g. --set steps=100.")
 @reports_user_errors
 def train(data, config, out, init, resume, text_encoder, previewer, device, overrides):

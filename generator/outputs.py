@@ -9,16 +9,20 @@ them, and a JSON record next to them. :func:`write_samples` writes, into ``out_d
     samples.json              {"software", "count", "grid", "samples": [{"file", "prompt",
                               "negative_prompt", "seed", "height", "width", "prior_steps", ...}]}
 
-Files are written through a temporary name and renamed, so an interrupted run leaves no half file.
+Files are written with :func:`cascadekit.codec.fsio.atomic_write` (temporary file, fsync, rename), so an
+interrupted run leaves no half file and a full disk is one clear :class:`OutputError`.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from cascadekit.codec.fsio import atomic_write, atomic_write_bytes, atomic_write_text
 
 GRID_NAME = "grid.png"
 MANIFEST_NAME = "samples.json"
@@ -57,9 +61,7 @@ def write_pngs(images: Sequence[Any], parameters: Sequence[dict[str, Any]], out_
             if params.get(k) is not None:
                 info.add_text(k, str(params[k]))
         path = out / f"{prefix}_{params.get('seed', 0)}_{i:03d}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        img.save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(path)
+        atomic_write(path, lambda f, img=img, info=info: img.save(f, format="PNG", pnginfo=info))
         paths.append(path)
     return paths
 
@@ -86,9 +88,10 @@ def write_grid(images: Sequence[Any], parameters: Sequence[dict[str, Any]], path
         first = images[0]
         blank = torch.ones_like(first) if isinstance(first, torch.Tensor) else Image.new("RGB", first.size, "white")
     rows = [[columns[k][r] if r < len(columns[k]) else blank for k in keys] for r in range(n_rows)]
-    tmp = Path(path).with_name(Path(path).name + ".tmp.png")
-    save_grid(rows, tmp, labels=[_label(p, s) for p, s in keys])
-    tmp.replace(path)
+    labels = [_label(p, s) for p, s in keys]
+    with tempfile.TemporaryDirectory(prefix="cascadekit-grid-") as tmp:  # save_grid writes to a path
+        save_grid(rows, Path(tmp) / GRID_NAME, labels=labels)
+        atomic_write_bytes(path, (Path(tmp) / GRID_NAME).read_bytes())
     return Path(path)
 
 
@@ -98,9 +101,7 @@ def write_manifest(files: Sequence[Path], parameters: Sequence[dict[str, Any]], 
     path = Path(path)
     samples = [{"file": f.name, **params} for f, params in zip(files, parameters, strict=True)]
     doc = {"software": "cascadekit", "count": len(samples), "grid": grid.name if grid else None, "samples": samples}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -219,7 +219,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     m = u.T @ ((s2 + s2.T) / 2) @ u
     ev = np.linalg.eigvalsh((m + m.T) / 2) if m.size else np.zeros(0)
     tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    # a distance is >= 0: identical statistics give a float64 rounding residue of either sign (-2e-10)
+    return max(0.0, float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
 
 
 def batches_by_size(items: Iterable[tuple[str, torch.Tensor]], batch_size: int
@@ -260,14 +261,30 @@ def folder_stats(folder: str | os.PathLike, extractor: InceptionFeatures, *, bat
     return stats
 
 
+def check_stats_source(source: str | os.PathLike, name: str = "input") -> None:
+    """Refuse (MetricInputError naming ``name``) anything but an image folder or an ``.npz`` statistics file."""
+    p = Path(source)
+    if not (p.is_dir() or (p.is_file() and p.suffix == ".npz")):
+        raise MetricInputError(f"{name} ({p}) must be a folder of images or an .npz file of saved FID statistics")
+
+
 def stats_of(source: str | os.PathLike, extractor: InceptionFeatures, **kw) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of an image folder, or read from an .npz statistics file."""
     p = Path(source)
-    if p.is_file() and p.suffix == ".npz":
+    check_stats_source(p)
+    if p.suffix == ".npz" and p.is_file():
         mu, sigma, _ = load_stats(p)
         return mu, sigma
-    s = folder_stats(p, extractor, **kw)
+    s = checked_folder_stats(p, extractor, **kw)
     return s.mu, s.sigma
+
+
+def checked_folder_stats(folder: str | os.PathLike, extractor: InceptionFeatures, **kw) -> FeatureStats:
+    """:func:`folder_stats`, refusing (MetricInputError naming the folder) fewer than 2 readable images."""
+    s = folder_stats(folder, extractor, **kw)
+    if s.n < 2:
+        raise MetricInputError(f"{folder}: FID needs at least 2 images per set, found {s.n} readable image(s)")
+    return s
 
 
 def fid_folders(a: str | os.PathLike, b: str | os.PathLike, *, weights_dir: str | os.PathLike | None = None,
@@ -290,4 +307,5 @@ def _progress(enabled: bool, desc: str):
 
 
 __all__ = ["InceptionFeatures", "FeatureStats", "frechet_distance", "save_stats", "load_stats", "fid_folders",
-           "folder_stats", "to_uint8", "batches_by_size"]
+           "folder_stats", "to_uint8", "batches_by_size", "check_stats_source",
+           "checked_folder_stats"]

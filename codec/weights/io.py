@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 import sys
 from pathlib import Path
@@ -187,14 +188,20 @@ def _read_safetensors_mmap(path: Path, device: str | torch.device) -> dict[str, 
         raise WeightsError(f"{path}: could not read safetensors file: {e}") from None
 
 
+def _pickled_global(e: Exception) -> str:
+    """' (first one: module.Name)' from torch's weights-only refusal, without its advice to unpickle anyway."""
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    return f" (first one: {m.group(1)})" if m else ""
+
+
 def _read_torch(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(
-            f"{path}: refused to load: the file contains pickled Python objects other than tensors, and "
-            "cascadekit only loads with torch.load(weights_only=True) (unpickling can run arbitrary code). "
-            f"Convert it to .safetensors in a trusted environment. Details: {str(e).splitlines()[0]}"
+            f"{path}: refused to load: the file contains pickled Python objects other than tensors{_pickled_global(e)}. "
+            "cascadekit never unpickles (unpickling can run arbitrary code) and has no option to. If you trust "
+            "the file, convert its tensors to .safetensors in a separate, trusted environment and pass that file."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from None

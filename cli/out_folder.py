@@ -1,0 +1,109 @@
+"""The one convention for output folders of every command that writes a report folder (``sample``,
+``reconstruct``, ``evaluate``) or an output file (``fid --save-stats``):
+
+- ``--out`` must be a folder that is, or can be created as, writable (checked before any work starts);
+- an empty or new ``--out`` is used as is;
+- an ``--out`` holding the outputs of an earlier run of the same command is refused unless ``--overwrite``;
+  with ``--overwrite`` those earlier outputs (and only those, recognised by the names the command writes) are
+  removed first, so the record file (``samples.json``, ``reconstruct.json``, ``metrics.json``) always
+  describes every file in the folder and no stale grid stays next to new ones;
+- an ``--out`` holding anything else (your photos, another command's outputs) is always refused: nothing of
+  yours is ever replaced or deleted.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from cascadekit.cli.params import out_folder_problem
+from cascadekit.codec.errors import OutputError
+from cascadekit.codec.fsio import describe_os_error
+
+LEFTOVERS = (".*.tmp", "*.tmp", "*.tmp.png")  # temporary files of a write cut off by a kill
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one command writes into its ``--out``: the record file and the name patterns of its outputs
+    (``sub/pattern`` for files in a subfolder it creates)."""
+
+    command: str
+    record: str
+    patterns: tuple[str, ...]
+
+    def owns(self, relative: str) -> bool:
+        """Whether a file at ``relative`` (posix path inside --out) is one this command writes."""
+        name = relative.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(relative, p) for p in (self.record, *self.patterns)) or any(
+            fnmatch.fnmatchcase(name, p) for p in LEFTOVERS)
+
+
+SAMPLE = OutputKind("sample", "samples.json", ("image_*.png", "grid.png"))
+RECONSTRUCT = OutputKind("reconstruct", "reconstruct.json", ("[0-9][0-9][0-9]*_recon.png", "grid.png"))
+EVALUATE = OutputKind("evaluate", "metrics.json", ("per_image.csv", "index.html", "fid_stats_original.npz",
+                                                   "fid_stats_reconstruction.npz", "grids/*.png"))
+
+
+def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: str = "--out") -> Path:
+    """Check ``out`` before any work and, with ``overwrite``, remove the earlier run's outputs (see module doc).
+
+    Raises OutputError naming ``flag``: unwritable / a file / read-only; foreign files in it; an earlier run's
+    outputs without ``overwrite``."""
+    out = Path(out)
+    problem = out_folder_problem(out)
+    if problem:
+        raise OutputError(f"{flag} {out}: {problem}")
+    if not out.exists():
+        return out
+    ours, foreign = _classify(out, kind)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"{flag} {out} is not empty and holds files that are not outputs of `cascadekit "
+                          f"{kind.command}` ({shown}); choose a new or empty folder (nothing was changed)")
+    if ours and not overwrite:
+        raise OutputError(f"{flag} {out} holds the outputs of an earlier `cascadekit {kind.command}` run "
+                          f"({len(ours)} files, record {kind.record}); pass --overwrite to replace them, or choose "
+                          f"another folder")
+    _remove(out, ours, kind.record)
+    return out
+
+
+def claim_out_file(path: str | Path, overwrite: bool, flag: str) -> Path:
+    """An output file ``path``: its folder must be writable, no folder may stand there, and an existing file is
+    replaced only with ``overwrite`` (OutputError naming ``flag`` otherwise)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file name such as {path / 'stats.npz'}")
+    problem = out_folder_problem(path.parent)
+    if problem:
+        raise OutputError(f"{flag} {path}: {problem}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another file name")
+    return path
+
+
+def _classify(out: Path, kind: OutputKind) -> tuple[list[Path], list[str]]:
+    """(files of this command in ``out``, names of everything else), subfolders of its patterns looked into."""
+    subfolders = {p.split("/", 1)[0] for p in kind.patterns if "/" in p}
+    ours, foreign = [], []
+    for entry in sorted(out.iterdir()):
+        inner = sorted(entry.iterdir()) if entry.is_dir() and not entry.is_symlink() and \
+            entry.name in subfolders else [entry]
+        for p in inner:
+            rel = p.relative_to(out).as_posix()
+            (ours.append(p) if p.is_file() and kind.owns(rel) else foreign.append(rel))
+    return ours, foreign
+
+
+def _remove(out: Path, files: list[Path], record: str) -> None:
+    """Delete ``files``, the record last (an interrupted removal is then still recognised as an earlier run),
+    then the subfolders they leave empty."""
+    try:
+        for p in sorted(files, key=lambda p: p.name == record):
+            p.unlink()
+        for d in {p.parent for p in files if p.parent != out}:
+            if not any(d.iterdir()):
+                d.rmdir()
+    except OSError as e:
+        raise OutputError(describe_os_error(e, e.filename or out)) from None
