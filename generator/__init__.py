@@ -11,7 +11,7 @@ from cascadekit.codec.lazy import lazy_exports
 
 _EXPORTS = {
     "StageC": "stage_c", "StageCConfig": "stage_c",
-    "ControlNet": "controlnet", "ControlNetConfig": "controlnet", "ControlSettings": "pipeline",
+    "ControlNet": "controlnet", "ControlNetConfig": "controlnet", "ControlSettings": "control_sampling",
     "TrainConfig": "config",
     "TextToImagePipeline": "pipeline",
     "apply_lora": "lora", "save_lora": "lora", "load_lora": "lora", "merge_lora": "lora",

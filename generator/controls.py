@@ -93,7 +93,7 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
     from cascadekit.codec.images import load_image
 
     img = load_image(path).convert("L")
-    mask = torch.from_numpy(np.asarray(img) > 127)[None, None]
+    mask = torch.from_numpy(np.array(img) > 127)[None, None]
     if size is not None and tuple(mask.shape[-2:]) != tuple(size):
         raise InputError(f"mask {path} is {img.width}x{img.height} pixels but its image is {size[1]}x{size[0]}; "
                          "the mask must have the image's size (white = repaint)")

@@ -12,6 +12,12 @@ Image-to-image (``init_image=``, ``strength``): the image is encoded with the co
 the Stage C latent size, diffused to t = strength (as the official notebook, with the default shift 1
 of ``GDF.diffuse``), and sampled from t_start = strength with ``int(prior_steps * strength)`` steps.
 
+ControlNet (``control=ControlSettings(...)``, a ControlNet loaded with ``controlnet=`` / :meth:`load_controlnet`):
+canny / inpainting / sr as in the official ControlNet notebook (same defaults: Stage C 20 steps, cfg 4, shift 2;
+:meth:`upscale` uses cfg 1); the scaled ControlNet list goes to the conditional and the unconditional branch;
+inpainting starts Stage C from the noised EfficientNet latents of the image at ``strength`` (default 1.0, as the
+notebook). See :mod:`cascadekit.generator.control_sampling`; the control image used is returned and saved.
+
 Stage C never runs in float16 (its activations overflow float16; the released weights are bf16):
 ``dtype=float16`` runs it in bfloat16 (float32 where bf16 is unsupported) with a warning, and a Stage C
 module cast to float16 by hand is refused with :class:`PrecisionError`.
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import InputError, PrecisionError
+from cascadekit.generator.control_sampling import ControlSettings, paste_back, prepare_control
 from cascadekit.generator.stage_c import StageC
 
 LATENT_DIVISOR = 42.67  # official: ceil(H / 42.67) Stage C latent rows for an H-pixel image
@@ -41,11 +48,28 @@ def stage_c_latent_size(height: int, width: int) -> tuple[int, int]:
 
 @dataclass
 class PipelineOutput:
-    """images (B,3,H,W) float in [0,1] on CPU; latents (B,16,h,w) Stage C samples; one parameter dict per image."""
+    """images (B,3,H,W) float in [0,1] on CPU; latents (B,16,h,w) Stage C samples; one parameter dict per image;
+    control_images (B,3,H',W') in [0,1]: the control used (edge map, masked image, upscaled input), or None."""
 
     images: torch.Tensor
     latents: torch.Tensor
     parameters: list[dict[str, Any]] = field(default_factory=list)
+    control_images: torch.Tensor | None = None
+
+    def _save_controls(self, image_paths: Sequence[Path]) -> list[Path]:
+        """``<image>_control.png`` beside each image (nothing without a control)."""
+        if self.control_images is None:
+            return []
+        from cascadekit.codec.fsio import atomic_write
+        from cascadekit.codec.images import tensor_to_pil
+
+        out = []
+        for path, ctrl in zip(image_paths, self.control_images):
+            target = Path(path).with_name(Path(path).stem + "_control.png")
+            img = tensor_to_pil(ctrl)
+            atomic_write(target, lambda f, img=img: img.save(f, format="PNG"))
+            out.append(target)
+        return out
 
     def pil(self) -> list:
         from cascadekit.codec.images import tensor_to_pil
@@ -57,14 +81,18 @@ class PipelineOutput:
         (``parameters`` = JSON of everything, plus ``prompt``, ``negative_prompt``, ``seed``...)."""
         from cascadekit.generator.outputs import write_pngs
 
-        return write_pngs(self.pil(), self.parameters, out_dir, prefix)
+        paths = write_pngs(self.pil(), self.parameters, out_dir, prefix)
+        self._save_controls(paths)
+        return paths
 
     def write(self, out_dir: str | Path, prefix: str = "image"):
         """The PNGs plus ``grid.png`` (all images labelled by prompt and seed) and ``samples.json`` (every
         file with its parameters) in ``out_dir``; returns :class:`cascadekit.generator.outputs.SampleFiles`."""
         from cascadekit.generator.outputs import write_samples
 
-        return write_samples(self.images, self.parameters, out_dir, prefix)
+        files = write_samples(self.images, self.parameters, out_dir, prefix)
+        self._save_controls(files.images)
+        return files
 
 
 def read_png_parameters(path: str | Path) -> dict[str, Any]:
@@ -109,6 +137,8 @@ class TextToImagePipeline:
         self.tiny = tiny
         self.lora: str | None = None
         self.stage_c_weights: str | None = None  # the Stage C file loaded (weights identity in outputs)
+        self.controlnet: torch.nn.Module | None = None
+        self.controlnet_info: Any = None  # ControlNetInfo of the loaded ControlNet
         if empty is None:
             t, p = text_encoder.encode([""])
             empty = (t[:1], p[:1])
@@ -119,7 +149,8 @@ class TextToImagePipeline:
     def from_pretrained(cls, source: Any = None, device: str | torch.device = "cpu", dtype: Any = torch.float32,
                         stage_c: str = "lite", stage_b: str = "lite", decoder_dtype: Any = None,
                         lora: str | Path | None = None, stage_c_weights: str | Path | None = None,
-                        ema: bool = False) -> "TextToImagePipeline":
+                        ema: bool = False, controlnet: str | Path | None = None,
+                        control: str | None = None) -> "TextToImagePipeline":
         """Load everything from a weights folder / diffusers snapshot(s) / hub id (see ``resolve_source``).
 
         source None: the tiny RANDOM default weights (tests/demos; meaningless images, labelled).
@@ -128,6 +159,7 @@ class TextToImagePipeline:
         lora: a LoRA file from ``cascadekit train`` merged into Stage C.
         stage_c_weights (+ ema): other Stage C weights for the loaded layout, e.g. a training run or
         checkpoint (see :meth:`load_stage_c`); the rest (Stage B/A, encoders) comes from ``source``.
+        controlnet (+ control): a ControlNet file / folder / hub id, see :meth:`load_controlnet`.
         """
         from cascadekit.codec.codec import Codec
         from cascadekit.codec.precision import parse_dtype
@@ -156,7 +188,21 @@ class TextToImagePipeline:
             pipe.load_stage_c(stage_c_weights, ema=ema)
         if lora is not None:
             pipe.load_lora(lora)
+        if controlnet is not None:
+            pipe.load_controlnet(controlnet, control)
         return pipe
+
+    def load_controlnet(self, source: str | Path, control: str | None = None,
+                        proj_blocks: list[int] | None = None) -> None:
+        """Load a ControlNet (official ``controlnet/<canny|inpainting|super_resolution>.safetensors``: a file, a
+        folder holding one, or a hub id with ``control``) in Stage C's dtype and device. A ControlNet made for
+        another Stage C (width or ResBlock-call count) is a :class:`WeightsError` here, before any sampling."""
+        from cascadekit.codec.weights.controlnet import check_fits_stage_c, load_controlnet
+
+        weight = next(self.stage_c.parameters())
+        net, info = load_controlnet(source, control, device=weight.device, dtype=weight.dtype, proj_blocks=proj_blocks)
+        check_fits_stage_c(net, self.stage_c, where=f"ControlNet {info.path}")
+        self.controlnet, self.controlnet_info = net, info
 
     def load_stage_c(self, path: str | Path, ema: bool = False) -> None:
         """Replace the Stage C weights, e.g. with a ``cascadekit train`` result.
@@ -263,7 +309,7 @@ class TextToImagePipeline:
                  prior_cfg_rho: float = 0.7, prior_sampler: str = "ddpm",
                  decoder_steps: int = 10, decoder_guidance: float = 1.1,
                  image: Any = None, init_image: Any = None, strength: float = 1.0,
-                 return_latents: bool = False) -> PipelineOutput:
+                 return_latents: bool = False, control: ControlSettings | None = None) -> PipelineOutput:
         """Generate ``len(prompts) * num_images_per_prompt`` images.
 
         prompts: a string or list; negative_prompt: one string or one per prompt (default: the empty
@@ -271,6 +317,8 @@ class TextToImagePipeline:
         seed: makes everything reproducible (None: a random seed, recorded in the output).
         image: image(s) for image variation (their CLIP image embedding conditions Stage C).
         init_image + strength in (0, 1]: image-to-image. return_latents: skip Stage B/A (images empty).
+        control: a :class:`ControlSettings` for the loaded ControlNet (inpainting uses ``strength`` as the start
+        noise level of the image's latents, as the official notebook's ``noise_level``).
         """
         prior_dt = self._check_prior_dtype()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -295,6 +343,12 @@ class TextToImagePipeline:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         h, w = stage_c_latent_size(height, width)
         dev = self.device
+        prepared = None
+        if control is not None:  # every control input is checked here, before the text encoder runs
+            if init_image is not None and control.check() == "inpainting":
+                raise InputError("inpainting starts from its own control image; do not also give init_image")
+            prepared = prepare_control(control, self.controlnet, getattr(self.controlnet_info, "control", None),
+                                       self._images, self.codec.effnet, n, height, width)
 
         clip_text, pooled = self.text_encoder.encode(caps)
         if negs is None:
@@ -309,14 +363,17 @@ class TextToImagePipeline:
                 "clip_img": clip_img}
         uncond = {"clip_text": u_text.float().to(dev), "clip_text_pooled": u_pooled.float().reshape(n, 1, -1).to(dev),
                   "clip_img": torch.zeros_like(clip_img)}
+        if prepared is not None:  # official notebook: cnet_uncond = cnet (both scaled by the strength)
+            cond["cnet"] = uncond["cnet"] = prepared.cnet
 
         from cascadekit.codec.diffusion.gdf import GDF
         from cascadekit.codec.diffusion.samplers import sample_final
 
         gen = torch.Generator().manual_seed(seed)
         steps, t_start, x_init = prior_steps, 1.0, None
-        if init_image is not None:
-            init = self._images(init_image, n, "init_image")
+        init = prepared.init_images if prepared is not None and prepared.init_images is not None else (
+            self._images(init_image, n, "init_image") if init_image is not None else None)
+        if init is not None:
             z = self._encode_init(init, h, w)
             t_start = float(strength)
             steps = max(1, int(prior_steps * strength))
@@ -334,6 +391,8 @@ class TextToImagePipeline:
         else:
             images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
                                        size=(height, width), captions=caps).float().cpu()
+            if prepared is not None and control.paste_back:
+                images = paste_back(images, prepared)
         params = []
         for i in range(n):
             params.append({
@@ -342,9 +401,30 @@ class TextToImagePipeline:
                 "prior_guidance": prior_guidance, "prior_shift": prior_shift, "prior_cfg_rho": prior_cfg_rho,
                 "prior_sampler": prior_sampler, "decoder_steps": decoder_steps, "decoder_guidance": decoder_guidance,
                 "image_variation": image is not None, "init_image": init_image is not None,
-                "strength": strength if init_image is not None else None, "lora": self.lora,
+                "strength": strength if init is not None else None, "lora": self.lora,
+                **self._control_parameters(control),
                 "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
                 "tiny_weights": bool(self.tiny), "stage_c_weights": self.stage_c_weights,
                 "prior_dtype": str(prior_dt).removeprefix("torch."), "software": "cascadekit",
             })
-        return PipelineOutput(images=images, latents=latents.cpu(), parameters=params)
+        return PipelineOutput(images=images, latents=latents.cpu(), parameters=params,
+                              control_images=prepared.preview if prepared is not None else None)
+
+    def _control_parameters(self, control: ControlSettings | None) -> dict[str, Any]:
+        if control is None:
+            return {"control": None}
+        return {"control": control.check(), "control_strength": float(control.strength),
+                "controlnet": str(self.controlnet_info.path), "outpaint": bool(control.outpaint),
+                "mask": str(control.mask) if isinstance(control.mask, (str, Path)) else None,
+                "paste_back": bool(control.paste_back)}
+
+    def upscale(self, image: Any, prompt: str = "", *, seed: int | None = None, prior_steps: int = 20,
+                prior_guidance: float = 1.0, control_strength: float = 1.0, **kwargs: Any) -> PipelineOutput:
+        """2× super-resolution with the loaded ``sr`` ControlNet (official notebook: Stage C cfg 1, shift 2, 20 steps).
+
+        image: one image (path, PIL, or (1,3,H,W) tensor in [0,1]) -> output (1,3,2H,2W). kwargs: as ``__call__``.
+        """
+        x = self._images(image, 1, "image to upscale")
+        height, width = 2 * x.shape[-2], 2 * x.shape[-1]
+        return self(prompt, seed=seed, height=height, width=width, prior_steps=prior_steps,
+                    prior_guidance=prior_guidance, control=ControlSettings("sr", x, strength=control_strength), **kwargs)
