@@ -169,32 +169,14 @@ def _store_mode(store, images, codec, decode_kw, out):
 
     from cascadekit.codec.errors import InputError
     from cascadekit.datasets.preprocess import PreprocessConfig, load_and_prepare
-    from cascadekit.datasets.store import STATUS_OK, group_paths, open_store, read_status, sample_group
+    from cascadekit.datasets.access import LatentStore
 
-    root = open_store(store)
-    pre = dict(root.attrs.get("preprocess", {}))
+    st = LatentStore(store)
+    root = st.root
+    pre = dict(st.attrs.get("preprocess", {}))
     cfg = PreprocessConfig(**{k: pre[k] for k in ("resolution", "min_size", "max_pixels", "buckets", "max_input_bytes")
                               if k in pre})
-    latents_of: dict[str, tuple] = {}  # key -> (group, row)
-    sources: dict[str, str] = {}
-    skipped = []
-    for gpath in group_paths(root):
-        g = sample_group(root, gpath)
-        status = read_status(g)
-        keys = [str(k) for k in np.asarray(g["keys"][:])]
-        srcs = [str(s) for s in np.asarray(g["source"][:])]
-        reasons = [str(r) for r in np.asarray(g["skip_reason"][:])]
-        for i, k in enumerate(keys):
-            if status[i] == STATUS_OK:
-                if k in latents_of:
-                    skipped.append({"key": k, "reason": "duplicate key in the store; only the first row is used"})
-                    continue
-                latents_of[k] = (g, i)
-                sources[k] = srcs[i]
-            elif status[i] != 0:
-                skipped.append({"key": k, "reason": f"skipped when the store was built: {reasons[i] or 'unknown'}"})
-            else:
-                skipped.append({"key": k, "reason": "row not encoded yet (store incomplete)"})
+    latents_of, sources, skipped = st.key_index(("latents",))  # key -> (group, row), the usable rows only
     if not latents_of:
         raise InputError(f"{store}: no encoded rows (status ok) to evaluate")
 
@@ -218,18 +200,11 @@ def _store_mode(store, images, codec, decode_kw, out):
 
     items = [(k, (lambda p=p: prepare(p))) for k, p in pairs]
 
-    cache: dict = {}  # (group id, chunk index) -> latents of that row chunk; reading row by row would
-    # decompress a whole chunk per row
+    caches = {gv.path: gv.cache("latents", keep=1) for gv in st.groups}  # rows come mostly in store order
 
     def latent(k):
-        g, i = latents_of[k]
-        arr = g["latents"]
-        c = arr.chunks[0]
-        key = (id(g), i // c)
-        if key not in cache:
-            cache.clear()  # keep one chunk: rows are visited mostly in store order
-            cache[key] = np.asarray(arr[(i // c) * c:(i // c + 1) * c])
-        return torch.from_numpy(cache[key][i % c].astype(np.float32))
+        gp, i = latents_of[k]
+        return torch.from_numpy(caches[gp].rows([i])[0].astype(np.float32))
 
     def reconstruct(x, keys, seed):
         z = torch.stack([latent(k) for k in keys])

@@ -205,12 +205,48 @@ class LatentStore:
         views = [self.group(p) for p in (self.group_paths if paths is None else paths)]
         return [f for f in FIELDS if all(v.has(f) for v in views)]
 
+    def key_index(self, fields=("latents",)) -> tuple[dict, dict, list]:
+        """Where each key's usable row is: ``({key: (group path, row)}, {key: source}, skipped)``.
+
+        ``skipped`` lists ``{"key", "reason"}`` for rows that are not usable for ``fields`` (skipped when
+        built, pending, behind a missing chunk, a repeated key). Reads block by block.
+        """
+        where: dict[str, tuple[str, int]] = {}
+        sources: dict[str, str] = {}
+        skipped: list[dict] = []
+        for gv in self.groups:
+            sel = gv.select(fields)
+            usable = np.zeros(gv.n, bool)
+            usable[sel.rows] = True
+            for start, st in gv.iter_status():
+                rs = slice(start, start + len(st))
+                keys, srcs, why = (S.read_rows(gv.g, a, rs) for a in ("keys", "source", "skip_reason"))
+                for j, k in enumerate(map(str, keys)):
+                    reason = _unusable_reason(int(st[j]), str(why[j]), usable[start + j])
+                    if reason is None and k in where:
+                        reason = "duplicate key in the store; only the first row is used"
+                    if reason is not None:
+                        skipped.append({"key": k, "reason": reason})
+                    else:
+                        where[k], sources[k] = (gv.path, start + j), str(srcs[j])
+        return where, sources, skipped
+
     def root_array(self, name: str):
         """A root-level array that is not per-row (e.g. ``empty_clip_text``), or None."""
         try:
             return self.root[name] if name in set(self.root.array_keys()) else None
         except (KeyError, OSError):
             return None
+
+
+def _unusable_reason(status: int, skip_reason: str, usable: bool) -> str | None:
+    if status == S.STATUS_SKIPPED:
+        return f"skipped when the store was built: {skip_reason or 'unknown'}"
+    if status != S.STATUS_OK:
+        return "row not encoded yet (store incomplete)"
+    if not usable:
+        return f"its data chunk file is missing; {REPAIR_HINT}"
+    return None
 
 
 class ChunkCache:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cascadekit.datasets import store as S
+from cascadekit.datasets.access import LatentStore
 
 
 def _disk_bytes(path: Path) -> int:
@@ -50,8 +51,8 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     few examples), missing captions, text-embedding presence. ``preview_png`` is set when written.
     """
     path = Path(store)
-    root = S.open_store(path)
-    attrs = dict(root.attrs)
+    st = LatentStore(path)
+    attrs = st.attrs
     report = {
         "store": str(path),
         "format": attrs.get("format"),
@@ -66,10 +67,10 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     }
     preview_latents = []
     tot_rows = tot_ok = 0
-    for gp in S.group_paths(root):
-        g = S.sample_group(root, gp)
-        lat = g["latents"]
+    for gv in st.groups:
+        gp, g, lat = gv.path, gv.g, gv.array("latents")
         cnt = S.count_group(g, max_errors)
+        sel = gv.select(gv.fields)  # presence of the chunk files behind the usable rows (cheap)
         if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
             mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
         else:
@@ -93,14 +94,16 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
             "missing_captions": cnt["missing_captions"],
             "stage_a_shape": list(g["stage_a"].shape[1:]) if "stage_a" in g else None,
             "text_embeddings": {n: list(g[n].shape[1:]) for n in ("clip_text", "clip_text_pooled") if n in g},
+            "missing_chunks": [p.describe() for p in sel.problems],
         }
         report["groups"][gp or "/"] = info
         tot_rows += info["rows"]
         tot_ok += info["ok"]
         if cnt["ok"] and len(preview_latents) < n_preview:
             k = min(n_preview - len(preview_latents), cnt["ok"])
-            for r in _ok_rows_at(g, np.linspace(0, cnt["ok"] - 1, k).round().astype(np.int64)):
-                preview_latents.append(np.asarray(lat[int(r)]))
+            rows = _ok_rows_at(g, np.linspace(0, cnt["ok"] - 1, k).round().astype(np.int64))
+            rows = np.asarray(rows, np.int64)
+            preview_latents += list(gv.cache("latents", keep=1).rows(rows[np.isin(rows, sel.rows)]))
     report["rows"], report["ok"] = tot_rows, tot_ok
     report["skipped"] = sum(i["skipped"] for i in report["groups"].values())
     report["store_bytes"] = _disk_bytes(path)
@@ -171,6 +174,9 @@ def format_report(r: dict) -> str:
         lines.append("  mean     " + " ".join(f"{m:+.3f}" for m in g["latent_mean"]))
         lines.append("  std      " + " ".join(f"{s:.3f}" for s in g["latent_std"]))
         lines.append(f"  captions missing: {g['missing_captions']}")
+        if g.get("missing_chunks"):
+            lines.append(f"  MISSING  {len(g['missing_chunks'])} chunk file(s) behind ok rows, e.g. "
+                         f"{g['missing_chunks'][0]}; run `cascadekit inspect --verify`, then rerun encode/embed-text")
         for reason, n in sorted(g["skip_reasons"].items()):
             ex = [e["key"] for e in g["skip_examples"] if e["reason"] == reason][:3]
             lines.append(f"  skipped  {reason:<20}{n}  e.g. {', '.join(ex)}")

@@ -334,6 +334,19 @@ def damaged_rows(g, start: int, stop: int, ok: np.ndarray, arrays, deep: bool) -
     return out
 
 
+def read_rows(g, name: str, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of array ``name`` of group ``g``; a chunk that cannot be decoded (checksum mismatch,
+    truncation) is an :class:`InputError` naming the array and rows, not a codec traceback."""
+    try:
+        return np.asarray(g[name][rows])
+    except Exception as e:  # noqa: BLE001 - zarr/numcodecs raise ValueError, RuntimeError, ... for bad bytes
+        where = f"{g.path}/{name}" if g.path else name
+        raise InputError(f"{g.store.root}: {where} rows {rows.start}..{rows.stop - 1} hold a damaged chunk "
+                         f"({type(e).__name__}: {str(e)[:100]}); run `cascadekit inspect --verify` to list the "
+                         "damaged chunks, then rerun `cascadekit encode` / `embed-text` with the same arguments "
+                         "to re-create them") from None
+
+
 class StatusView:
     """``view[a:b]`` reads rows ``a..b-1`` of a group's status with :func:`read_status` (torn chunks = pending).
 
@@ -390,14 +403,14 @@ def count_group(g, max_examples: int = 0) -> dict:
             ok += int(okm.sum())
             skipped += int(skm.sum())
             if skm.any():
-                why = np.asarray(g["skip_reason"][rs])
+                why = read_rows(g, "skip_reason", rs)
                 reasons.update(why[skm].tolist())
                 if len(examples) < max_examples:
-                    keys = np.asarray(g["keys"][rs])
+                    keys = read_rows(g, "keys", rs)
                     examples += [{"row": rs.start + int(r), "key": str(keys[r]), "reason": str(why[r])}
                                  for r in np.flatnonzero(skm)[:max_examples - len(examples)]]
             if okm.any():
-                missing += int((np.asarray(g["captions"][rs])[okm] == "").sum())
+                missing += int((read_rows(g, "captions", rs)[okm] == "").sum())
     return {"rows": rows, "ok": ok, "skipped": skipped, "pending": pending, "reasons": dict(reasons),
             "examples": examples, "missing_captions": missing}
 
@@ -414,7 +427,7 @@ def channel_stats(g, chunk_rows: int) -> tuple[list[float], list[float], int]:
             if not ok.any():
                 continue
             n_ok += int(ok.sum())
-            x = np.asarray(lat[start + a:start + a + len(ok)])[ok].astype(np.float64)  # (k, C, h, w)
+            x = read_rows(g, "latents", slice(start + a, start + a + len(ok)))[ok].astype(np.float64)  # (k, C, h, w)
             s1 += x.sum(axis=(0, 2, 3))
             s2 += (x * x).sum(axis=(0, 2, 3))
             cnt += x.shape[0] * x.shape[2] * x.shape[3]
@@ -463,7 +476,7 @@ def write_error_table(g, block_rows: int = 65536, n_skipped: int | None = None) 
             sel = rows[(rows >= a) & (rows < a + chunk)]
             cols["row"] += sel.tolist()
             for name, arr in (("key", "keys"), ("source", "source"), ("reason", "skip_reason")):
-                cols[name] += np.asarray(g[arr][a:a + chunk])[sel - a].tolist()
+                cols[name] += read_rows(g, arr, slice(a, a + chunk))[sel - a].tolist()
             while len(cols["row"]) >= chunks[0]:  # whole table chunks: each written once
                 write_out(chunks[0])
     if cols["row"]:
