@@ -7,7 +7,11 @@ a distributed run computes the same plan, so the split into store rows needs no 
 
 * Folder: every ``jpg/jpeg/png/webp/bmp/tif/tiff`` file below it, sorted by relative POSIX path.
   Key = relative path without the extension. Caption from a sidecar ``<name>.txt`` (whole text) or
-  ``<name>.json`` (its ``caption``/``text``/``prompt`` field) next to the image.
+  ``<name>.json`` (its ``caption``/``text``/``prompt`` field) next to the image. Keys are unique:
+  when images of one directory share a stem (``a.jpg``, ``a.png``) the first in sorted order keeps
+  the key and the caption, the others are planned as skipped rows (reason ``duplicate_key``). An
+  image-named FIFO, device or socket is a skipped row (``not_a_file``) and is never opened. The
+  output folder (``exclude``) is never entered.
 * Tar shards (webdataset layout): a ``.tar``/``.tar.gz``/``.tgz`` path, a brace pattern such as
   ``shards-{000..099}.tar``, or anything :func:`webdataset.gopen` opens (``pipe:cmd``, URLs).
   webdataset has no global index, so every shard is streamed once here to count its samples; the
@@ -20,6 +24,10 @@ a distributed run computes the same plan, so the split into store rows needs no 
   ``caption`` / ``text`` / ``prompt`` / ``key``) or ``.csv`` (header row, same column names).
   Relative paths are resolved against the manifest's folder.
 * A single image file is a one-image corpus.
+
+Sources of local files are absolute paths. Reading (:class:`SampleReader`, the image loader) goes
+through :mod:`cascadekit.codec.input_files`: regular files only, opened non-blocking, at most
+``max_bytes`` per file or tar member (reason ``too_large``).
 """
 from __future__ import annotations
 
