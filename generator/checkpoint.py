@@ -9,12 +9,18 @@ Layout of a run folder::
         state.pt              optimizer, LR scheduler, adaptive loss buckets, RNG states
                               (torch, cuda, numpy, python), data position, step, config
                               (plain tensors/containers: read with ``torch.load(weights_only=True)``)
-        meta.json             step, time, what the folder holds
+        meta.json             step, time, what the folder holds, the size of every file (written last)
     RUN_DIR/checkpoints/latest   name of the newest complete checkpoint folder
 
 Writes are atomic: everything goes into a hidden temporary folder that is renamed into place once
-complete, then ``latest`` is replaced (tmp file + rename). A crash at any point leaves the previous
-checkpoint and ``latest`` intact. Older folders beyond ``keep`` are removed only afterwards.
+complete, then ``latest`` is replaced (:func:`~cascadekit.codec.fsio.atomic_write_text`). A crash at any
+point leaves the previous checkpoint and ``latest`` intact. Older folders beyond ``keep`` are removed
+only afterwards, and never a folder of a later step than the one just written. Safetensors files are
+byte-reproducible (:mod:`~cascadekit.generator.training.tensorfile`).
+
+Resuming (:func:`resume_point`) does not trust ``latest``: it takes the newest ``step_*`` folder whose
+files all check out (:func:`checkpoint_problem`: sizes recorded in ``meta.json``, safetensors headers
+against the file size, ``state.pt`` readable as a zip archive, ``meta.json`` parses).
 """
 from __future__ import annotations
 
@@ -23,19 +29,36 @@ import os
 import random
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from cascadekit.codec.errors import InputError, WeightsError
+from cascadekit.codec.errors import InputError, OutputError, WeightsError
+from cascadekit.codec.fsio import atomic_write_text, describe_os_error
+from cascadekit.generator.training.tensorfile import safetensors_problem, write_safetensors
 
 LATEST = "latest"
+META = "meta.json"
+STATE = "state.pt"
+FORMAT = "cascadekit-train-checkpoint-1"
+
+
+class CheckpointWriteError(OutputError, OSError):
+    """A checkpoint could not be written (full disk, read-only folder); the previous one is intact."""
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
+
+
+def step_of(folder: Path) -> int | None:
+    """The step of a ``step_N`` folder name, None for any other name."""
+    name = folder.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
 
 
 # ---------------------------------------------------------------------- RNG states
@@ -65,13 +88,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-# ---------------------------------------------------------------------- write / read
-def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
+# ---------------------------------------------------------------------- durability
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -83,6 +100,25 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------- write
+def _write_files(tmp: Path, step: int, weights: dict[str, torch.Tensor], weights_name: str,
+                 metadata: dict[str, str] | None, ema: dict[str, torch.Tensor] | None, state: dict[str, Any]) -> None:
+    """All files of one checkpoint into the (hidden) folder ``tmp``; meta.json last, with every size."""
+    files = {weights_name: weights, **({"ema.safetensors": ema} if ema is not None else {})}
+    for name, tensors in files.items():
+        with open(tmp / name, "wb") as f:
+            write_safetensors(f, tensors, metadata)
+    torch.save(state, tmp / STATE)
+    sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+    meta = {"step": step, "time": time.time(), "weights": weights_name, "ema": ema is not None,
+            "format": FORMAT, "files": sizes}
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
 
 
 def save_checkpoint(
@@ -100,54 +136,109 @@ def save_checkpoint(
 
     ``weights``: official-key model tensors (or LoRA factors with ``weights_name="lora.safetensors"``);
     ``state``: the resumable training state (plain tensors / python containers only).
-    Returns the final checkpoint folder.
+    Returns the final checkpoint folder. A full disk or an unwritable folder raises
+    :class:`CheckpointWriteError` (an OSError and an OutputError) and leaves the previous checkpoint.
     """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        _save_safetensors(weights, tmp / weights_name, weights_metadata)
-        if ema is not None:
-            _save_safetensors(ema, tmp / "ema.safetensors", weights_metadata)
-        torch.save(state, tmp / "state.pt")
-        meta = {"step": step, "time": time.time(), "weights": weights_name, "ema": ema is not None,
-                "format": "cascadekit-train-checkpoint-1"}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-    except BaseException:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, step, weights, weights_name, weights_metadata, ema, state)
+        _replace_folder(tmp, final)
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint and `latest` stay as they were
+        raise CheckpointWriteError(describe_os_error(e, tmp) + f" (checkpoint of step {step} not written)") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
-        old = root / f".old-{step_dir_name(step)}-{os.getpid()}"
+    atomic_write_text(root / LATEST, final.name + "\n")
+    _fsync_dir(root)
+    _prune(root, keep, step)
+    return final
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` onto ``final`` (re-saving a step, e.g. after a resume: replaced whole)."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync_dir(root)
-    latest_tmp = root / f".{LATEST}.tmp"
-    latest_tmp.write_text(final.name + "\n")
-    latest_tmp.replace(root / LATEST)
-    _fsync_dir(root)
-    _prune(root, keep, protect=final.name)
-    return final
+    _fsync_dir(final.parent)
 
 
-def _prune(root: Path, keep: int, protect: str) -> None:
-    for p in root.iterdir():  # leftovers of writes cut off by a kill
+def _prune(root: Path, keep: int, step: int) -> None:
+    """Drop leftovers of cut-off writes, and the oldest folders of steps <= ``step`` beyond ``keep``.
+    Folders of later steps (an intact future a run might not have started from) are never touched."""
+    for p in root.iterdir():
         if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
             shutil.rmtree(p, ignore_errors=True)
-    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-    for p in done[: max(0, len(done) - keep)]:
-        if p.name != protect:
-            shutil.rmtree(p, ignore_errors=True)
+    done = sorted((s, p) for p in root.iterdir() if p.is_dir() and (s := step_of(p)) is not None and s <= step)
+    for _, p in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- find / verify
+def checkpoint_folders(run_dir: str | Path) -> list[Path]:
+    """Every ``step_*`` folder of the run, newest step first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(s, p) for p in root.iterdir() if p.is_dir() and (s := step_of(p)) is not None]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` already has checkpoints (or a ``latest`` pointer) of a training run."""
+    return bool(checkpoint_folders(run_dir)) or (Path(run_dir) / "checkpoints" / LATEST).exists()
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the checkpoint ``folder`` is not intact (naming the file), or None when every file checks out."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META).read_text())
+        weights_name = meta["weights"]
+    except FileNotFoundError:
+        return f"{folder.name}/{META} is missing (the checkpoint was never completed)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{folder.name}/{META} is damaged ({type(e).__name__}: {e})"
+    names = [weights_name, STATE] + (["ema.safetensors"] if meta.get("ema") else [])
+    for name, size in (meta.get("files") or {}).items():
+        actual = (folder / name).stat().st_size if (folder / name).is_file() else None
+        if actual != size:
+            return f"{folder.name}/{name} is {'missing' if actual is None else f'{actual} bytes'}, " \
+                   f"the checkpoint recorded {size}"
+    for name in names:
+        if name.endswith(".safetensors"):
+            problem = safetensors_problem(folder / name)
+            if problem:
+                return f"{folder.name}/{problem}"
+    try:
+        with zipfile.ZipFile(folder / STATE) as z:
+            z.infolist()
+    except FileNotFoundError:
+        return f"{folder.name}/{STATE} is missing"
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"{folder.name}/{STATE} is truncated or damaged ({e})"
+    return None
+
+
+def resume_point(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """(the newest intact checkpoint folder or None, why each newer folder was passed over)."""
+    skipped = []
+    for folder in checkpoint_folders(run_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append(problem)
+    return None, skipped
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -157,22 +248,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if not ptr.is_file():
         return None
     folder = root / ptr.read_text().strip()
-    if not (folder / "state.pt").is_file():
+    if not (folder / STATE).is_file():
         raise InputError(f"{ptr} points at {folder.name}, which is missing or incomplete; "
                          "remove the 'latest' file to start over, or point it at an intact step_* folder")
     return folder
 
 
+# ---------------------------------------------------------------------- read
 def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     """Read a checkpoint folder: {"weights", "weights_name", "ema" (or None), "state", "meta"}."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / META).read_text())
     try:
         weights = load_file(str(folder / meta["weights"]))
         ema = load_file(str(folder / "ema.safetensors")) if meta.get("ema") else None
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"checkpoint {folder} cannot be read ({e}); resume from an older step_* folder") from e
     return {"weights": weights, "weights_name": meta["weights"], "ema": ema, "state": state, "meta": meta}
@@ -182,6 +272,6 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     """Only the resumable training state (``state.pt``) of a checkpoint folder."""
     folder = Path(folder)
     try:
-        return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        return torch.load(folder / STATE, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"checkpoint {folder} cannot be read ({e}); resume from an older step_* folder") from e

@@ -1,10 +1,10 @@
 """Exponential moving average of the trainable parameters (float32 shadow copies, by name)."""
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
-from torch import nn
 
 
 class EMA:
@@ -27,11 +27,22 @@ class EMA:
             s.mul_(beta).add_(p.detach().float(), alpha=1.0 - beta)
 
     @torch.no_grad()
-    def copy_to(self, module: nn.Module) -> None:
-        """Write the averages into ``module``'s parameters of the same names."""
-        params = dict(module.named_parameters())
-        for n, s in self.shadow.items():
-            params[n].copy_(s.to(params[n].dtype))
+    def copy_to(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Write the averages into the parameters (named as when the EMA was built)."""
+        for n, p in named_params:
+            p.copy_(self.shadow[n].to(p.dtype))
+
+    @contextlib.contextmanager
+    def applied(self, named_params: list[tuple[str, torch.Tensor]]) -> Iterator[None]:
+        """Inside the block the parameters hold the averages; afterwards their own values again."""
+        saved = [p.detach().clone() for _, p in named_params]
+        self.copy_to(named_params)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), s in zip(named_params, saved):
+                    p.copy_(s)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "start_step": self.start_step, "shadow": dict(self.shadow)}

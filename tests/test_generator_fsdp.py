@@ -32,7 +32,7 @@ def _fsdp_worker(rank: int, world: int, port: int, data, out: str, cfg: dict, ru
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from cascadekit.generator import distributed as dist_util
+    from cascadekit.generator.training import parallel as dist_util
 
     dist.init_process_group("gloo")
     try:
