@@ -195,11 +195,12 @@ def _file_sample(dirpath: str, rel_dir: str, name: str, names: set[str], first: 
 
 # ---------------------------------------------------------------------------------------- manifest
 def _manifest_rows(path: Path) -> Iterator[dict]:
+    # opened as a regular file (non-blocking, never a FIFO); streamed, so no byte cap
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f)
         return
-    with path.open(encoding="utf-8") as f:
+    with io.TextIOWrapper(open_regular(path), encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
