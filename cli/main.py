@@ -19,6 +19,7 @@ COMMANDS = {
     "embed-text": ("cascadekit.cli.embed_text", "embed_text"),
     "train": ("cascadekit.cli.train", "train"),
     "sample": ("cascadekit.cli.sample", "sample"),
+    "upscale": ("cascadekit.cli.upscale", "upscale"),
 }
 
 
