@@ -1,14 +1,49 @@
-"""Recognise which named preset a state dict belongs to, by comparing every key and shape."""
+"""Which named preset weights belong to: the one place presets are inferred.
+
+Two views of the same question: :func:`infer_preset_of` compares every key and shape of a state dict with
+each preset's model; :func:`preset_from_shapes` checks the one tensor shape that tells the official
+``lite`` and ``big`` files apart (enough for a file header, read without loading the tensors).
+"""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
 from cascadekit.codec.errors import WeightsError
 
 OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+
+#: The tensor whose first dimension tells lite from big in an official file: component -> (key, {dim0: preset}).
+FILE_SIGNATURES = {
+    "stage_b": ("down_downscalers.1.1.weight", {640: "big", 576: "lite"}),
+    "stage_c": ("clip_txt_mapper.weight", {2048: "big", 1536: "lite"}),
+}
+
+
+def preset_from_shapes(shapes: Mapping[str, Sequence[int]], component: str, named: str | None, label: str,
+                       fix_hint: str) -> str:
+    """The preset of an official ``component`` file whose tensor shapes are ``shapes`` (key -> shape).
+
+    ``named``: the preset the file name says (checked against the shapes). Components with one official
+    size are ``'official'``. ``label`` names the file in errors; ``fix_hint`` says how to describe an
+    unknown size. A missing signature key, an unknown size or a name/shape mismatch is a WeightsError.
+    """
+    if component not in FILE_SIGNATURES:
+        return "official"
+    key, table = FILE_SIGNATURES[component]
+    shape = shapes.get(key)
+    if shape is None:
+        raise WeightsError(f"{label}: has no {key!r}; it is not an official {component} checkpoint")
+    actual = table.get(int(shape[0]))
+    if actual is None:
+        raise WeightsError(
+            f"{label}: {key} has shape {list(shape)}, which is neither the lite nor the big {component}; {fix_hint}"
+        )
+    if actual != named:
+        raise WeightsError(f"{label}: the file name says {named} but its shapes are those of the {actual} {component}")
+    return actual
 
 
 def infer_preset_of(model_cls, cfg_cls, state_dict: Mapping[str, torch.Tensor], label: str):
