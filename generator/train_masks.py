@@ -2,7 +2,8 @@
 
 The official trainer draws its masks from a small saliency network (``saliency_model.pt``, thresholds
 U(0.04, 0.4), Gaussian blur 141, threshold 0.5) and inverts them with probability ``p_outpaint`` = 0.4. That
-network's weights ship only with the official repository, so cascadekit draws **geometric** masks instead:
+network's weights ship only with the official repository: with the user's copy of the file,
+:mod:`cascadekit.generator.saliency` draws those masks; without it cascadekit draws **geometric** masks:
 each sample gets, with equal probability, 1-3 random rectangles, 1-4 brush strokes (thick polylines) or a
 border of random width per side, and the mask is inverted with probability ``p_outpaint`` (0.4, as
 the official ``p_outpaint``): an inverted mask keeps a region and repaints everything around it (outpainting).

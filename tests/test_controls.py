@@ -95,3 +95,26 @@ def test_random_masks_kinds_inversion_and_determinism():
     assert never[:, 0, 0, 0].all() and not always[:, 0, 0, 0].any()  # inverted border keeps the edge
     with pytest.raises(InputError, match="unknown mask kind"):
         random_masks(1, 8, 8, torch.Generator(), kinds=("blob",))
+
+
+def test_saliency_masks_from_a_weights_only_file(tmp_path):
+    from cascadekit.codec.errors import WeightsError
+    from cascadekit.generator.saliency import MicroResNet, load_saliency_model, saliency_masks
+
+    torch.manual_seed(0)
+    net = MicroResNet()
+    # the official saliency_model.pt has 111,233 parameters in this key layout (checked against the released file)
+    assert sum(p.numel() for p in net.parameters()) == 111233
+    torch.save(net.state_dict(), tmp_path / "saliency_model.pt")
+    model = load_saliency_model(tmp_path / "saliency_model.pt")
+    x = torch.rand(3, 3, 96, 128)
+    assert model(x).shape == (3, 1, 12, 16)
+    a = saliency_masks(x, model, torch.Generator().manual_seed(1))
+    b = saliency_masks(x, model, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 1, 96, 128) and a.dtype == torch.bool and torch.equal(a, b)
+    always = saliency_masks(x, model, torch.Generator().manual_seed(1), p_outpaint=1.0)
+    never = saliency_masks(x, model, torch.Generator().manual_seed(1), p_outpaint=0.0)
+    assert not torch.equal(always, never)
+    torch.save(net, tmp_path / "pickled_module.pt")  # a whole pickled module: refused, never unpickled
+    with pytest.raises(WeightsError):
+        load_saliency_model(tmp_path / "pickled_module.pt")
