@@ -13,7 +13,7 @@ from cascadekit.cli.params import DEVICE, OUT_FOLDER
               help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny.")
 @click.option("--out", "out", required=True, type=OUT_FOLDER, help="Run folder: checkpoints/, previews/, train_log.jsonl.")
 @click.option("--init", "init", default=None, help="Stage C weights to fine-tune (file, folder, diffusers snapshot, hub id); required for LoRA.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint (exactly).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest intact checkpoint (exactly); an error if it has none.")
 @click.option("--text-encoder", "text_encoder", default=None,
               help="Folder with text_encoder/ + tokenizer/ (CLIP ViT-bigG): needed if the store has no text embeddings.")
 @click.option("--previewer", "previewer", default=None, help="Weights folder with previewer.safetensors, for PNG previews.")
@@ -31,19 +31,13 @@ def train(data, config, out, init, resume, text_encoder, previewer, device, over
 def _run(data, config, out, init, resume, text_encoder, previewer, device, overrides):
     import dataclasses
 
-    from cascadekit.codec.errors import InputError
-    from cascadekit.generator.config import TrainConfig, yaml_value
+    from cascadekit.generator.config import TrainConfig
     from cascadekit.generator.train import train as run_training
+    from cascadekit.generator.training.settings import parse_overrides
 
     cfg = TrainConfig.from_file(config)
     if overrides:
-        upd = {}
-        for item in overrides:
-            if "=" not in item:
-                raise InputError(f"--set expects KEY=VALUE, got {item!r}")
-            k, v = item.split("=", 1)
-            upd[k.strip()] = yaml_value(v)
-        cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **upd})
+        cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **parse_overrides(overrides, "--set")})
     te = None
     if text_encoder is not None:
         from cascadekit.codec.text import TextEncoder
