@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from cascadekit.codec.distributed import from_env
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets.access import FIELDS, TEXT_FIELDS, LatentStore
 
@@ -94,8 +95,9 @@ class LatentDataset(IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        env = from_env()
+        self.rank = env.rank if rank is None else rank
+        self.world_size = env.world_size if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise InputError(f"rank {self.rank} is outside world_size {self.world_size}")
         self.drop_last = drop_last
