@@ -16,12 +16,14 @@ import importlib.util
 import json
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascadekit.codec.errors import InputError, WeightsError
+from cascadekit.codec.errors import InputError, OutputError, WeightsError
+from cascadekit.codec.fsio import LOCK_NAME, AdvisoryLock, LockedError, describe_os_error
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -109,32 +111,55 @@ def _tiny_is_current(folder: Path) -> bool:
 
 def tiny_weights(folder: str | os.PathLike | None = None) -> Path:
     """The tiny random weight set in ``folder`` (default ``<cache>/tiny-random-weights``), written if
-    missing or stale. Written to a temporary sibling first and renamed, so concurrent callers never
-    see a half-written set."""
-    from cascadekit.codec.weights.tiny import write_tiny_weights
+    missing or stale.
+
+    One process writes at a time (a :class:`~cascadekit.codec.fsio.AdvisoryLock` on the folder; others
+    wait for it, then find the set written). The sidecar ``cascadekit.json`` is written last and a set
+    counts as current only with it, so a writer that was killed leaves a set the next caller rewrites.
+    """
+    from cascadekit.codec.weights.tiny import write_tiny_weights  # lazy: builds every model class
 
     target = Path(folder) if folder is not None else cache_root() / TINY_DIR_NAME
     if _tiny_is_current(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write_tiny_weights(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        try:
-            target.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
     try:
-        tmp.rename(target)
-    except OSError:  # someone else finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _tiny_is_current(target):
-            raise WeightsError(f"could not write the tiny weight set to {target}") from None
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, target)) from None
+    lock = _wait_for_lock(target, "tiny weight set")
+    try:
+        if not _tiny_is_current(target):  # else another process wrote it while this one waited
+            _clear_except_lock(target)
+            write_tiny_weights(target)
+    finally:
+        lock.release()
+    if not _tiny_is_current(target):
+        raise WeightsError(f"could not write the tiny weight set to {target}")
     return target
+
+
+def _wait_for_lock(folder: Path, what: str, timeout_s: float = 600.0) -> AdvisoryLock:
+    """The folder's advisory lock, waiting (polling) while another live process holds it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return AdvisoryLock(folder, what).acquire()
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _clear_except_lock(folder: Path) -> None:
+    """Remove an incomplete or stale set's files (the sidecar first: it marks a set complete)."""
+    (folder / "cascadekit.json").unlink(missing_ok=True)
+    for p in folder.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def default_weights(stage_b: str = "lite") -> DefaultWeights:

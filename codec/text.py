@@ -22,13 +22,13 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from cascadekit.codec.errors import DependencyError, InputError, WeightsError
+from cascadekit.codec.errors import DependencyError, InputError, OutputError, WeightsError
+from cascadekit.codec.fsio import atomic_write_bytes
 
 EMPTY_CAPTION_FILE = "empty_caption.safetensors"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -220,21 +220,17 @@ def empty_caption_cache_paths(weights_dir, cache_root: str | os.PathLike | None 
     return [weights_dir / EMPTY_CAPTION_FILE, user]
 
 
-def _write_atomic(path: Path, tensors: dict, metadata: dict) -> bool:
-    from safetensors.torch import save_file
+def _write_cache(path: Path, tensors: dict, metadata: dict) -> bool:
+    """Write a safetensors cache file atomically (:func:`~cascadekit.codec.fsio.atomic_write_bytes`);
+    False when its folder cannot be written (the caller tries the next cache location)."""
+    from safetensors.torch import save  # lazy, as the module's other safetensors uses
 
+    data = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".empty_caption.", suffix=".tmp", dir=str(path.parent))
-        os.close(fd)
-        try:
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(path, data)
         return True
-    except OSError:
+    except (OSError, OutputError):
         return False
 
 
@@ -295,6 +291,6 @@ def empty_caption_embeddings(
     meta = {"caption": "", "text_encoder": str(text_encoder.source), "hidden_size": str(text.shape[-1]),
             "projection_dim": str(pooled.shape[-1]), "what": "clip_text = hidden_states[-1]; clip_text_pooled = text_embeds"}
     for p in paths:
-        if _write_atomic(p, {"clip_text": text, "clip_text_pooled": pooled}, meta):
+        if _write_cache(p, {"clip_text": text, "clip_text_pooled": pooled}, meta):
             break
     return text.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype)

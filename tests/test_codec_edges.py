@@ -207,3 +207,39 @@ def test_unknown_stage_b_variant_is_an_input_error(tmp_path):
 
     with pytest.raises(InputError, match="'lite' or 'big'"):
         Codec.from_pretrained(tmp_path, stage_b="medium")
+
+
+def test_tiny_weights_one_writer_at_a_time_and_incomplete_sets_rewritten(tmp_path, tmp_path_factory, monkeypatch):
+    """tiny_weights(): a set without its sidecar (a killed writer) is cleared and rewritten; while another
+    process holds the folder's lock the call waits, then uses what that writer left; a current set is reused."""
+    import threading
+
+    from cascadekit.codec import defaults
+    from cascadekit.codec.fsio import AdvisoryLock
+    from cascadekit.codec.weights import tiny
+
+    src = tiny_weights_dir(tmp_path_factory)
+    calls = []
+
+    def fake_write(folder):  # the shared session set, linked in (writing a real one takes seconds)
+        calls.append(folder)
+        for f in src.iterdir():
+            if f.name != ".lock":
+                (folder / f.name).symlink_to(f)
+        return folder
+
+    monkeypatch.setattr(tiny, "write_tiny_weights", fake_write)
+    target = tmp_path / "tiny"
+    target.mkdir()
+    (target / "stage_b_lite.safetensors").write_bytes(b"half written")  # no cascadekit.json: incomplete
+    lock = AdvisoryLock(target, "tiny weight set").acquire()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("path", defaults.tiny_weights(target)))
+    t.start()
+    t.join(0.6)
+    assert t.is_alive() and calls == []  # waits for the holder
+    lock.release()
+    t.join(30)
+    assert result["path"] == target and calls == [target]
+    assert (target / "stage_b_lite.safetensors").resolve() == (src / "stage_b_lite.safetensors").resolve()
+    assert defaults.tiny_weights(target) == target and len(calls) == 1  # current: reused, not rewritten
