@@ -9,7 +9,6 @@ Nothing is written outside ``out``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -18,7 +17,8 @@ from typing import Sequence
 
 import torch
 
-from cascadekit.codec.codec import DECODE_DEFAULTS
+from cascadekit.codec.codec import DECODE_DEFAULTS, DECODE_SETTINGS
+from cascadekit.codec.fsio import atomic_write, atomic_write_json
 from cascadekit.codec.images import center_crop, load_image, pil_to_tensor, resize_short_side, save_grid, tensor_to_pil
 
 CROP_MULTIPLE = 64
@@ -55,8 +55,8 @@ def reconstruct_files(
     out: str | os.PathLike,
     *,
     size: int | None = 1024,
-    steps: int = 10,
-    guidance: float = 1.1,
+    steps: int = DECODE_SETTINGS.steps,
+    guidance: float = DECODE_SETTINGS.cfg,
     seed: int = 0,
     weights_info: dict | None = None,
     progress: bool | None = None,
@@ -73,7 +73,8 @@ def reconstruct_files(
         z = codec.encode(x[None])
         y = codec.decode(z, steps=steps, guidance=guidance, seed=seed, size=tuple(x.shape[-2:]), progress=progress)[0]
         name = f"{i:03d}_{_safe_stem(p)}_recon.png"
-        tensor_to_pil(y).save(out / name, format="PNG")
+        png = tensor_to_pil(y)
+        atomic_write(out / name, lambda f: png.save(f, format="PNG"))
         rows.append([x, y])
         records.append({
             "input": str(p),
@@ -95,5 +96,5 @@ def reconstruct_files(
         "grid": "grid.png",
         "images": records,
     }
-    (out / "reconstruct.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "reconstruct.json", summary)
     return summary

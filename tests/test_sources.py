@@ -65,6 +65,20 @@ def test_name_and_shapes_disagree(official_dir):
         resolve_source(official_dir, stage_b="lite")
 
 
+def test_preset_from_shapes_is_the_one_lite_big_rule():
+    """The file-header check lives in models/presets.py: known sizes, a missing key, an unknown size."""
+    from cascadekit.codec.models.presets import FILE_SIGNATURES, preset_from_shapes
+
+    key, table = FILE_SIGNATURES["stage_c"]
+    for dim0, name in table.items():
+        assert preset_from_shapes({key: [dim0, 1280]}, "stage_c", name, "f", "hint") == name
+    assert preset_from_shapes({}, "effnet", None, "f", "hint") == "official"
+    with pytest.raises(WeightsError, match="has no 'clip_txt_mapper.weight'"):
+        preset_from_shapes({"other": [1]}, "stage_c", "lite", "f", "hint")
+    with pytest.raises(WeightsError, match="neither the lite nor the big stage_c; hint"):
+        preset_from_shapes({key: [7, 1280]}, "stage_c", "lite", "f", "hint")
+
+
 def test_missing_files_one_error(tmp_path, official_dir):
     other = tmp_path / "empty"
     other.mkdir()
