@@ -6,10 +6,14 @@ temporary files, so a build of ten million images holds no more of it in memory 
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from cascadekit.datasets.spill import ByteLog
 
@@ -50,13 +54,25 @@ class Sample:
     detail: str = ""
 
 
-# Record per row: text offset (q), 8 field lengths (I), flags (H), kind (B), shard id (I), tar index (q).
-_REC = struct.Struct("<q8IHBIq")
+# Record per row: text offset (q), 8 field lengths (I), flags (H), kind (B), shard id (I), tar index (q),
+# key hash (q: see key_hash; 0 for rows whose key is not checked for duplicates).
+_REC = struct.Struct("<q8IHBIqq")
+_HASH = np.dtype([("head", "V55"), ("hash", "<i8")])  # the same record, to read the hash column at once
+assert _HASH.itemsize == _REC.size
 _NF = 8  # text fields: key, source, a, b, c, caption, error, detail
 _KIND_NONE, _KIND_FILE, _KIND_TAR, _KIND_BYTES = 0, 1, 2, 3
 _SOURCE_IS_PATH = 1 << _NF  # flag: source == the file path (not stored twice)
 _SOURCE_IS_TAR = 1 << (_NF + 1)  # flag: source == f"{url}#{key}"
 _BLOCK = 256  # rows per read when iterating (a block of Sample objects is ~100 KB)
+
+
+def key_hash(s: Sample) -> int:
+    """64-bit hash of the key of a file row that is not a planned skip, else 0 (tar keys follow the
+    webdataset convention, a key per shard stream, and are not checked for duplicates)."""
+    if s.error is not None or isinstance(s.load, TarRef):
+        return 0
+    h = hashlib.blake2b(_enc(s.key), digest_size=8).digest()
+    return int.from_bytes(h, "little", signed=True) or 1
 
 
 def _enc(s: str) -> bytes:
@@ -71,7 +87,7 @@ class PlanTable(Sequence):
     """The sample plan as flat columns instead of one Python object per sample.
 
     Row ``i`` is :class:`Sample` ``i``, rebuilt on access (``table[i]``) and equal to what was appended.
-    A row costs a 55-byte record plus its text (a file path is stored once even when it is also the
+    A row costs a 63-byte record (with a key hash for duplicate checks) plus its text (a file path is stored once even when it is also the
     source; tar shard URLs once per shard); ``None`` fields are bits of the record's flag word.
 
     Args:
@@ -88,6 +104,8 @@ class PlanTable(Sequence):
         self._text = ByteLog(on_disk, tmp_dir)
         self._urls: list[str] = []
         self._url_ids: dict[str, int] = {}
+        self._dup_rows = np.zeros(0, np.int64)  # rows whose key an earlier row has (sorted), see mark_duplicates
+        self._dup_first = np.zeros(0, np.int64)  # ... and that earlier row
         self.extend(samples)
 
     @property
@@ -127,7 +145,7 @@ class PlanTable(Sequence):
                 parts.append(e)
                 lengths.append(len(e))
         off = self._text.append(b"".join(parts))
-        self._rec.append(_REC.pack(off, *lengths, flags, kind, uid, idx))
+        self._rec.append(_REC.pack(off, *lengths, flags, kind, uid, idx, key_hash(s)))
 
     def extend(self, samples) -> None:
         for s in samples:
@@ -151,10 +169,28 @@ class PlanTable(Sequence):
         t0 = recs[0][0]
         last = recs[-1]
         text = self._text.read(t0, last[0] + sum(last[1:1 + _NF]) - t0)
-        return [self._sample(r, text, t0) for r in recs]
+        out = [self._sample(r, text, t0) for r in recs]
+        lo, hi = np.searchsorted(self._dup_rows, (a, b))
+        for i, first in zip(self._dup_rows[lo:hi].tolist(), self._dup_first[lo:hi].tolist()):
+            s = out[i - a]
+            out[i - a] = dataclasses.replace(s, error="duplicate_key", detail=(
+                f"key {s.key!r} is already the key of plan row {first}; give each corpus once or make keys distinct"))
+        return out
+
+    def key_hashes(self, a: int, b: int) -> np.ndarray:
+        """:func:`key_hash` of rows ``a..b-1`` (int64), one read."""
+        return np.frombuffer(self._rec.read(a * _REC.size, (b - a) * _REC.size), _HASH)["hash"].copy()
+
+    def mark_duplicates(self, rows, firsts) -> None:
+        """Plan ``rows`` as skipped with reason ``duplicate_key`` (``firsts[j]``: the earlier row that has
+        the key of ``rows[j]``). The records stay as appended; the reason is applied when rows are read.
+        Costs 16 bytes of memory per marked row."""
+        order = np.argsort(np.asarray(rows, np.int64), kind="stable")
+        self._dup_rows = np.asarray(rows, np.int64)[order]
+        self._dup_first = np.asarray(firsts, np.int64)[order]
 
     def _sample(self, rec, text: bytes, base: int) -> Sample:
-        off, lengths, (flags, kind, uid, idx) = rec[0] - base, rec[1:1 + _NF], rec[1 + _NF:]
+        off, lengths, (flags, kind, uid, idx, _) = rec[0] - base, rec[1:1 + _NF], rec[1 + _NF:]
         fields = []
         for j, n in enumerate(lengths):
             fields.append(None if flags & (1 << j) else text[off:off + n])
@@ -198,7 +234,8 @@ class PlanTable(Sequence):
 
     def nbytes_in_memory(self) -> int:
         """Bytes of the plan held in process memory (write buffers only when on disk)."""
-        return self._rec.nbytes_in_memory() + self._text.nbytes_in_memory() + sum(len(u) for u in self._urls)
+        return (self._rec.nbytes_in_memory() + self._text.nbytes_in_memory() + sum(len(u) for u in self._urls)
+                + self._dup_rows.nbytes + self._dup_first.nbytes)
 
     def close(self) -> None:
         """Release the temporary files (the table is unusable afterwards)."""

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from cascadekit.codec.errors import InputError
 from cascadekit.codec.input_files import (DEFAULT_MAX_INPUT_BYTES, InputFileError, check_regular, file_kind,
                                           format_bytes, open_regular, read_regular)
@@ -374,12 +376,54 @@ def plan_inputs(inputs: Sequence[str | os.PathLike], *, on_disk: bool = True,
     if not inputs:
         raise InputError("no input given; pass image folders, tar shards or a manifest")
     excluded = frozenset(os.path.realpath(os.fspath(x)) for x in exclude)
+    _refuse_repeated_inputs(inputs)
     plan = PlanTable(on_disk=on_disk, tmp_dir=tmp_dir)
     for spec in inputs:
         plan.extend(_plan_one(os.fspath(spec), excluded))
     if not plan:
         raise InputError(f"no images found in {[os.fspath(i) for i in inputs]} (looked for {', '.join(IMAGE_EXTS)})")
-    return plan.seal()
+    plan.seal()
+    _mark_duplicate_keys(plan)
+    return plan
+
+
+def _refuse_repeated_inputs(inputs) -> None:
+    seen: dict[str, str] = {}
+    for spec in map(os.fspath, inputs):
+        if not os.path.exists(spec):
+            continue
+        real = os.path.realpath(spec)
+        if real in seen:
+            raise InputError(f"input {spec!r} is given twice (also as {seen[real]!r}); give each input once")
+        seen[real] = spec
+
+
+def _mark_duplicate_keys(plan: PlanTable, block: int = 1 << 20) -> None:
+    """Plan every file row (folder, manifest, single image) whose key an earlier file row has as skipped
+    (``duplicate_key``): two folders with the same relative names, a manifest key used twice.
+
+    Memory: the key hashes (:func:`~.plan.key_hash`, 8 bytes per row, sorted in place), then only the
+    candidate rows; candidates are compared by their real keys, so a hash collision marks nothing.
+    """
+    n = len(plan)
+    h = np.concatenate([plan.key_hashes(a, min(a + block, n)) for a in range(0, n, block)])
+    h.sort()
+    same = (h[1:] == h[:-1]) & (h[1:] != 0)
+    values = np.unique(h[1:][same])
+    del h, same
+    if not values.size:
+        return
+    rows = np.concatenate([a + np.flatnonzero(np.isin(plan.key_hashes(a, min(a + block, n)), values))
+                           for a in range(0, n, block)])
+    first_of: dict[str, int] = {}
+    dups, firsts = [], []
+    for i in rows.tolist():
+        j = first_of.setdefault(plan[i].key, i)
+        if j != i:
+            dups.append(i)
+            firsts.append(j)
+    if dups:
+        plan.mark_duplicates(dups, firsts)
 
 
 def inside(path: str | os.PathLike, folders: frozenset[str]) -> str | None:

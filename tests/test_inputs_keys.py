@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets_helpers import TinyEncoder, make_folder, photos, png_bytes  # noqa: E402
 
+from cascadekit.codec.errors import InputError
 from cascadekit.datasets import store as S
 from cascadekit.datasets.builder import build_latent_dataset
 from cascadekit.datasets.sources import SampleReader, plan_fingerprint, plan_inputs
@@ -75,3 +76,19 @@ def test_keys_and_fingerprint_without_collisions_are_unchanged(tmp_path, monkeyp
     rel = plan_inputs(["c"])
     assert [s.source for s in rel] == [s.source for s in plan] and all(Path(s.source).is_absolute() for s in rel)
     assert plan_fingerprint(rel) == plan_fingerprint(plan)
+
+
+def test_duplicate_keys_across_inputs_and_in_manifests_are_recorded(tmp_path):
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.png").write_bytes(PNG)
+    (tmp_path / "two" / "y.png").write_bytes(PNG)
+    man = tmp_path / "m.jsonl"
+    man.write_text('{"path": "one/x.png", "key": "k"}\n{"path": "two/y.png", "key": "k"}\n')
+    plan = plan_inputs([tmp_path / "one", tmp_path / "two", man])
+    got = [(s.key, s.error) for s in plan]
+    assert got == [("x", None), ("x", "duplicate_key"), ("y", None), ("k", None), ("k", "duplicate_key")]
+    assert "plan row 0" in plan[1].detail and "plan row 3" in plan[4].detail
+    assert plan[1:3] == [plan[1], plan[2]] and list(plan)[4] == plan[4]  # the same through every read path
+    with pytest.raises(InputError, match="given twice"):
+        plan_inputs([tmp_path / "one", str(tmp_path / "one") + "/"])
