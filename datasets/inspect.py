@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cascadekit.codec.errors import CascadeKitError
+from cascadekit.codec.images import save_grid
 from cascadekit.datasets import store as S
 from cascadekit.datasets.access import LatentStore
 
@@ -53,88 +55,77 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     path = Path(store)
     st = LatentStore(path)
     attrs = st.attrs
-    report = {
-        "store": str(path),
-        "format": attrs.get("format"),
-        "format_version": attrs.get("format_version"),
-        "tool_version": attrs.get("tool_version"),
-        "created": attrs.get("created"),
-        "complete": bool(attrs.get("complete", False)),
-        "encoder": attrs.get("encoder"),
-        "preprocess": attrs.get("preprocess"),
-        "spaces": attrs.get("spaces"),
-        "groups": {},
-    }
+    report = {k: attrs.get(k) for k in ("format", "format_version", "tool_version", "created", "encoder",
+                                         "preprocess", "spaces")}
+    report.update({"store": str(path), "complete": bool(attrs.get("complete", False)), "groups": {}})
     preview_latents = []
-    tot_rows = tot_ok = 0
     for gv in st.groups:
-        gp, g, lat = gv.path, gv.g, gv.array("latents")
-        cnt = S.count_group(g, max_errors)
-        sel = gv.select(gv.fields)  # presence of the chunk files behind the usable rows (cheap)
-        if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
-            mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
-        else:
-            mean, std, _ = S.channel_stats(g, int(attrs["chunk_rows"]))
-        gdir = path / gp if gp else path
-        lat_bytes = _disk_bytes(gdir / "latents")
-        info = {
-            "rows": cnt["rows"],
-            "ok": cnt["ok"],
-            "skipped": cnt["skipped"],
-            "pending": cnt["pending"],
-            "latent_shape": list(lat.shape[1:]),
-            "dtype": str(lat.dtype),
-            "chunks": list(lat.chunks),
-            "latent_bytes_per_sample": lat_bytes / max(1, cnt["ok"]),
-            "raw_bytes_per_sample": int(np.prod(lat.shape[1:])) * np.dtype(str(lat.dtype)).itemsize,
-            "latent_mean": [round(float(m), 5) for m in mean],
-            "latent_std": [round(float(s), 5) for s in std],
-            "skip_reasons": cnt["reasons"],
-            "skip_examples": cnt["examples"],
-            "missing_captions": cnt["missing_captions"],
-            "stage_a_shape": list(g["stage_a"].shape[1:]) if "stage_a" in g else None,
-            "text_embeddings": {n: list(g[n].shape[1:]) for n in ("clip_text", "clip_text_pooled") if n in g},
-            "missing_chunks": [p.describe() for p in sel.problems],
-        }
-        report["groups"][gp or "/"] = info
-        tot_rows += info["rows"]
-        tot_ok += info["ok"]
-        if cnt["ok"] and len(preview_latents) < n_preview:
-            k = min(n_preview - len(preview_latents), cnt["ok"])
-            rows = _ok_rows_at(g, np.linspace(0, cnt["ok"] - 1, k).round().astype(np.int64))
-            rows = np.asarray(rows, np.int64)
+        info, sel = _group_info(gv, attrs, max_errors)
+        report["groups"][gv.path or "/"] = info
+        if info["ok"] and len(preview_latents) < n_preview:
+            k = min(n_preview - len(preview_latents), info["ok"])
+            rows = np.asarray(_ok_rows_at(gv.g, np.linspace(0, info["ok"] - 1, k).round().astype(np.int64)), np.int64)
             preview_latents += list(gv.cache("latents", keep=1).rows(rows[np.isin(rows, sel.rows)]))
-    report["rows"], report["ok"] = tot_rows, tot_ok
-    report["skipped"] = sum(i["skipped"] for i in report["groups"].values())
+    for key in ("rows", "ok", "skipped"):
+        report[key] = sum(i[key] for i in report["groups"].values())
     report["store_bytes"] = _disk_bytes(path)
     report["preview_png"] = None
     if preview_error:
         report["preview_error"] = str(preview_error)
-
     if write:
-        import zarr
-
-        w = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        ig = w.require_group("inspect")
-        if codec is not None and preview_latents:
-            from cascadekit.codec.errors import CascadeKitError
-            from cascadekit.codec.images import save_grid
-
-            report["preview_warning"] = _previewer_mismatch(attrs.get("encoder"), codec)
-            try:
-                pv = []
-                for z in preview_latents:  # groups may differ in shape: one latent at a time
-                    pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
-                cols = int(np.ceil(np.sqrt(len(pv))))
-                rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
-                png = save_grid(rows, path / "inspect" / "preview.png")
-                report["preview_png"] = str(png)
-            except CascadeKitError as e:  # e.g. no previewer in these weights: the report still counts
-                report["preview_error"] = str(e)
-        ig.attrs.update({"report": report})
-        if report["complete"]:
-            S.consolidate(path)
+        _write_report(path, report, codec, preview_latents)
     return report
+
+
+def _group_info(gv, attrs: dict, max_errors: int):
+    """(report entry of one sample group, its row selection with the chunk files missing behind ok rows)."""
+    g, lat = gv.g, gv.array("latents")
+    cnt = S.count_group(g, max_errors)
+    sel = gv.select(gv.fields)  # presence of the chunk files behind the usable rows (cheap)
+    if g.attrs.get("latent_mean") is not None and attrs.get("complete"):
+        mean, std = g.attrs["latent_mean"], g.attrs["latent_std"]
+    else:
+        mean, std, _ = S.channel_stats(g, int(attrs["chunk_rows"]))
+    lat_bytes = _disk_bytes(gv.store.path / gv.path / "latents" if gv.path else gv.store.path / "latents")
+    info = {
+        "rows": cnt["rows"],
+        "ok": cnt["ok"],
+        "skipped": cnt["skipped"],
+        "pending": cnt["pending"],
+        "latent_shape": list(lat.shape[1:]),
+        "dtype": str(lat.dtype),
+        "chunks": list(lat.chunks),
+        "latent_bytes_per_sample": lat_bytes / max(1, cnt["ok"]),
+        "raw_bytes_per_sample": int(np.prod(lat.shape[1:])) * np.dtype(str(lat.dtype)).itemsize,
+        "latent_mean": [round(float(m), 5) for m in mean],
+        "latent_std": [round(float(s), 5) for s in std],
+        "skip_reasons": cnt["reasons"],
+        "skip_examples": cnt["examples"],
+        "missing_captions": cnt["missing_captions"],
+        "stage_a_shape": list(gv.shape("stage_a")) if gv.has("stage_a") else None,
+        "text_embeddings": {n: list(gv.shape(n)) for n in ("clip_text", "clip_text_pooled") if gv.has(n)},
+        "missing_chunks": [p.describe() for p in sel.problems],
+    }
+    return info, sel
+
+
+def _write_report(path: Path, report: dict, codec, preview_latents) -> None:
+    """Save ``report`` as attributes of ``STORE/inspect`` and, with a codec, ``inspect/preview.png``."""
+    ig = S.open_store(path, mode="r+").require_group("inspect")
+    if codec is not None and preview_latents:
+        report["preview_warning"] = _previewer_mismatch(report.get("encoder"), codec)
+        try:
+            pv = []
+            for z in preview_latents:  # groups may differ in shape: one latent at a time
+                pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
+            cols = int(np.ceil(np.sqrt(len(pv))))
+            rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
+            report["preview_png"] = str(save_grid(rows, path / "inspect" / "preview.png"))
+        except CascadeKitError as e:  # e.g. no previewer in these weights: the report still counts
+            report["preview_error"] = str(e)
+    ig.attrs.update({"report": report})
+    if report["complete"]:
+        S.consolidate(path)
 
 
 def _previewer_mismatch(store_encoder, codec) -> str | None:

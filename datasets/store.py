@@ -315,7 +315,8 @@ def zarr_root(g):
 def checked_arrays(g, status_name: str = "status", version: int | None = None) -> list[str]:
     """Arrays of sample group ``g`` whose chunks must exist behind rows with ``status_name == ok``."""
     version = store_version(g) if version is None else version
-    names = set(g.array_keys())
+    n = g["status"].shape[0]
+    names = {a for a in g.array_keys() if g[a].ndim and g[a].shape[0] == n}  # per-row arrays only
     text = status_name == "text_status"
     cand = [n for n in names if n not in ("status", "text_status") and (n in TEXT_ARRAYS) == text]
     return sorted(n for n in cand if version >= 2 or n in V1_CHECKED)
