@@ -47,10 +47,12 @@ def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
     return img.convert("RGB"), f"converted from {mode}"
 
 
-def _read_regular(path: Path, max_bytes: int) -> bytes:
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of `path` if it is a regular file of at most `max_bytes` (stat before opening, so a FIFO or a
     device is never opened; opened O_NONBLOCK and re-checked with fstat, so one swapped in later cannot block).
+    Raises MetricInputError. For every input file the metrics read (images, saved .npz statistics).
     cascadekit.codec.input_files does the same for the codec; the metrics package imports nothing of cascadekit."""
+    path = Path(path)
     try:
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
@@ -78,7 +80,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     `max_bytes` bytes (default 256 MiB; at most that much is read) and images over `max_pixels` pixels.
     """
     path = Path(path)
-    data = _read_regular(path, max_bytes)
+    data = read_file_bytes(path, max_bytes)
     try:
         with warnings.catch_warnings():  # our own pixel limit below replaces PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
