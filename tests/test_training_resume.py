@@ -198,3 +198,21 @@ def test_cli_damaged_checkpoint_everywhere_is_one_message(tmp_path, store):
     r = _cli(["--data", str(store), "--config", "tiny", "--out", str(out), "--resume", "--set", "steps=6",
               "--set", "save_every=2", "--set", "lr=0.002", "--set", "log_every=1", "--set", "keep_checkpoints=3", "--set", "caption_dropout=0"])
     assert r.exit_code == 2 and "step_000002/meta.json is missing" in r.output and "Traceback" not in r.output
+
+
+def test_a_checkpoint_written_before_the_split_still_resumes(tmp_path, store, straight):
+    """Old checkpoints: meta.json without file sizes, safetensors written by the safetensors library."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    run(store, out, stop_after=4)
+    folder = out / "checkpoints" / "step_000004"
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["files"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    save_file(load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"),
+              metadata={"format": "pt", "model": "StageC/tiny"})
+    assert ckpt.checkpoint_problem(folder) is None
+    res = run(store, out, resume=True)
+    assert [h["step"] for h in res.history] == [5, 6]
+    assert _same_weights(ckpt.load_checkpoint(res.last_checkpoint)["weights"], straight["weights"])
