@@ -28,6 +28,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from cascadekit.codec import distributed as D
 from cascadekit.codec.errors import CascadeKitError, InputError
@@ -199,59 +200,110 @@ def build_latent_dataset(
     info = dist_info or D.from_env()
     out = Path(out)
     spaces = _check_arguments(codec, dtype, spaces, chunk_rows, batch_size)
-    want_a = "stage_a" in spaces
     cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
                            max_input_bytes=max_input_bytes)
     check_output(out)
-    device = _encoder_device(codec)
+    job = _Job(codec, _encoder_device(codec), cfg, dtype, "stage_a" in spaces, chunk_rows, batch_size, num_workers)
     identity = codec.identity()
 
     plan = _plan(inputs, out, tmp_dir)
-    groups = assign_groups(plan, cfg, tmp_dir)
-    fingerprint = plan_fingerprint(plan)
-    shapes = {gp: _probe(codec, group_hw(gp, cfg), device, want_a) for gp in groups}
-    layouts = [S.GroupLayout(gp, len(idx), *shapes[gp]) for gp, idx in groups.items()]
-    settings = store_settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint, len(plan))
-
-    lock = None
-    started = D.init(info, device)
+    groups: dict = {}
     try:
-        fps = D.all_gather_object(fingerprint, info)
-        if len(set(fps)) != 1:
-            raise InputError("ranks planned different corpora (inputs changed between ranks?); rerun with the same inputs everywhere")
-        msg = None
-        if info.is_main:  # rank 0 holds the store's lock for the whole job (see docs/dataset_format.md)
-            lock, msg = S.lock_store(out)
-        if info.is_main and msg is None:
-            msg = prepare_store(out, layouts, chunk_rows, dtype, settings,
-                                 {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}, overwrite)
-        msg = D.broadcast_object(msg, info)
-        if msg:
-            raise InputError(msg)
-        D.barrier(info)
-
-        root = S.open_store(out, mode="r+")
-        statuses = {gp: S.StatusView(S.sample_group(root, gp)) for gp in groups}
-        tasks, already = make_tasks(groups, statuses, chunk_rows, batch_size, info)
-        encoded, skipped = _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size,
-                                num_workers, progress and info.is_main)
-
-        nums = D.all_gather_object((encoded, skipped, already), info)  # also a barrier
-        work_done = sum(n[0] + n[1] for n in nums)
-        if info.is_main and (work_done or not root.attrs.get("complete", False)):
-            S.finalize_store(out)
-        D.barrier(info)
+        groups = assign_groups(plan, cfg, tmp_dir)
+        fingerprint = plan_fingerprint(plan)
+        layouts = [S.GroupLayout(gp, len(idx), *_probe(codec, group_hw(gp, cfg), job.device, job.want_a))
+                   for gp, idx in groups.items()]
+        settings = store_settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint,
+                                  len(plan))
+        attrs = {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}
+        store = _StorePlan(layouts, settings, attrs, fingerprint, overwrite)
+        nums = _encode_on_ranks(job, info, out, plan, groups, store, progress and info.is_main)
     finally:
-        if lock is not None:
-            lock.release()
-        if started:
-            D.shutdown()
         if plan is not inputs:  # ours: hand the temporary files' space back now
             plan.close()
         for idx in groups.values():
             if isinstance(idx, IntLog):
                 idx.close()
-    seconds = time.perf_counter() - t0
+    return _summary(out, nums, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every rank encodes with: the encoder and its device, preprocessing, storage and batching."""
+
+    codec: Encoder
+    device: torch.device
+    cfg: PreprocessConfig
+    dtype: str
+    want_a: bool
+    chunk_rows: int
+    batch_size: int
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class _StorePlan:
+    """The store a build writes: group layouts, the settings its bytes depend on, attributes, corpus hash."""
+
+    layouts: list
+    settings: dict
+    attrs: dict
+    fingerprint: str
+    overwrite: bool
+
+
+def _encode_on_ranks(job: _Job, info: D.DistInfo, out: Path, plan, groups: dict, store: _StorePlan,
+                     show: bool) -> list[tuple[int, int, int]]:
+    """Every rank: join the job, let rank 0 make the store ready, encode this rank's pending chunks,
+    finalise (rank 0). Returns every rank's (encoded, skipped, already done) counts."""
+    lock = None
+    started = D.init(info, job.device)
+    try:
+        lock = _store_ready(info, out, store, job)
+        root = S.open_store(out, mode="r+")
+        statuses = {gp: S.StatusView(S.sample_group(root, gp)) for gp in groups}
+        tasks, already = make_tasks(groups, statuses, job.chunk_rows, job.batch_size, info)
+        encoded, skipped = _run(tasks, plan, groups, root, job, show)
+        nums = D.all_gather_object((encoded, skipped, already), info)  # also a barrier
+        work_done = sum(n[0] + n[1] for n in nums)
+        if info.is_main and (work_done or not root.attrs.get("complete", False)):
+            S.finalize_store(out)
+        D.barrier(info)
+        return nums
+    finally:
+        if lock is not None:
+            lock.release()
+        if started:
+            D.shutdown()
+
+
+def _store_ready(info: D.DistInfo, out: Path, store: _StorePlan, job: _Job):
+    """Every rank: check all planned the same corpus; rank 0 takes the store's lock and creates or validates
+    the store (others wait). Returns the lock rank 0 now holds (None elsewhere); raises InputError on every
+    rank when the store cannot be used."""
+    fps = D.all_gather_object(store.fingerprint, info)
+    if len(set(fps)) != 1:
+        raise InputError("ranks planned different corpora (inputs changed between ranks?); rerun with the same inputs everywhere")
+    lock, msg = None, None
+    if info.is_main:  # rank 0 holds the store's lock for the whole job (see docs/dataset_format.md)
+        lock, msg = S.lock_store(out)
+    try:
+        if info.is_main and msg is None:
+            msg = prepare_store(out, store.layouts, job.chunk_rows, job.dtype, store.settings, store.attrs,
+                                store.overwrite)
+        msg = D.broadcast_object(msg, info)
+        if msg:
+            raise InputError(msg)
+        D.barrier(info)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _summary(out: Path, nums: list[tuple[int, int, int]], seconds: float) -> Summary:
+    """:func:`store_summary` plus what this run did (``nums``: every rank's encoded, skipped, already done)."""
     summ = store_summary(out)
     summ.encoded_now = sum(n[0] for n in nums)
     summ.skipped_now = sum(n[1] for n in nums)
@@ -261,18 +313,17 @@ def build_latent_dataset(
     return summ
 
 
-def _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_a, batch_size, num_workers, show) -> tuple[int, int]:
+def _run(tasks: TaskList, plan, groups: dict, root, job: _Job, show: bool) -> tuple[int, int]:
     """Encode ``tasks`` and write them. Returns (encoded, skipped) counts of this rank."""
     if not tasks:
         return 0, 0
-    from tqdm.auto import tqdm
-
-    ds = TaskDataset(tasks, plan, groups, cfg)
-    workers = max(0, min(num_workers, len(tasks)))
+    ds = TaskDataset(tasks, plan, groups, job.cfg)
+    workers = max(0, min(job.num_workers, len(tasks)))
     loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=collate_identity,
-                        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
+                        pin_memory=job.device.type == "cuda", prefetch_factor=2 if workers else None,
                         persistent_workers=False)
-    writer = WriterThread(ChunkWriter(root, chunk_rows, dtype, on_chunk=lambda *_: release_free_memory()), max_queue=8)
+    writer = WriterThread(ChunkWriter(root, job.chunk_rows, job.dtype, on_chunk=lambda *_: release_free_memory()),
+                          max_queue=8)
     total = tasks.rows_total
     bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0
@@ -282,10 +333,10 @@ def _run(tasks, plan, groups, root, codec, device, cfg, chunk_rows, dtype, want_
                 ok = item["ok"].numpy()
                 lat = sa = None
                 if ok.any():
-                    x = item["images"].to(device, non_blocking=True).float().div_(255.0)
-                    lat = codec.encode(x).float().cpu().numpy()
-                    if want_a:
-                        sa = codec.encode_stage_a(x).float().cpu().numpy()
+                    x = item["images"].to(job.device, non_blocking=True).float().div_(255.0)
+                    lat = job.codec.encode(x).float().cpu().numpy()
+                    if job.want_a:
+                        sa = job.codec.encode_stage_a(x).float().cpu().numpy()
                 writer.put(RowBatch(
                     group=item["group"], rows=item["rows"].numpy(), ok=ok, keys=item["keys"],
                     captions=item["captions"], sources=item["sources"], orig_size=item["orig_size"].numpy(),
