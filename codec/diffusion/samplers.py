@@ -189,6 +189,7 @@ def guided_inputs(model_inputs: Mapping[str, Any], unconditional_inputs: Mapping
 # ------------------------------------------------------------------------------------------- loop
 
 
+# over 60 lines: the docstring documents every setting and both call forms; the code is ~40 lines
 def sample(
     model: Callable[..., torch.Tensor],
     x_init: torch.Tensor | None,
