@@ -164,3 +164,6 @@ def test_fixed_on_resume_comes_from_field_metadata():
     old = Later().to_dict()
     assert resume_changes(old, Later(new_knob=0.7)) == ["new_knob: 0.5 -> 0.7"]
     assert resume_changes(old, Later(steps=5, save_every=7)) == []
+    before = {k: v for k, v in old.items() if k != "new_knob"}  # run.json of a run made before the field existed
+    assert resume_changes(before, Later()) == []  # = its default: old runs still resume
+    assert resume_changes(before, Later(new_knob=0.7)) == ["new_knob: 0.5 -> 0.7"]

@@ -44,10 +44,14 @@ def fixed_on_resume(config_type: type) -> tuple[str, ...]:
 
 
 def resume_changes(recorded: dict[str, Any], config: "CoreConfig") -> list[str]:
-    """``"name: old -> new"`` for every fixed field whose value differs from the ``recorded`` config dict."""
+    """``"name: old -> new"`` for every fixed field whose value differs from the ``recorded`` config dict.
+
+    A field the recorded config lacks (a run made before the field existed) counts as its default."""
     new = config.to_dict()
-    return [f"{k}: {recorded.get(k)!r} -> {new[k]!r}" for k in fixed_on_resume(type(config))
-            if recorded.get(k) != new[k]]
+    defaults = type(config)().to_dict()
+    fixed = fixed_on_resume(type(config))
+    old = {k: recorded.get(k, defaults[k]) for k in fixed}
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in fixed if old[k] != new[k]]
 
 
 class _Yaml12Loader(yaml.SafeLoader):
