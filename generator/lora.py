@@ -54,7 +54,7 @@ from cascadekit.generator.retoken import (TrainToken, add_rows_, add_tokens, app
 
 __all__ = ["LoRADelta", "LoRAFile", "apply_lora", "base_state_dict", "load_lora", "lora_config", "lora_layers",
            "lora_parameters", "lora_state_dict", "merge_lora", "merged_state_dict", "official_order", "read_lora",
-           "read_lora_file", "save_lora", "set_lora_strength"]
+           "read_lora_file", "lora_file_tensors", "save_lora", "set_lora_strength"]
 
 FORMAT = "cascadekit-lora"
 LAYOUTS = ("auto", "official", "cascadekit")
@@ -360,14 +360,14 @@ def _official_tensors(model: nn.Module, layers: list, targets: Sequence[str], al
     return out
 
 
-def save_lora(model: nn.Module, path: str | Path, targets: Sequence[str] = (".attn",), extra: dict | None = None,
-              *, layout: str = DEFAULT_LAYOUT, text_model: nn.Module | None = None,
-              tokens: Sequence | None = None) -> Path:
-    """Write the LoRA factors of ``model`` (and the ReToken of ``text_model``, if any) as safetensors, atomically.
+def lora_file_tensors(model: nn.Module, targets: Sequence[str] = (".attn",), *, layout: str = DEFAULT_LAYOUT,
+                      text_model: nn.Module | None = None, tokens: Sequence | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and safetensors metadata of a LoRA file of ``model`` (+ the ReToken of ``text_model``).
 
     layout: ``"auto"`` (default: official when exact, see the module docstring), ``"official"`` or
     ``"cascadekit"``. targets: the module-name filters the LoRA was applied with. tokens: the token list
-    (default: the ReToken's own). extra: more metadata strings.
+    (default: the ReToken's own).
     """
     if layout not in LAYOUTS:
         raise InputError(f"LoRA layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -396,7 +396,16 @@ def save_lora(model: nn.Module, path: str | Path, targets: Sequence[str] = (".at
             tensors.update({"retoken.embeddings": emb.contiguous(), "retoken.indices": idx.contiguous()})
         meta = {"format": FORMAT, "layout": "cascadekit", "rank": str(cfg["rank"]), "alpha": repr(cfg["alpha"]),
                 "targets": json.dumps(list(targets)), "tokens": json.dumps(info["tokens"]), "base_vocab": str(base)}
-    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    return tensors, meta
+
+
+def save_lora(model: nn.Module, path: str | Path, targets: Sequence[str] = (".attn",), extra: dict | None = None,
+              *, layout: str = DEFAULT_LAYOUT, text_model: nn.Module | None = None,
+              tokens: Sequence | None = None) -> Path:
+    """Write the LoRA factors of ``model`` (and the ReToken of ``text_model``, if any) as safetensors, atomically
+    (see :func:`lora_file_tensors` for the arguments; ``extra``: more metadata strings)."""
     from safetensors.torch import save
 
+    tensors, meta = lora_file_tensors(model, targets, layout=layout, text_model=text_model, tokens=tokens)
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
     return atomic_write_bytes(path, save(tensors, metadata=meta))
