@@ -38,6 +38,7 @@ class TrainConfig(CoreConfig):
     lora_rank: int = 0                        # 0: full fine-tuning
     lora_alpha: float = 1.0
     lora_targets: list[str] = field(default_factory=lambda: [".attn"])
+    lora_init: str = "default"                # "official": lora_down zeros, lora_up N(0, 1) (train_c_lora.py)
 
     @classmethod
     def _normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +59,9 @@ class TrainConfig(CoreConfig):
         need(errs, isinstance(self.lora_targets, list) and len(self.lora_targets) > 0
               and all(isinstance(t, str) and t for t in self.lora_targets),
               f"lora_targets must be a non-empty list of module-name substrings, got {self.lora_targets!r}")
+        need(errs, self.lora_init in ("default", "official"),
+             f"lora_init must be 'default' (down Kaiming-uniform, up zeros) or 'official' (down zeros, up N(0, 1)), "
+             f"got {self.lora_init!r}")
         if self.fsdp and is_int(self.lora_rank) and self.lora_rank > 0:
             errs.append("fsdp with LoRA is not supported (LoRA trains a few million parameters: use DDP)")
         return errs

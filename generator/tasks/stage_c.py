@@ -152,7 +152,7 @@ class StageCTask(TrainTask):
 
     def _add_lora(self, model: StageC, resume_from: Path | None) -> None:
         cfg = self.cfg
-        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
+        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed, init=cfg.lora_init)
         if resume_from is not None:
             tensors, _ = read_lora(resume_from / self.weights_name)
             with torch.no_grad():
