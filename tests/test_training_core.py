@@ -69,6 +69,7 @@ class ToyTask(TrainTask):
         net = ToyNet(self.cfg.hidden)
         if resume_from is not None:  # the checkpoint holds only the trained tensors
             net.load_state_dict(load_file(str(resume_from / self.weights_name)), strict=False)
+        self.trained = [n for n, _ in self.trainable(net)]  # names before any DDP/FSDP wrapping
         return net
 
     def draws(self, generator, n, group):
@@ -81,8 +82,8 @@ class ToyTask(TrainTask):
         return batch["latents"].to(device, torch.float32), {"pooled": pooled}
 
     def checkpoint_weights(self, module, full_state):
-        trained = {n for n, _ in self.trainable(module)}
-        return {k: v for k, v in full_state().items() if k in trained}, {"format": "toy", "hidden": str(self.cfg.hidden)}
+        full = full_state()  # collective under FSDP; rank 0 gets the tensors
+        return {k: full[k] for k in self.trained if k in full}, {"format": "toy", "hidden": str(self.cfg.hidden)}
 
     def record(self):
         return {"toy": {"hidden": self.cfg.hidden}}
@@ -167,3 +168,39 @@ def test_fixed_on_resume_comes_from_field_metadata():
     before = {k: v for k, v in old.items() if k != "new_knob"}  # run.json of a run made before the field existed
     assert resume_changes(before, Later()) == []  # = its default: old runs still resume
     assert resume_changes(before, Later(new_knob=0.7)) == ["new_knob: 0.5 -> 0.7"]
+
+
+def _toy_worker(rank: int, world: int, port: int, data, out: str, cfg: dict) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    run_toy(data, ToyConfig.from_dict(cfg), Path(out))
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_toy_task_under_ddp_and_fsdp_matches_one_process(tmp_path, data, fsdp):
+    """The core's DDP / FSDP path (FSDP units from the task's ``fsdp_units``) is not Stage C specific."""
+    import torch.multiprocessing as mp
+    from generator_helpers import assert_same_training_log
+    from test_generator_ddp import _free_port, _in_memory
+
+    mem = _in_memory(data.path)
+    plain = dict(batch_size=4, grad_accum_steps=1, steps=3, lr=5e-3, warmup_steps=1, log_every=1, save_every=3,
+                 loss_weighting="adaptive", seed=3)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, single = run_toy(mem, ToyConfig.from_dict(plain), tmp_path / "single")
+    finally:
+        torch.set_num_threads(n)
+    multi = {**plain, "grad_accum_steps": 2, "fsdp": fsdp}
+    mp.start_processes(_toy_worker, args=(2, _free_port(), mem, str(tmp_path / "multi"), multi), nprocs=2,
+                       join=True, start_method="fork")
+    a = load_checkpoint(single.last_checkpoint)["weights"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "multi"))["weights"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+    assert_same_training_log(tmp_path / "single", tmp_path / "multi")

@@ -77,8 +77,9 @@ class TrainTask:
     def checkpoint_weights(self, module: nn.Module, full_state: Callable[[], dict[str, torch.Tensor]]
                            ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The tensors written to :attr:`weights_name` and its safetensors metadata. ``full_state()``
-        gathers the unsharded state dict of the (possibly FSDP-wrapped) module (collective: every rank
-        calls this method)."""
+        gathers the unsharded state dict of the (possibly FSDP-wrapped) module with clean names
+        (collective: every rank calls this method; rank 0 gets the tensors). Under FSDP the submodules of
+        ``module`` are wrapped in place, so take parameter names from ``full_state()`` or from :meth:`build`."""
         return full_state(), {"format": "pt"}
 
     def record(self) -> dict[str, Any]:
