@@ -196,7 +196,7 @@ def check_fits_stage_c(controlnet: ControlNet, stage_c: nn.Module, where: str = 
     """WeightsError unless every projection slot is a ResBlock call of ``stage_c`` with ``c_proj`` channels."""
     channels = resblock_call_channels(stage_c)
     c_proj, slots = controlnet.c_proj, controlnet.proj_blocks
-    hint = " (the official ControlNets are for the 3.6B Stage C: use stage_c='big')" if c_proj == 2048 else ""
+    hint = " (the official ControlNets are for the 3.6B Stage C: use stage_c='big' / --stage-c big)" if c_proj == 2048 else ""
     wrong = sorted({channels[s] for s in slots if s < len(channels)} - {c_proj})
     if wrong:
         raise WeightsError(f"{where} projects to {c_proj} channels but this Stage C's ResBlocks have {wrong}: "
