@@ -184,6 +184,9 @@ class LatentStore:
             raise InputError(f"latent store {self.path} does not exist (create it with `cascadekit encode`)")
         self.root = S.open_store(self.path)
         self.attrs = dict(self.root.attrs)
+        if self.attrs.get("initializing", False) or "chunk_rows" not in self.attrs:
+            raise InputError(f"{self.path} is still being created (or its creation was cut off); "
+                             "run `cascadekit encode` again to finish it")
         self.version = int(self.attrs.get("format_version", S.FORMAT_VERSION))
         self.chunk_rows = int(self.attrs["chunk_rows"])
         self.group_paths = S.group_paths(self.root)

@@ -46,7 +46,8 @@ def _verify_group(g, complete: bool, block_rows: int):
         step = max(c, block_rows // c * c)
         for a in range(0, n, step):
             b = min(a + step, n)
-            own = _status_chunk_problems(sarr, g.path, range(a // c, -(-b // c)), complete)
+            # a status chunk not yet written is pending work, not damage, unless encode says it finished
+            own = _status_chunk_problems(sarr, g.path, range(a // c, -(-b // c)), complete and status_name == "status")
             ok = S.read_status(g, a, b, status_name) == S.STATUS_OK
             found = S.damaged_rows(g, a, b, ok, arrays, deep=True)
             checked += len(range(a // c, -(-b // c))) + sum(
@@ -56,11 +57,11 @@ def _verify_group(g, complete: bool, block_rows: int):
     return bad_rows, checked, _unique(problems)
 
 
-def _status_chunk_problems(arr, group: str, chunks, complete: bool) -> list[integrity.ChunkProblem]:
+def _status_chunk_problems(arr, group: str, chunks, must_exist: bool) -> list[integrity.ChunkProblem]:
     name = arr.path.rsplit("/", 1)[-1]
     out = []
     for p in integrity.bad_chunks(arr, chunks, deep=True, group=group, name=name):
-        if p.kind == integrity.MISSING and not complete:
+        if p.kind == integrity.MISSING and not must_exist:
             continue  # not written yet: those rows are simply pending
         detail = p.detail + ("; its rows read as pending" if p.kind == integrity.MISSING else "")
         out.append(integrity.ChunkProblem(p.group, p.array, p.chunk, p.rows, p.kind, detail))

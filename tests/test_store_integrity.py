@@ -168,3 +168,17 @@ def test_damaged_status_chunk_reads_pending_is_reported_and_rebuilt(good, tmp_pa
     build(s)
     assert verify_store(s)["ok"]
     np.testing.assert_array_equal(store_arrays(s)["/status"], store_arrays(good)["/status"])
+
+
+def test_unwritten_text_status_chunk_is_pending_work_not_damage(good, tmp_path):
+    s = copy(good, tmp_path / "s.zarr")
+    chunk_file(s, "text_status", 2).unlink()  # as after an embed-text killed before that chunk
+    assert verify_store(s)["ok"]
+    ds = LatentDataset(s, fields=["latents", "clip_text"], batch_size=4, shuffle=False)
+    assert _rows(ds) == [r for r in range(N) if not 8 <= r < 12]  # no embeddings there yet: not returned
+    with pytest.raises(InputError, match="4 samples of group 'root' have no text embedding yet"):
+        open_train_data(s)
+    enc = FakeText()
+    assert add_text_embeddings(s, enc, progress=False)["embedded"] == 4 and enc.calls == 2
+    np.testing.assert_array_equal(np.asarray(S.open_store(s)["text_status"][:]),
+                                  np.asarray(S.open_store(good)["text_status"][:]))
