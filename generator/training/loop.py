@@ -88,23 +88,27 @@ class TrainingLoop:
         self.device = D.local_device(device, info)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self._lock: AdvisoryLock | None = None
         self._owns_group = D.init(info, self.device)
         self.info = D.current(info)
-        self.micro = cfg.micro_batch(self.info.world_size)
-        errs = task.check(data)
-        if errs:
-            raise InputError("cannot train on this store:\n  " + "\n  ".join(errs))
-        if cfg.tensorboard:
-            check_tensorboard()
-        self.plan = BatchPlan(data.groups, cfg.batch_size, cfg.seed)  # one plan batch = one update
-        self._lock = self._take_lock()
         try:
+            self._check()
+            self.plan = BatchPlan(data.groups, cfg.batch_size, cfg.seed)  # one plan batch = one update
+            self._lock = self._take_lock()
             self._start(resume)
         except BaseException:
-            self.release()
+            self.close()  # lock released, process group left if this run started it
             raise
 
     # ------------------------------------------------------------------ setup
+    def _check(self) -> None:
+        self.micro = self.cfg.micro_batch(self.info.world_size)
+        errs = self.task.check(self.data)
+        if errs:
+            raise InputError("cannot train on this store:\n  " + "\n  ".join(errs))
+        if self.cfg.tensorboard:
+            check_tensorboard()
+
     def _take_lock(self) -> AdvisoryLock | None:
         """Rank 0 holds ``AdvisoryLock(run_dir, "training run")`` for the whole run."""
         if not self.info.is_main:
