@@ -71,6 +71,19 @@ def parse_train_tokens(spec: Any) -> list[TrainToken]:
     return out
 
 
+def train_token_problems(cfg: Any) -> list[str]:
+    """Config problems of ``cfg.train_tokens`` (a list of [token, init regex]; needs ``cfg.lora_rank > 0``)."""
+    if not cfg.train_tokens:
+        return []
+    errs = [] if isinstance(cfg.lora_rank, int) and cfg.lora_rank > 0 else \
+        ["train_tokens (new-token LoRA training) needs lora_rank > 0"]
+    try:
+        parse_train_tokens(cfg.train_tokens)
+    except InputError as e:
+        errs.append(str(e))
+    return errs
+
+
 def matching_ids(vocab: dict[str, int], regex: str, limit: int) -> list[int]:
     """Sorted ids (< ``limit``) of the vocabulary entries matching ``regex`` (``re.search``)."""
     rx = re.compile(regex)

@@ -16,7 +16,8 @@ from cascadekit.generator.checkpoint import latest_checkpoint
 from cascadekit.generator.data import TensorData
 from cascadekit.generator.lora import read_lora_file
 from cascadekit.generator.lora_layers import base_state_dict
-from cascadekit.generator.tasks.lora_tokens import TokenLoRAConfig, TokenLoRATask
+from cascadekit.generator.config import TrainConfig
+from cascadekit.generator.tasks.lora_tokens import TokenLoRATask
 from cascadekit.generator.training.loop import TrainingLoop
 
 CAPTIONS = ["a photo of [fernando]", "a cat on a table", "[fernando] in the snow", "a red car at night"] * 2
@@ -44,10 +45,10 @@ def data(text):
     return TensorData(lat, CAPTIONS, clip_text=t, clip_text_pooled=p)
 
 
-def _cfg(**kw) -> TokenLoRAConfig:
+def _cfg(**kw) -> TrainConfig:
     base = dict(model="tiny", batch_size=4, steps=30, lr=2e-2, warmup_steps=1, log_every=1, save_every=3,
                 keep_checkpoints=20, caption_dropout=0.25, lora_rank=2, train_tokens=[["[fernando]", "^dog"]])
-    return TokenLoRAConfig.from_dict({**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def _loop(weights, text, data, cfg, out, resume=False):
@@ -138,8 +139,8 @@ def test_resume_is_bit_exact(weights, text, data, tmp_path):
 
 
 def test_config_and_store_checks(weights, text, tmp_path):
-    with pytest.raises(InputError, match="train_tokens is empty"):
-        _cfg(train_tokens=[])
+    with pytest.raises(InputError, match="needs train_tokens"):
+        TokenLoRATask(_cfg(train_tokens=[]))
     with pytest.raises(InputError, match="lora_rank > 0"):
         _cfg(lora_rank=0)
     with pytest.raises(InputError, match="not a valid regular expression"):
@@ -149,3 +150,21 @@ def test_config_and_store_checks(weights, text, tmp_path):
     no_caps = TensorData(lat, clip_text=t, clip_text_pooled=p)
     with pytest.raises(InputError, match="needs the captions"):
         _loop(weights, text, no_caps, _cfg(), tmp_path / "r")
+
+
+def test_cascadekit_train_with_train_tokens(weights, tmp_path):
+    """`cascadekit train` picks the new-token task for a config with train_tokens (store: captions only)."""
+    from click.testing import CliRunner
+    from generator_helpers import structured_latents, write_store
+
+    from cascadekit.cli.main import main
+
+    store = write_store(tmp_path / "s.zarr", {"": structured_latents(4)}, captions={"": CAPTIONS[:4]})
+    (tmp_path / "c.yaml").write_text("preset: tiny\nsteps: 2\nsave_every: 2\nlora_rank: 2\n"
+                                     "train_tokens: [['[fernando]', '^dog'], ['^cat</w>', null]]\n")
+    r = CliRunner().invoke(main, ["train", "--data", str(store), "--config", str(tmp_path / "c.yaml"), "--out",
+                                  str(tmp_path / "run"), "--init", str(weights), "--text-encoder", str(weights)])
+    assert r.exit_code == 0, r.output
+    f = read_lora_file(latest_checkpoint(tmp_path / "run") / "lora.safetensors")
+    assert f.token_indices.numel() == 2 and f.token_indices.max() == 814 and [t.token for t in f.tokens] == \
+        ["[fernando]", "^cat</w>"]

@@ -1,7 +1,8 @@
 """New-token LoRA as released (``train/train_c_lora.py``): Stage C LoRA + ReToken rows of the CLIP text encoder.
 
-Config: the Stage C fields plus ``train_tokens`` (``[["[fernando]", "^dog</w>"], ["ball", None]]``, see
-:mod:`cascadekit.generator.retoken`); ``lora_rank > 0``. Only the LoRA factors and the ReToken deltas
+Config: :class:`~cascadekit.generator.config.TrainConfig` with ``train_tokens`` (``[["[fernando]",
+"^dog</w>"], ["ball", None]]``, see :mod:`cascadekit.generator.retoken`) and ``lora_rank > 0``; ``cascadekit
+train`` picks this task whenever ``train_tokens`` is not empty. Only the LoRA factors and the ReToken deltas
 train; Stage C and the text encoder stay frozen (bit-identical, as every embedding row outside the selected ones).
 
 Which text embedding a sample gets (the mix): a caption that contains a trained token (its token ids meet the
@@ -17,7 +18,6 @@ alphas, see :mod:`cascadekit.generator.lora`) with the token rows and the token 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,25 +31,6 @@ from cascadekit.generator.lora import lora_file_tensors, read_lora_file
 from cascadekit.generator.lora_layers import lora_parameters
 from cascadekit.generator.retoken import ReToken, parse_train_tokens, setup_train_tokens
 from cascadekit.generator.tasks.stage_c import StageCTask
-from cascadekit.generator.training.settings import need
-
-
-@dataclass
-class TokenLoRAConfig(TrainConfig):
-    """:class:`TrainConfig` + ``train_tokens`` (fixed on resume); ``lora_rank`` must be > 0."""
-
-    lora_rank: int = 4
-    train_tokens: list = field(default_factory=list)
-
-    def problems(self) -> list[str]:
-        errs = super().problems()
-        need(errs, isinstance(self.lora_rank, int) and self.lora_rank > 0, "new-token training needs lora_rank > 0")
-        need(errs, bool(self.train_tokens), "train_tokens is empty: give e.g. [[\"[fernando]\", \"^dog</w>\"]]")
-        try:
-            parse_train_tokens(self.train_tokens)
-        except InputError as e:
-            errs.append(str(e))
-        return errs
 
 
 class TokenLoRAModel(nn.Module):
@@ -87,7 +68,9 @@ class TokenLoRATask(StageCTask):
     """New-token LoRA training (module docstring). text_encoder: a :class:`cascadekit.codec.text.TextEncoder`
     (CLIP ``model`` + ``tokenizer``); it is copied, the caller's stays untouched."""
 
-    def __init__(self, cfg: TokenLoRAConfig, *, text_encoder: Any = None, **kw):
+    def __init__(self, cfg: TrainConfig, *, text_encoder: Any = None, **kw):
+        if not cfg.train_tokens:
+            raise InputError("new-token LoRA training needs train_tokens, e.g. [[\"[fernando]\", \"^dog</w>\"]]")
         super().__init__(cfg, text_encoder=text_encoder, **kw)
         self.tokens = parse_train_tokens(cfg.train_tokens)
         self.title = f"Stage C ({cfg.model}, LoRA r={cfg.lora_rank} + tokens {[t.token for t in self.tokens]})"
@@ -101,6 +84,12 @@ class TokenLoRATask(StageCTask):
             errs.append("new-token training needs the captions in the store (to find the trained tokens)")
         if getattr(self.text_encoder, "model", None) is None or getattr(self.text_encoder, "tokenizer", None) is None:
             errs.append("new-token training needs the CLIP text encoder and its tokenizer (--text-encoder)")
+            return errs
+        stored = getattr(data, "field_shapes", {}).get("clip_text")
+        length = self.text_encoder.max_length
+        if stored is not None and "clip_text_pooled" in data.fields and stored[0] != length:
+            errs.append(f"the stored clip_text has {stored[0]} tokens per caption, the text encoder gives {length}: "
+                        "re-run `cascadekit embed-text` with this text encoder")
         return errs
 
     def build(self, data: TrainData, resume_from: Path | None, recorded: dict[str, Any] | None) -> nn.Module:
@@ -128,9 +117,8 @@ class TokenLoRATask(StageCTask):
         return [(f"stage_c.{k}", p) for k, p in lora_parameters(module.stage_c)] + [("retoken.embeddings", rt.embeddings)]
 
     def _tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        max_len = min(int(self.tokenizer.model_max_length), int(self.text_encoder.model.config.max_position_embeddings))
-        tok = self.tokenizer(list(captions), truncation=True, padding="max_length", max_length=max_len,
-                             return_tensors="pt")
+        tok = self.tokenizer(list(captions), truncation=True, padding="max_length",
+                             max_length=self.text_encoder.max_length, return_tensors="pt")
         return tok["input_ids"], tok["attention_mask"]
 
     def inputs(self, batch: dict[str, Any], draws: dict[str, torch.Tensor],
