@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cascadekit.generator.retoken import train_token_problems
 from cascadekit.generator.training.settings import CoreConfig, is_int, is_num, need, yaml_value
 
 MODELS = ("tiny", "lite", "big")
@@ -39,6 +40,7 @@ class TrainConfig(CoreConfig):
     lora_alpha: float = 1.0
     lora_targets: list[str] = field(default_factory=lambda: [".attn"])
     lora_init: str = "default"                # "official": lora_down zeros, lora_up N(0, 1) (train_c_lora.py)
+    train_tokens: list = field(default_factory=list)  # new-token LoRA (tasks/lora_tokens.py): [["[x]", "^dog</w>"]]
 
     @classmethod
     def _normalise(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +64,7 @@ class TrainConfig(CoreConfig):
         need(errs, self.lora_init in ("default", "official"),
              f"lora_init must be 'default' (down Kaiming-uniform, up zeros) or 'official' (down zeros, up N(0, 1)), "
              f"got {self.lora_init!r}")
+        errs += train_token_problems(self)
         if self.fsdp and is_int(self.lora_rank) and self.lora_rank > 0:
             errs.append("fsdp with LoRA is not supported (LoRA trains a few million parameters: use DDP)")
         return errs

@@ -18,6 +18,7 @@ from torch import nn
 
 from cascadekit.generator.config import TrainConfig
 from cascadekit.generator.data import TrainData, open_store
+from cascadekit.generator.tasks.lora_tokens import TokenLoRATask
 from cascadekit.generator.tasks.stage_c import StageCTask, data_problems, stage_c_config
 from cascadekit.generator.training.loop import TrainingDivergedError, TrainingLoop, TrainResult
 
@@ -31,8 +32,9 @@ class Trainer(TrainingLoop):
                  resume: bool = False, device: str | torch.device | None = None,
                  text_encoder: Any = None, previewer: nn.Module | None = None,
                  model_overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print):
-        task = StageCTask(cfg.validate(), init=init, text_encoder=text_encoder, previewer=previewer,
-                          model_overrides=model_overrides)
+        kind = TokenLoRATask if cfg.train_tokens else StageCTask  # new tokens: the new-token LoRA task
+        task = kind(cfg.validate(), init=init, text_encoder=text_encoder, previewer=previewer,
+                    model_overrides=model_overrides)
         super().__init__(task, data, cfg, run_dir, resume=resume, device=device, log=log)
 
 
