@@ -104,9 +104,10 @@ class LoRAFile:
             mname, pname = key.rsplit(".", 1)
             w_shape = tuple(getattr(model.get_submodule(mname), pname).shape)
             if (tuple(up.shape[:1]) + tuple(down.shape[1:])) != w_shape:
+                want = f"({self.rank}, {w_shape[1]}) / ({w_shape[0]}, {self.rank})"
                 raise WeightsError(f"LoRA file {self.path}: layer {key} has factors {list(down.shape)} / "
-                                   f"{list(up.shape)} for a weight of shape {list(w_shape)} "
-                                   f"(expected ({self.rank}, {w_shape[1]}) / ({w_shape[0]}, {self.rank})){self._size_hint(model)}")
+                                   f"{list(up.shape)} for a weight of shape {list(w_shape)} (expected {want})"
+                                   f"{self._size_hint(model)}")
             out.append((key, down, up))
         return out
 
@@ -151,8 +152,9 @@ def _check_tokens(path, indices: torch.Tensor | None, deltas: torch.Tensor | Non
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, OFFICIAL_WIDTH)
     if indices is None or deltas is None or indices.dim() != 1 or deltas.dim() != 2 \
             or indices.shape[0] != deltas.shape[0]:
-        raise WeightsError(f"LoRA file {path}: token rows need indices (n,) and embeddings (n, width) together, got "
-                           f"{None if indices is None else list(indices.shape)} / {None if deltas is None else list(deltas.shape)}")
+        got = [None if t is None else list(t.shape) for t in (indices, deltas)]
+        raise WeightsError(f"LoRA file {path}: token rows need indices (n,) and embeddings (n, width) together, "
+                           f"got {got[0]} / {got[1]}")
     idx = indices.to(torch.float64)
     if idx.numel() and (bool((idx != idx.round()).any()) or bool((idx < 0).any())):
         raise WeightsError(f"LoRA file {path}: token indices must be non-negative integers, got {indices.tolist()[:5]}")

@@ -42,6 +42,24 @@ class TrainToken:
         return [self.token, self.init]
 
 
+def _entry(i: int, entry: Any) -> TrainToken:
+    """One ``train_tokens`` entry: ``[token, init]``, ``(token, init)``, a bare token string or a TrainToken."""
+    if isinstance(entry, TrainToken):
+        return entry
+    pair = [entry, None] if isinstance(entry, str) else list(entry) if isinstance(entry, (list, tuple)) else []
+    if len(pair) != 2 or not isinstance(pair[0], str) or not pair[0] or not isinstance(pair[1], (str, type(None))):
+        raise InputError(f"train_tokens[{i}] must be [token, init_regex or null], got {entry!r} "
+                         "(e.g. [\"[fernando]\", \"^dog</w>\"] or [\"ball\", null])")
+    tok = TrainToken(pair[0], pair[1])
+    for what, rx in (("init regex", tok.init), ("token regex", None if tok.is_new else tok.token)):
+        try:
+            re.compile(rx or "")
+        except re.error as e:
+            raise InputError(f"train_tokens[{i}]: the {what} {rx!r} is not a valid regular expression: "
+                             f"{e}") from None
+    return tok
+
+
 def parse_train_tokens(spec: Any) -> list[TrainToken]:
     """``[["[fernando]", "^dog</w>"], ["ball", None], "[x]"]`` (or TrainTokens) -> list of :class:`TrainToken`.
 
@@ -51,24 +69,7 @@ def parse_train_tokens(spec: Any) -> list[TrainToken]:
         return []
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
         raise InputError(f"train_tokens must be a list of [token, init_regex] pairs, got {spec!r}")
-    out = []
-    for i, entry in enumerate(spec):
-        if isinstance(entry, TrainToken):
-            out.append(entry)
-            continue
-        pair = [entry, None] if isinstance(entry, str) else list(entry) if isinstance(entry, (list, tuple)) else None
-        if pair is None or len(pair) != 2 or not isinstance(pair[0], str) or not pair[0] \
-                or not (pair[1] is None or isinstance(pair[1], str)):
-            raise InputError(f"train_tokens[{i}] must be [token, init_regex or null], got {entry!r} "
-                             "(e.g. [\"[fernando]\", \"^dog</w>\"] or [\"ball\", null])")
-        tok = TrainToken(pair[0], pair[1])
-        for what, rx in (("init regex", tok.init), ("token regex", None if tok.is_new else tok.token)):
-            try:
-                re.compile(rx) if rx is not None else None
-            except re.error as e:
-                raise InputError(f"train_tokens[{i}]: the {what} {rx!r} is not a valid regular expression: {e}") from None
-        out.append(tok)
-    return out
+    return [_entry(i, e) for i, e in enumerate(spec)]
 
 
 def train_token_problems(cfg: Any) -> list[str]:

@@ -114,7 +114,8 @@ class TokenLoRATask(StageCTask):
 
     def trainable(self, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
         rt = module.text_model.get_input_embeddings().parametrizations["weight"][0]
-        return [(f"stage_c.{k}", p) for k, p in lora_parameters(module.stage_c)] + [("retoken.embeddings", rt.embeddings)]
+        factors = [(f"stage_c.{k}", p) for k, p in lora_parameters(module.stage_c)]
+        return factors + [("retoken.embeddings", rt.embeddings)]
 
     def _tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer(list(captions), truncation=True, padding="max_length",
