@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import re
 import sys
 
 import click
@@ -13,32 +14,30 @@ from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.codec.fsio import describe_os_error
 from cascadekit.metrics.errors import MetricsError
 
-DEVICE_TYPES = ("cpu", "cuda", "mps")
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
 # OSErrors that are the user's environment, not a bug: one line instead of a traceback
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def check_device(name: str | None):
+def check_device(name: str | None, flag: str = "--device"):
     """``name`` as a ``torch.device`` this machine has (None / ``auto`` -> None), else InputError saying which
-    devices exist. ``cuda`` without CUDA, ``cuda:7`` on a 2-GPU machine, ``banana``: one clear message."""
+    devices exist. ``cuda`` without CUDA, ``cuda:7`` on a 2-GPU machine, ``banana``: one clear message that
+    starts with ``flag`` (empty: no prefix, for click, which names the flag itself)."""
     if name is None or name == "auto":
         return None
-    import torch  # lazy: parsing the command line stays fast when --device is not given
+    what = f"{flag} {name}" if flag else str(name)
+    if not DEVICE_PATTERN.fullmatch(str(name)):  # refused without importing torch
+        raise InputError(f"{what}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    import torch  # lazy: only a cuda/mps/cpu name needs it
 
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in DEVICE_TYPES:
-        raise InputError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps "
-                         f"(this machine has: {', '.join(available_devices())})")
+    dev = torch.device(name)
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
-            raise InputError(f"--device {name}: this machine has {count or 'no'} CUDA device(s) "
-                             f"(available: {', '.join(available_devices())})")
+            raise InputError(f"{what}: this machine has {count or 'no'} CUDA device(s); "
+                             f"available: {', '.join(available_devices())}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"--device mps: MPS is not available here (available: {', '.join(available_devices())})")
+        raise InputError(f"{what}: MPS is not available here; available: {', '.join(available_devices())}")
     return dev
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.params import DEVICE
 
 
 @click.command("embed-text")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option("--weights", default=None, help="Folder / snapshot with text_encoder/ and tokenizer/ (default: as for encode: $CASCADEKIT_WEIGHTS, the cache, else the tiny random weights).")
-@click.option("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+@click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda if available).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Captions per text-encoder call (a batch never crosses a text chunk: more than its rows acts as that many).")
 @click.option("--overwrite", is_flag=True, help="Replace embeddings made by another text encoder.")

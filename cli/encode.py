@@ -4,12 +4,12 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
-from cascadekit.cli.params import BATCH, COUNT, DEVICE, WORKERS, PixelSide
+from cascadekit.cli.params import BATCH, COUNT, DEVICE, OUT_FOLDER, WORKERS, PixelSide
 
 
 @click.command("encode")
 @click.argument("inputs", nargs=-1)
-@click.option("--out", "out", required=True, type=click.Path(), help="Store folder to create or resume (STORE.zarr).")
+@click.option("--out", "out", required=True, type=OUT_FOLDER, help="Store folder to create or resume (STORE.zarr).")
 @click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: $CASCADEKIT_WEIGHTS or ~/.cache/cascadekit/weights, else the tiny RANDOM test weights).")
 @click.option("--resolution", default=768, show_default=True, type=PixelSide(multiple=32), help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
 @click.option("--encoder-resolution", default=None, type=PixelSide(minimum=32), help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
@@ -39,11 +39,11 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
     Multi-GPU / multi-node: torchrun --nproc-per-node N -m cascadekit.cli encode ...
     """
-    from cascadekit.codec import distributed as D
-
     if batch_size > chunk_rows:
         raise click.UsageError(f"--batch-size {batch_size} is above --chunk-rows {chunk_rows}: a batch must fit in "
                                "one chunk; lower --batch-size or raise --chunk-rows")
+    from cascadekit.codec import distributed as D
+
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,

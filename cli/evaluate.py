@@ -6,14 +6,14 @@ from pathlib import Path
 import click
 
 from cascadekit.cli.common import reports_user_errors
-from cascadekit.cli.out_folder import EVALUATE, claim_out_folder
+from cascadekit.cli.out_folder import EVALUATE, check_out_folder, remove_outputs
 from cascadekit.cli.params import BATCH, COUNT, DEVICE, FINITE, NON_NEGATIVE, OUT_FOLDER, SEED, STEPS, PixelSide
 
 
 def _metric_names(ctx, param, value):
     """--metrics -> validated names, refused at parse time naming the flag."""
     from cascadekit.metrics.errors import MetricInputError
-    from cascadekit.metrics.evaluate import parse_metrics
+    from cascadekit.metrics.names import parse_metrics
 
     try:
         return ",".join(parse_metrics(value))
@@ -63,7 +63,8 @@ def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, s
     """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
     Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
     and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
-    result = _run(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net,
+    earlier = check_out_folder(out, EVALUATE, overwrite)
+    result = _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net,
                   weights_dir, size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet)
     agg = result["aggregate"]
     for name, v in agg.items():
@@ -111,7 +112,7 @@ def _mode_note(path) -> str | None:
         return None
 
 
-def _run(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
+def _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
          size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
     import warnings
 
@@ -123,7 +124,7 @@ def _run(images, out, overwrite, weights, store, stage_b, steps, guidance, seed,
 
     metric_names = parse_metrics(metrics)  # fail on a typo or a missing backbone before loading the codec
     check_weights(metric_names, lpips_net=lpips_net, weights_dir=weights_dir)
-    claim_out_folder(out, EVALUATE, overwrite)
+    remove_outputs(Path(out), earlier, EVALUATE)  # --overwrite: the earlier report goes once the checks passed
     dev = pick_device(device)
     dtype = default_dtype(dtype, dev)
     source, info, _ = pick_weights(weights, stage_b=stage_b)

@@ -27,18 +27,19 @@ def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
     """FID between A and B (each an image folder or an .npz of saved statistics), and/or save folder A's
     statistics with --save-stats. Unreadable images are skipped and listed."""
     from cascadekit.cli.common import pick_device
-    from cascadekit.metrics.fid import (InceptionFeatures, check_stats_source, checked_folder_stats, frechet_distance,
-                                        stats_of)
 
     if b is None and save_to is None:
         raise click.UsageError("give a second folder B, or --save-stats FILE.npz to save A's statistics")
-    for flag, source in (("A", a), ("B", b)):
-        if source is not None:
-            check_stats_source(source, flag)
     if save_to is not None:
         if not Path(a).is_dir():
             raise click.UsageError(f"--save-stats saves the statistics of an image folder, and A ({a}) is a file")
         claim_out_file(save_to, overwrite, "--save-stats")
+    from cascadekit.metrics.fid import (InceptionFeatures, check_stats_source, checked_folder_stats, frechet_distance,
+                                        stats_of)
+
+    for flag, source in (("A", a), ("B", b)):
+        if source is not None:
+            check_stats_source(source, flag)
     dev = pick_device(device)
     needs_features = any(s is not None and Path(s).is_dir() for s in (a, b))
     extractor = InceptionFeatures(weights_dir=weights_dir, device=dev) if needs_features else None
@@ -46,7 +47,7 @@ def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
     if save_to is not None:
         stats = checked_folder_stats(a, extractor, batch_size=batch_size, skipped=skipped, progress=True)
         mu_a, sigma_a = stats.mu, stats.sigma
-        click.echo(f"saved statistics of {a} ({stats.n} images) to {stats.save(save_to)}", err=b is not None)
+        click.echo(f"saved statistics of {a} ({stats.n} images) to {_save(stats, save_to)}", err=b is not None)
     else:
         mu_a, sigma_a = stats_of(a, extractor, batch_size=batch_size, skipped=skipped, progress=True)
     if b is not None:
@@ -55,3 +56,11 @@ def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
         click.echo(json.dumps({"fid": value, "a": str(a), "b": str(b), "skipped": len(skipped)}))
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
+
+
+def _save(stats, path) -> Path:
+    """Write the statistics atomically (an interrupted or failed write keeps the old file; a full disk is an
+    OutputError naming the file)."""
+    from cascadekit.codec.fsio import atomic_write
+
+    return atomic_write(path, stats.write)

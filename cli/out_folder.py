@@ -46,7 +46,15 @@ EVALUATE = OutputKind("evaluate", "metrics.json", ("per_image.csv", "index.html"
 
 
 def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: str = "--out") -> Path:
-    """Check ``out`` before any work and, with ``overwrite``, remove the earlier run's outputs (see module doc).
+    """Check ``out`` before any work and, with ``overwrite``, remove the earlier run's outputs (see module doc):
+    :func:`check_out_folder` then :func:`remove_outputs`."""
+    remove_outputs(Path(out), check_out_folder(out, kind, overwrite, flag), kind)
+    return Path(out)
+
+
+def check_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: str = "--out") -> list[Path]:
+    """The files of an earlier run of ``kind`` in ``out`` (to remove with :func:`remove_outputs` when work
+    starts); nothing is changed here.
 
     Raises OutputError naming ``flag``: unwritable / a file / read-only; foreign files in it; an earlier run's
     outputs without ``overwrite``."""
@@ -55,7 +63,7 @@ def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: s
     if problem:
         raise OutputError(f"{flag} {out}: {problem}")
     if not out.exists():
-        return out
+        return []
     ours, foreign = _classify(out, kind)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -65,8 +73,7 @@ def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: s
         raise OutputError(f"{flag} {out} holds the outputs of an earlier `cascadekit {kind.command}` run "
                           f"({len(ours)} files, record {kind.record}); pass --overwrite to replace them, or choose "
                           f"another folder")
-    _remove(out, ours, kind.record)
-    return out
+    return ours
 
 
 def claim_out_file(path: str | Path, overwrite: bool, flag: str) -> Path:
@@ -78,6 +85,8 @@ def claim_out_file(path: str | Path, overwrite: bool, flag: str) -> Path:
     problem = out_folder_problem(path.parent)
     if problem:
         raise OutputError(f"{flag} {path}: {problem}")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{flag} {path} exists and is not a regular file; choose another file name")
     if path.exists() and not overwrite:
         raise OutputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another file name")
     return path
@@ -96,11 +105,11 @@ def _classify(out: Path, kind: OutputKind) -> tuple[list[Path], list[str]]:
     return ours, foreign
 
 
-def _remove(out: Path, files: list[Path], record: str) -> None:
-    """Delete ``files``, the record last (an interrupted removal is then still recognised as an earlier run),
-    then the subfolders they leave empty."""
+def remove_outputs(out: Path, files: list[Path], kind: OutputKind) -> None:
+    """Delete ``files`` (from :func:`check_out_folder`), the record last (an interrupted removal is then still
+    recognised as an earlier run), then the subfolders they leave empty."""
     try:
-        for p in sorted(files, key=lambda p: p.name == record):
+        for p in sorted(files, key=lambda p: p.name == kind.record):
             p.unlink()
         for d in {p.parent for p in files if p.parent != out}:
             if not any(d.iterdir()):

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 MAX_PIXELS = 4096 * 4096  # 16.8 MP: 16x the 1024² Stable Cascade was trained at
+MAX_SIDE = 16384  # longest side of a rectangle (--height / --width), whose area is checked against MAX_PIXELS
 SEED_LIMIT = 2**63
 
 BATCH = click.IntRange(min=1)
@@ -47,13 +48,15 @@ FINITE = FiniteFloat()
 
 
 class PixelSide(click.IntRange):
-    """An image side in pixels: ``minimum`` <= side, a multiple of ``multiple``, and side² <= :data:`MAX_PIXELS`."""
+    """An image side in pixels: ``minimum`` <= side <= ``max_side`` and a multiple of ``multiple``. The default
+    ``max_side`` keeps a square of that side within :data:`MAX_PIXELS` (for ``--size`` / ``--resolution``);
+    options of one side of a rectangle pass a larger one and call :func:`check_pixel_budget` on the pair."""
 
     name = "pixels"
 
-    def __init__(self, multiple: int = 1, minimum: int | None = None):
+    def __init__(self, multiple: int = 1, minimum: int | None = None, max_side: int | None = None):
         self.multiple = multiple
-        super().__init__(min=minimum or multiple, max=math.isqrt(MAX_PIXELS))
+        super().__init__(min=minimum or multiple, max=max_side or math.isqrt(MAX_PIXELS))
 
     def convert(self, value, param, ctx):
         rv = click.INT.convert(value, param, ctx)
@@ -63,7 +66,7 @@ class PixelSide(click.IntRange):
 
     def _describe_range(self) -> str:
         rule = f", a multiple of {self.multiple}" if self.multiple > 1 else ""
-        return f"{self.min} to {self.max} pixels{rule} (budget {MAX_PIXELS} pixels per image)"
+        return f"{self.min} to {self.max} pixels{rule}"
 
 
 def check_pixel_budget(height: int, width: int, flags: str = "--height x --width") -> None:
@@ -83,8 +86,10 @@ class DeviceType(click.ParamType):
         from cascadekit.cli.common import check_device
         from cascadekit.codec.errors import InputError
 
+        if value in (None, "auto", "cpu"):  # always there; checking needs no torch import
+            return value
         try:
-            check_device(value)
+            check_device(value, flag="")
         except InputError as e:
             self.fail(str(e), param, ctx)
         return value

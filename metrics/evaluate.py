@@ -19,19 +19,8 @@ from .errors import MetricInputError
 from .fid import FEATURE_NAME, FeatureStats, InceptionFeatures, batches_by_size, frechet_distance
 from .images import pil_to_tensor, read_image, tensor_to_rgb
 from .lpips_metric import LPIPSMetric
+from .names import METRICS, PER_IMAGE, parse_metrics
 from .pixel import psnr_per_image, ssim_per_image
-
-METRICS = ("psnr", "ssim", "lpips", "fid")
-PER_IMAGE = ("psnr", "ssim", "lpips")
-
-
-def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
-    """'psnr,ssim' or an iterable of names -> validated tuple in canonical order."""
-    names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
-    bad = sorted(set(names) - set(METRICS))
-    if bad or not names:
-        raise MetricInputError(f"unknown metric(s) {bad or names}; choose from {', '.join(METRICS)}")
-    return tuple(m for m in METRICS if m in names)
 
 
 def check_weights(metrics: Iterable[str], *, lpips_net: str = "alex",

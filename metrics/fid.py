@@ -154,8 +154,12 @@ class FeatureStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), features=np.str_(FEATURE_NAME))
+            self.write(f)
         return path
+
+    def write(self, f) -> None:
+        """Write the .npz of :meth:`save` to an open binary file `f` (e.g. for an atomic write)."""
+        np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), features=np.str_(FEATURE_NAME))
 
 
 def save_stats(stats: FeatureStats, path: str | os.PathLike) -> Path:
