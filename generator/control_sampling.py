@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,8 +95,6 @@ def _mask(settings: ControlSettings, images: torch.Tensor) -> torch.Tensor:
     if isinstance(m, (str, Path)):
         return controls.load_mask(m, size=(h, w))
     if not isinstance(m, torch.Tensor):  # a PIL image
-        import numpy as np
-
         m = torch.from_numpy(np.asarray(m.convert("L")) > 127)[None, None]
     return controls.check_mask(m, images)
 

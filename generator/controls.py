@@ -19,11 +19,13 @@ the Canny control needs).
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import DependencyError, InputError
+from cascadekit.codec.images import imagenet_normalize, load_image
 
 CONTROLS = ("canny", "inpainting", "sr")
 CANNY_RESIZE = 224
@@ -90,8 +92,6 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
 
     size (H, W): the size the mask must have (that of the image it belongs to); InputError otherwise.
     """
-    from cascadekit.codec.images import load_image
-
     img = load_image(path).convert("L")
     mask = torch.from_numpy(np.array(img) > 127)[None, None]
     if size is not None and tuple(mask.shape[-2:]) != tuple(size):
@@ -122,8 +122,6 @@ def sr_control(images: torch.Tensor, effnet: torch.nn.Module, downscale: bool = 
     (B, 16, H/32, W/32); ``False`` (inference, ``upscale``): the image is the low-resolution input and the
     result (B, 16, 2H/32, 2W/32) conditions a 2× larger output.
     """
-    from cascadekit.codec.images import imagenet_normalize
-
     _check_images(images)
     x = F.interpolate(images, scale_factor=scale, mode="nearest") if downscale else images
     weight = next(effnet.parameters())

@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from cascadekit.codec.errors import InputError
 from cascadekit.codec.models.blocks import ResBlock
 from cascadekit.codec.models.config import ModelConfig
 
@@ -149,8 +150,6 @@ class ControlNet(nn.Module):
         h, w: H/32, W/32 for ``effnet``; H, W otherwise.
         """
         if x.dim() != 4 or x.shape[1] != self.c_in:
-            from cascadekit.codec.errors import InputError
-
             raise InputError(f"ControlNet expects a (B, {self.c_in}, H, W) control, got {tuple(x.shape)}")
         feats = self.backbone(x.to(self.projections[0][0].weight.dtype))
         out: list[torch.Tensor | None] = [None] * (max(self.proj_blocks) + 1)
