@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -41,3 +42,27 @@ def test_fid_needs_b_or_save_stats(tmp_path):
     a = _folder(tmp_path / "a", 0, n=2)
     r = CliRunner().invoke(main, ["fid", str(a)])
     assert r.exit_code != 0 and "--save-stats" in r.output
+
+
+def test_fid_two_folders_with_save_stats_saves_a_and_identical_folders_give_zero(backbone_dir, tmp_path):  # noqa: F811
+    a, b = _folder(tmp_path / "a", 0), _folder(tmp_path / "b", 1)
+    run = CliRunner().invoke
+    stats = tmp_path / "a.npz"
+    r = run(main, ["fid", str(a), str(b), "--save-stats", str(stats), "--weights-dir", str(backbone_dir)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fid"] > 0  # stdout stays one JSON line; the "saved" note goes to stderr
+    r_saved = run(main, ["fid", str(stats), str(b), "--weights-dir", str(backbone_dir)])
+    assert json.loads(r_saved.stdout)["fid"] == pytest.approx(json.loads(r.stdout)["fid"], rel=1e-9)
+    r = run(main, ["fid", str(a), str(b), "--save-stats", str(stats), "--weights-dir", str(backbone_dir)])
+    assert r.exit_code == 2 and "--overwrite" in r.output  # an existing statistics file is not replaced silently
+    r = run(main, ["fid", str(a), str(a), "--weights-dir", str(backbone_dir)])
+    assert r.exit_code == 0 and 0.0 <= json.loads(r.stdout)["fid"] < 1e-6  # clamped: never a tiny negative
+
+
+def test_fid_user_errors_are_one_line(backbone_dir, tmp_path):  # noqa: F811
+    one = _folder(tmp_path / "one", 0, n=1)
+    b = _folder(tmp_path / "b", 1)
+    r = CliRunner().invoke(main, ["fid", str(one), str(b), "--weights-dir", str(backbone_dir)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "at least 2" in r.output and "one" in r.output
+    r = CliRunner().invoke(main, ["fid", str(one), str(b), "--weights-dir", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "--weights-dir" in r.output
