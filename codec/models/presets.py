@@ -1,8 +1,9 @@
 """Which named preset weights belong to: the one place presets are inferred.
 
-Two views of the same question: :func:`infer_preset_of` compares every key and shape of a state dict with
-each preset's model; :func:`preset_from_shapes` checks the one tensor shape that tells the official
-``lite`` and ``big`` files apart (enough for a file header, read without loading the tensors).
+Three views of the same question: :func:`infer_preset_of` compares every key and shape of a state dict
+with each preset's model; :func:`preset_from_shapes` checks the one tensor shape that tells the official
+``lite`` and ``big`` files apart (enough for a file header, read without loading the tensors);
+:func:`preset_name_of` names the preset a config equals (explicit kwargs from a sidecar or diffusers).
 """
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ def preset_from_shapes(shapes: Mapping[str, Sequence[int]], component: str, name
     if actual != named:
         raise WeightsError(f"{label}: the file name says {named} but its shapes are those of the {actual} {component}")
     return actual
+
+
+def preset_name_of(cfg) -> str:
+    """The first preset of ``type(cfg).PRESETS`` whose config equals ``cfg`` field for field, else ``'custom'``."""
+    cfg_cls = type(cfg)
+    same = [n for n in cfg_cls.PRESETS if cfg_cls.preset(n).kwargs() == cfg.kwargs()]
+    return same[0] if same else "custom"
 
 
 def infer_preset_of(model_cls, cfg_cls, state_dict: Mapping[str, torch.Tensor], label: str):

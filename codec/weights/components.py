@@ -13,6 +13,7 @@ from torch import nn
 
 from cascadekit.codec.errors import InputError
 from cascadekit.codec.models.effnet import EfficientNetEncoder, EfficientNetEncoderConfig
+from cascadekit.codec.models.presets import preset_name_of
 from cascadekit.codec.models.previewer import Previewer, PreviewerConfig
 from cascadekit.codec.models.stage_a import StageA, StageAConfig
 from cascadekit.codec.models.stage_b import StageB, StageBConfig
@@ -43,8 +44,7 @@ def component_config(ws, component: str, preset: str | None = None) -> tuple[Any
     kwargs = ws.stage_a_kwargs() if component == "stage_a" else ws.model_kwargs.get(component)
     if kwargs is not None:
         cfg = cfg_cls(**kwargs)
-        same = [n for n in cfg_cls.PRESETS if cfg_cls.preset(n).kwargs() == cfg.kwargs()]
-        return cfg, (same[0] if same else "custom")
+        return cfg, preset_name_of(cfg)
     name = ws.presets.get(component) or preset or default
     return cfg_cls.preset(name), name
 
