@@ -95,3 +95,27 @@ def test_evaluate_store_from_another_working_directory(tiny, imgs, tmp_path, mon
     assert r.exit_code == 0, r.output
     data = json.loads((elsewhere / "rep" / "metrics.json").read_text())
     assert data["n_images"] == 3 and data["skipped"] == []
+
+
+def test_stores_with_relative_sources_still_resolve_against_the_working_directory(tiny, imgs, tmp_path,
+                                                                                  monkeypatch):
+    """Stores written before sources were absolute hold paths relative to their encode's working directory;
+    evaluate --store resolves those against its own working directory (the rule documented in
+    docs/dataset_format.md)."""
+    r = _encode([imgs], tmp_path / "s.zarr", tiny, "--no-preview")
+    assert r.exit_code == 0, r.output
+    arr = S.open_store(tmp_path / "s.zarr", mode="r+")["source"]
+    arr[:] = np.asarray([f"imgs/im{i}.png" for i in range(3)], dtype=arr.dtype)  # as an older encode wrote them
+    monkeypatch.chdir(tmp_path)
+    r = invoke(["evaluate", "--store", "s.zarr", "--out", "rep", "--weights", tiny, "--steps", 1,
+                "--metrics", "psnr", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["n_images"] == 3
+
+
+def test_encode_max_input_bytes_flag(tiny, imgs, tmp_path):
+    r = _encode([imgs], tmp_path / "s.zarr", tiny, "--no-preview", "--max-input-bytes", 100)
+    assert r.exit_code == 0 and "too_large           3" in r.output, r.output
+    reasons = [str(x) for x in np.asarray(S.open_store(tmp_path / "s.zarr")["skip_reason"][:])]
+    assert reasons == ["too_large"] * 3
+    assert S.open_store(tmp_path / "s.zarr").attrs["preprocess"]["max_input_bytes"] == 100
