@@ -279,7 +279,6 @@ def _read_member(tf: tarfile.TarFile, m: tarfile.TarInfo, max_bytes: int | None)
     return data
 
 
-# one loop over the stream with its error handling; reads exactly what count_tar counted (60+ lines)
 def _iter_tar(url: str, read_data: bool, max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES):
     try:
         stream = _open_shard(url)
@@ -426,7 +425,7 @@ def _mark_duplicate_keys(plan: PlanTable, block: int = 1 << 20) -> None:
         plan.mark_duplicates(dups, firsts)
 
 
-def inside(path: str | os.PathLike, folders: frozenset[str]) -> str | None:
+def _inside(path: str | os.PathLike, folders: frozenset[str]) -> str | None:
     """The folder of ``folders`` (real paths) that holds ``path`` (or is it), else ``None``."""
     real = os.path.realpath(os.fspath(path))
     for f in folders:
@@ -436,7 +435,7 @@ def inside(path: str | os.PathLike, folders: frozenset[str]) -> str | None:
 
 
 def _refuse_inside_output(path: str, spec: str, excluded: frozenset[str]) -> None:
-    out = inside(path, excluded)
+    out = _inside(path, excluded)
     if out is not None:
         raise InputError(f"input {spec!r} is inside the output folder {out} (--out); a run must not read its own "
                          "output: pass the image folder itself, or choose an --out outside the inputs")
