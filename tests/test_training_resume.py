@@ -216,3 +216,26 @@ def test_a_checkpoint_written_before_the_split_still_resumes(tmp_path, store, st
     res = run(store, out, resume=True)
     assert [h["step"] for h in res.history] == [5, 6]
     assert _same_weights(ckpt.load_checkpoint(res.last_checkpoint)["weights"], straight["weights"])
+
+
+def test_unwritable_out_and_a_full_disk_are_clear_errors(tmp_path, store, monkeypatch):
+    import errno
+
+    from cascadekit.codec.errors import OutputError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputError, match="a path component is a file"):
+        run(store, tmp_path / "file" / "run")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "run"
+    run(store, out, stop_after=2)
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(ckpt.CheckpointWriteError, match="the disk is full") as e:
+        run(store, out, resume=True)
+    assert isinstance(e.value, OutputError) and "step 4" in str(e.value)
+    monkeypatch.undo()
+    assert ckpt.resume_point(out)[0].name == "step_000002"  # the previous checkpoint is intact
+    assert not list((out / "checkpoints").glob(".tmp-*"))
