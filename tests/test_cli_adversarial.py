@@ -2,7 +2,8 @@
 
 For every case: exit status 2, exactly one ``Error:``/``error:`` line, the flag (or input) at fault named in it, no
 ``Traceback`` anywhere, nothing written outside ``--out`` (and, since every case fails before work starts, nothing
-written at all), the input data untouched (every file of the workspace hashed before and after).
+written at all, except a run folder that ``train`` takes before refusing to resume), the input data untouched (every
+file of the workspace hashed before and after).
 
 Parse-time cases point ``--weights`` at a folder that does not exist: a command that got as far as loading weights
 would fail with a weights message that does not name the flag, so the case fails.
@@ -36,10 +37,12 @@ class Case:
     argv: tuple[str, ...]
     mention: tuple[str, ...]  # every one must appear in the error output
     forbid: tuple[str, ...] = ()  # none may appear (Python parameter names, blaming the wrong thing)
+    may_create_out: bool = False  # the command takes its --out (e.g. a run folder's lock) before refusing
 
 
-def case(id, cmd, mention, forbid=()):
-    return Case(id, tuple(cmd.split()), (mention,) if isinstance(mention, str) else tuple(mention), tuple(forbid))
+def case(id, cmd, mention, forbid=(), may_create_out=False):
+    return Case(id, tuple(cmd.split()), (mention,) if isinstance(mention, str) else tuple(mention), tuple(forbid),
+                may_create_out)
 
 
 ENC = f"encode {{ws}}/imgs --out {{out}} --weights {MISSING} --quiet"
@@ -134,6 +137,14 @@ DEVICES = [case(f"{name}-device-banana", f"{cmd} --device banana", ("--device", 
 DEVICES += [case(f"{name}-device-cuda:7", f"{cmd} --device cuda:7", ("--device", "cuda:7", "CUDA"))
             for name, cmd in DEVICE_COMMANDS.items() if name in ("encode", "sample", "fid")]  # the same type
 
+TRAINING = [  # the training command's own checks (engineer B's, on main): config and resume
+    case("train-set-bad-yaml", f"{TRN} --set steps=[1,", ("--set", "YAML")),
+    case("train-empty-config", "train --data {ws}/imgs --config {ws}/empty.yaml --out {out}", ("empty.yaml", "empty")),
+    case("train-seed-2**70", f"{TRN} --set seed={2**70}", ("seed", "2**63")),
+    case("train-resume-nothing", "train --data {ws}/store.zarr --config tiny --set caption_dropout=0 --out {out} "
+         "--resume", ("--resume", "no checkpoint"), may_create_out=True),
+]
+
 RUNTIME = [  # these load a metric backbone (or look for it) before failing
     case("fid-missing-weights", FID, ("--weights-dir", "weights-inception")),
     case("fid-fewer-than-2-images", "fid {ws}/one_image {ws}/stats_ok.npz --weights-dir {backbones}",
@@ -182,6 +193,10 @@ def ws(tmp_path_factory) -> Path:
     np.savez(w / "foreign.npz", x=np.zeros(3))
     (w / "bad.npz").write_bytes(os.urandom(300))
     _stats(w / "other_features.npz", features="some other network")
+    (w / "empty.yaml").write_text("")
+    from generator_helpers import tiny_store
+
+    tiny_store(w / "store.zarr", n=4)
     for d in ("home", "tmp", "outs"):
         (w / d).mkdir()
     return w
@@ -228,7 +243,7 @@ def _run_case(c: Case, ws: Path, backbones: Path) -> str | None:
         problems.append(f"{len(errors)} error lines")
     problems += [f"does not mention {m!r}" for m in c.mention if m not in r.stderr]
     problems += [f"mentions {f!r}" for f in c.forbid if f in r.stderr]
-    if (ws / "outs" / c.id).exists():
+    if (ws / "outs" / c.id).exists() and not c.may_create_out:
         problems.append("created its --out although it failed before any work")
     return f"{c.id}: {', '.join(problems)}\n  $ cascadekit {' '.join(argv)}\n{text[-1500:]}" if problems else None
 
@@ -240,7 +255,9 @@ def run_group(cases: list[Case], ws: Path, backbones: Path, workers: int = 4) ->
     with ThreadPoolExecutor(workers) as pool:
         failures = [f for f in pool.map(lambda c: _run_case(c, ws, backbones), cases) if f]
     after = snapshot(ws)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    own = tuple(os.path.join("outs", c.id) for c in cases if c.may_create_out)  # a run folder it may take
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and not (own and k.startswith(own)))
     assert not failures, f"{len(failures)} of {len(cases)} cases misbehave:\n" + "\n".join(failures)
     assert not changed, f"files written or changed outside --out / input data touched: {changed[:20]}"
 
@@ -262,6 +279,10 @@ def test_a_device_this_machine_lacks_is_one_clear_message(ws, tmp_path):
         cases += [case(f"{name}-device-cuda", f"{cmd} --device cuda", ("--device", "CUDA"))
                   for name, cmd in DEVICE_COMMANDS.items() if name == "sample"]
     run_group(cases, ws, tmp_path)
+
+
+def test_training_config_and_resume_errors(ws, tmp_path):
+    run_group(TRAINING, ws, tmp_path)
 
 
 def test_metric_weights_and_too_few_images(ws, backbone_dir):  # noqa: F811
