@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cascadekit.codec.errors import InputError
-from cascadekit.codec.fsio import atomic_write_text
+from cascadekit.codec.errors import InputError, OutputError
+from cascadekit.codec.fsio import atomic_write_text, describe_os_error
 
 LOG_FILE = "train_log.jsonl"
 TB_SCALARS = ("loss", "loss_weighted", "lr", "grad_norm", "samples_per_s")
@@ -51,8 +51,12 @@ class TrainLog:
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, rec: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        """Append one record (a full disk or a vanished folder is an OutputError naming the log)."""
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise OutputError(describe_os_error(e, self.path)) from None
         if self.tb is not None:
             for k in TB_SCALARS:
                 self.tb.add_scalar(f"train/{k}", rec[k], rec["step"])

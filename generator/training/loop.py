@@ -312,7 +312,11 @@ class TrainingLoop:
             self.model.train(was_training)
         if rows is None:
             return None
-        path = save_grid(rows, self.run_dir / "previews" / f"step_{self.step:06d}.png")
+        path = self.run_dir / "previews" / f"step_{self.step:06d}.png"
+        try:
+            save_grid(rows, path)
+        except OSError as e:
+            raise OutputError(describe_os_error(e, path)) from None
         self.log(f"preview {path} ({self.task.preview_caption})")
         return path
 
