@@ -209,6 +209,8 @@ def checkpoint_problem(folder: str | Path) -> str | None:
         return f"{folder.name}/{META} is missing (the checkpoint was never completed)"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{folder.name}/{META} is damaged ({type(e).__name__}: {e})"
+    if meta.get("format", FORMAT) != FORMAT:
+        return f"{folder.name} has checkpoint format {meta.get('format')!r}; this cascadekit reads {FORMAT!r}"
     names = [weights_name, STATE] + (["ema.safetensors"] if meta.get("ema") else [])
     for name, size in (meta.get("files") or {}).items():
         actual = (folder / name).stat().st_size if (folder / name).is_file() else None

@@ -213,6 +213,9 @@ def test_a_checkpoint_written_before_the_split_still_resumes(tmp_path, store, st
     save_file(load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"),
               metadata={"format": "pt", "model": "StageC/tiny"})
     assert ckpt.checkpoint_problem(folder) is None
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "meta.json").write_text(json.dumps({**meta, "format": "cascadekit-train-checkpoint-9"}))
+    assert "checkpoint format 'cascadekit-train-checkpoint-9'" in ckpt.checkpoint_problem(tmp_path / "future")
     res = run(store, out, resume=True)
     assert [h["step"] for h in res.history] == [5, 6]
     assert _same_weights(ckpt.load_checkpoint(res.last_checkpoint)["weights"], straight["weights"])
