@@ -5,7 +5,8 @@
 * :class:`GroupView` is one sample group: its fields, their per-row shapes and dtypes, and
   :meth:`GroupView.select`, **the** rule for which rows are usable: ``status == ok``; for a field governed
   by ``text_status`` (text embeddings) also ``text_status == ok``; and every chunk file holding the row in
-  a requested field present (a deleted chunk would otherwise read as zeros, zarr's fill value).
+  a requested data field (:data:`~.store.DATA_ARRAYS`) present (a deleted chunk would otherwise read as
+  zeros, zarr's fill value).
 * :class:`ChunkCache` reads rows of one array chunk by chunk, keeping recently decoded chunks; a missing
   or damaged chunk is an :class:`InputError` naming the array and rows, never zeros or a codec traceback.
 
@@ -42,6 +43,7 @@ FIELDS: dict[str, Field] = {
     "clip_text": Field("clip_text", "tensor", "text_status"),
     "clip_text_pooled": Field("clip_text_pooled", "tensor", "text_status"),
     "clip_img": Field("clip_img", "tensor"),
+    "effnet_scales": Field("effnet_scales", "tensor"),  # (S,16,h,w) per row: `encode --effnet-scales`
     "orig_size": Field("orig_size", "int"),
     "captions": Field("captions", "string"),
     "keys": Field("keys", "string"),
@@ -132,9 +134,7 @@ class GroupView:
             if not self.has(f):
                 raise InputError(f"{self.store.path}: group {self.name!r} has no field {f!r}; it has {self.fields}")
         text = any(d.status == "text_status" for d in infos)
-        arrays = sorted({d.array for d in infos}) if check_chunks else []
-        if arrays and self.store.version < 2:
-            arrays = [a for a in arrays if a in S.V1_CHECKED]
+        arrays = sorted({d.array for d in infos} & set(S.DATA_ARRAYS)) if check_chunks else []
         rows, sel = [], Selection(np.zeros(0, np.int64))
         for start, st in self.iter_status(block_rows):
             ok = st == S.STATUS_OK
@@ -161,8 +161,8 @@ class GroupView:
             nbytes = int(np.prod(arr.shape)) * getattr(arr.dtype, "itemsize", 64)
             keep = n_chunks if nbytes <= SMALL_BYTES else 16
         base = arr.path.rsplit("/", 1)[-1]
-        presence = self.store.version >= 2 or base in S.V1_CHECKED
-        return ChunkCache(arr, keep, f"{self.store.path}: {self.path + '/' if self.path else ''}{base}", presence)
+        label = f"{self.store.path}: {self.path + '/' if self.path else ''}{base}"
+        return ChunkCache(arr, keep, label, presence=base in S.DATA_ARRAYS)
 
 
 SMALL_BYTES = 256 << 20  # arrays up to this size are kept decoded in memory entirely by default
@@ -255,9 +255,9 @@ def _unusable_reason(status: int, skip_reason: str, usable: bool) -> str | None:
 class ChunkCache:
     """Rows of one array read whole chunk by whole chunk, the ``keep`` most recently used kept decoded.
 
-    Thread-safe (``LatentDataset`` reads blocks on threads). Before decoding, the chunk file must exist
-    (zarr would return fill values for a deleted one; ``presence=False`` for arrays of version-1 stores that
-    legitimately lack fill-only chunks); a decoding failure (checksum, truncation) is an
+    Thread-safe (``LatentDataset`` reads blocks on threads). With ``presence`` (data arrays) the chunk file
+    must exist before decoding (zarr would return fill values for a deleted one; string arrays may lack a
+    chunk of fill values only); a decoding failure (checksum, truncation) is an
     :class:`InputError` naming the array and the rows.
     """
 

@@ -2,7 +2,7 @@
 
 Every chunked array of a version-2 store is written with zarr v3's ``crc32c`` codec (a checksum of the
 compressed chunk bytes appended to the file) and with ``write_empty_chunks``, so each written chunk has a
-file. Two levels of checking:
+file (callers decide for which arrays a missing file is an error). Two levels of checking:
 
 * *presence* (``deep=False``): one ``stat`` per chunk; finds deleted and empty chunk files. Cheap: readers
   run it for the chunks behind every row they will use.

@@ -297,41 +297,32 @@ def read_status(g, start: int = 0, stop: int | None = None, name: str = "status"
 
 #: Per-row arrays whose rows are valid where ``text_status`` (not ``status``) is ok.
 TEXT_ARRAYS = ("clip_text", "clip_text_pooled")
-#: Arrays whose chunk files a version-1 store always has behind ok rows (it did not write chunks holding
-#: only fill values, e.g. all-empty captions, so its string arrays cannot be presence-checked).
-V1_CHECKED = ("latents", "stage_a", "clip_text", "clip_text_pooled")
+#: Arrays whose chunk files must exist behind every done row: numeric data, which is never all fill values in
+#: practice. Other per-row arrays (keys, captions, orig_size, ...) may lack a chunk that held only fill values
+#: when a zarr writer other than cascadekit's (or format version 1) wrote them: there only existing chunks are
+#: checked (checksum / decoding), and a missing one reads as zarr's fill value ('' or 0).
+DATA_ARRAYS = ("latents", "stage_a", "clip_text", "clip_text_pooled", "clip_img")
 
 
-def store_version(g) -> int:
-    """The ``format_version`` of the store a zarr group (root or sample group) belongs to."""
-    return int(zarr_root(g).attrs.get("format_version", FORMAT_VERSION))
-
-
-def zarr_root(g):
-    """The root group of the store ``g`` belongs to (``g`` itself for the root)."""
-    return _zarr().open_group(str(g.store.root), mode="r", use_consolidated=False) if g.path else g
-
-
-def checked_arrays(g, status_name: str = "status", version: int | None = None) -> list[str]:
-    """Arrays of sample group ``g`` whose chunks must exist behind rows with ``status_name == ok``."""
-    version = store_version(g) if version is None else version
+def checked_arrays(g, status_name: str = "status") -> list[str]:
+    """Per-row arrays of sample group ``g`` whose chunks behind rows with ``status_name == ok`` are checked."""
     n = g["status"].shape[0]
     names = {a for a in g.array_keys() if g[a].ndim and g[a].shape[0] == n}  # per-row arrays only
     text = status_name == "text_status"
-    cand = [n for n in names if n not in ("status", "text_status") and (n in TEXT_ARRAYS) == text]
-    return sorted(n for n in cand if version >= 2 or n in V1_CHECKED)
+    return sorted(a for a in names if a not in ("status", "text_status") and (a in TEXT_ARRAYS) == text)
 
 
 def damaged_rows(g, start: int, stop: int, ok: np.ndarray, arrays, deep: bool) -> list:
     """:class:`~.integrity.ChunkProblem` of the chunks of ``arrays`` holding an ok row of ``start..stop-1``
-    (``ok`` a boolean mask over those rows)."""
+    (``ok`` a boolean mask over those rows); a missing chunk counts only for :data:`DATA_ARRAYS`."""
     rows = np.flatnonzero(ok) + start
     if not len(rows):
         return []
     out = []
     for name in arrays:
         arr = g[name]
-        out += integrity.bad_chunks(arr, integrity.chunks_of_rows(arr, rows), deep, g.path, name)
+        found = integrity.bad_chunks(arr, integrity.chunks_of_rows(arr, rows), deep, g.path, name)
+        out += [p for p in found if p.kind != integrity.MISSING or name in DATA_ARRAYS]
     return out
 
 

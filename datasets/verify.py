@@ -1,8 +1,8 @@
 """verify_store: every chunk behind the rows a store calls done, checked (``cascadekit inspect --verify``).
 
 For each sample group: the chunks of every per-row array holding an ok row (``status == 1``; for text
-embeddings ``text_status == 1``) must exist and pass their crc32c checksum (version-1 stores have none:
-their chunks are decoded instead); the ``status``/``text_status`` chunks themselves must decode, and in a
+embeddings ``text_status == 1``) must pass their crc32c checksum (version-1 stores have none: their chunks
+are decoded instead), and those of the data arrays (:data:`~.store.DATA_ARRAYS`) must exist; the ``status``/``text_status`` chunks themselves must decode, and in a
 complete store exist. Reads the whole store once, block by block (constant memory).
 """
 from __future__ import annotations
