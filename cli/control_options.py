@@ -68,3 +68,25 @@ def control_settings(control: str | None, control_image: str | None, mask: str |
 def controlnet_source(controlnet: str | None, weights: Any) -> Any:
     """Where the ControlNet comes from: --controlnet, else the --weights source (its controlnet/ folder)."""
     return controlnet if controlnet is not None else weights
+
+
+def precheck_controlnet(source: Any, control: str, weights: Any, stage_c: str) -> None:
+    """Refuse a ControlNet that does not fit the Stage C of --weights / --stage-c from the file headers alone,
+    before any weights load (a meta-device Stage C and the ControlNet's header config)."""
+    import warnings
+
+    import torch
+
+    from cascadekit.codec.models.stage_c import StageC
+    from cascadekit.codec.weights.components import component_config
+    from cascadekit.codec.weights.controlnet import check_fits_stage_c, read_controlnet_config
+    from cascadekit.codec.weights.sources import resolve_source
+
+    info = read_controlnet_config(source, control)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny-weights warning is said once, when the weights load
+        ws = resolve_source(weights, stage_c=stage_c, need=("stage_c",))
+    cfg, _ = component_config(ws, "stage_c", stage_c)
+    with torch.device("meta"):
+        meta_stage_c = StageC.from_config(cfg)
+    check_fits_stage_c(info.config, meta_stage_c, where=f"ControlNet {info.path}")

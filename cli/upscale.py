@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.control_options import precheck_controlnet
 from cascadekit.cli.out_folder import OutputKind, claim_out_folder
 from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, FiniteFloat, check_pixel_budget
 
@@ -43,12 +44,14 @@ def upscale(image, out, overwrite, prompt, weights, controlnet, steps, guidance,
     claim_out_folder(out, UPSCALE, overwrite)
     dev = pick_device(device)
     weights, _, tiny = pick_weights(weights, stage_b=stage_b)
+    controlnet = controlnet if controlnet is not None else weights
+    precheck_controlnet(controlnet, "sr", weights, stage_c)  # from the headers, before any weights load
     with warnings.catch_warnings():
         if tiny:
             warnings.simplefilter("ignore")
         pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=default_dtype(dtype, dev),
                                                    stage_c=stage_c, stage_b=stage_b)
-        pipe.load_controlnet(controlnet if controlnet is not None else weights, "sr")
+        pipe.load_controlnet(controlnet, "sr")
     res = pipe.upscale(img, prompt, seed=seed, prior_steps=steps, prior_guidance=guidance,
                        control_strength=control_strength, decoder_steps=decoder_steps)
     files = res.write(out, prefix="upscaled")

@@ -91,8 +91,13 @@ def test_bad_control_inputs_fail_before_weights_load(setup, tmp_path, extra, mes
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_controlnet_for_another_stage_c_is_refused_before_sampling(setup, tmp_path):
+def test_controlnet_for_another_stage_c_is_refused_before_weights_load(setup, tmp_path, monkeypatch):
     weights, d = setup
+
+    def no_load(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("cascadekit.generator.pipeline.TextToImagePipeline.from_pretrained", no_load)
     wide = write_controlnet(tmp_path / "wide.safetensors", "canny", c_proj=48)
     r = _run("sample", "a fox", "--weights", weights, "--out", tmp_path / "o", *SMALL, "--control", "canny",
              "--control-image", d / "photo.png", "--controlnet", wide)
@@ -101,3 +106,6 @@ def test_controlnet_for_another_stage_c_is_refused_before_sampling(setup, tmp_pa
     r = _run("sample", "a fox", "--weights", weights, "--out", tmp_path / "o2", *SMALL, "--control", "sr",
              "--control-image", d / "photo.png", "--controlnet", weights / "controlnet" / "canny.safetensors")
     assert r.exit_code == 2 and "is a canny ControlNet" in r.output, r.output
+    r = _run("upscale", d / "photo.png", "--weights", weights, "--out", tmp_path / "o3",
+             "--controlnet", write_controlnet(tmp_path / "far.safetensors", "sr", proj_blocks=[1, 40]))
+    assert r.exit_code == 2 and "ResBlock calls [40]" in r.output, r.output

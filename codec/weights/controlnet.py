@@ -168,32 +168,48 @@ def control_of(cfg: ControlNetConfig) -> str:
 # ------------------------------------------------------------------------------------------- loading
 
 
-def load_controlnet(source: str | os.PathLike, control: str | None = None, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None,
-                    proj_blocks: list[int] | None = None) -> tuple[ControlNet, ControlNetInfo]:
-    """``(ControlNet in eval mode, info)`` from a file / folder / hub id, built on the meta device.
+def read_controlnet_config(source: str | os.PathLike, control: str | None = None,
+                           proj_blocks: list[int] | None = None) -> ControlNetInfo:
+    """Find the ControlNet file and read its config from the header alone (no tensor is loaded for safetensors).
 
     control: the control wanted ('canny' | 'inpainting' | 'sr'); a file serving another one is a WeightsError.
     proj_blocks: override the ResBlock-call slots (default: file metadata, else the official list).
     """
     wanted = control_name(control) if control else None
     path = resolve_controlnet(source, wanted)
-    state = read_state_dict(path)
-    cfg = config_from_shapes({k: list(v.shape) for k, v in state.items()},
-                             proj_blocks if proj_blocks is not None else _metadata_proj_blocks(path), str(path))
+    if path.suffix == ".safetensors":
+        shapes = {k: v["shape"] for k, v in safetensors_header(path).items() if k != "__metadata__"}
+    else:
+        shapes = {k: list(v.shape) for k, v in read_state_dict(path).items()}
+    cfg = config_from_shapes(shapes, proj_blocks if proj_blocks is not None else _metadata_proj_blocks(path), str(path))
     served = control_of(cfg)
     if wanted and served != wanted:
         raise WeightsError(f"{path} is a {served} ControlNet ({cfg.c_in} input channels), not a {wanted} one")
+    return ControlNetInfo(path=path, control=served, config=cfg)
+
+
+def load_controlnet(source: str | os.PathLike, control: str | None = None, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None,
+                    proj_blocks: list[int] | None = None) -> tuple[ControlNet, ControlNetInfo]:
+    """``(ControlNet in eval mode, info)`` from a file / folder / hub id, built on the meta device
+    (arguments as :func:`read_controlnet_config`)."""
+    info = read_controlnet_config(source, control, proj_blocks)
+    state = read_state_dict(info.path)
     if dtype is not None:  # converted one tensor at a time: never two full copies
         for k, v in state.items():
             if v.is_floating_point() and v.dtype != dtype:
                 state[k] = v.to(dtype)
-    model = build(lambda: ControlNet.from_config(cfg), state, device=device, dtype=dtype, name=f"ControlNet ({path})")
-    return model.eval().requires_grad_(False), ControlNetInfo(path=path, control=served, config=cfg)
+    model = build(lambda: ControlNet.from_config(info.config), state, device=device, dtype=dtype,
+                  name=f"ControlNet ({info.path})")
+    return model.eval().requires_grad_(False), info
 
 
-def check_fits_stage_c(controlnet: ControlNet, stage_c: nn.Module, where: str = "the ControlNet") -> None:
-    """WeightsError unless every projection slot is a ResBlock call of ``stage_c`` with ``c_proj`` channels."""
+def check_fits_stage_c(controlnet: ControlNet | ControlNetConfig, stage_c: nn.Module,
+                       where: str = "the ControlNet") -> None:
+    """WeightsError unless every projection slot is a ResBlock call of ``stage_c`` with ``c_proj`` channels.
+
+    controlnet: the module or its config (``c_proj``, ``proj_blocks``); stage_c may live on the meta device.
+    """
     channels = resblock_call_channels(stage_c)
     c_proj, slots = controlnet.c_proj, controlnet.proj_blocks
     hint = " (the official ControlNets are for the 3.6B Stage C: use stage_c='big' / --stage-c big)" if c_proj == 2048 else ""
