@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("cascadekit.cli.train", "train"),
     "sample": ("cascadekit.cli.sample", "sample"),
     "upscale": ("cascadekit.cli.upscale", "upscale"),
+    "export": ("cascadekit.cli.export", "export"),
 }
 
 
