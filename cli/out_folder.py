@@ -101,7 +101,10 @@ def _classify(out: Path, kind: OutputKind) -> tuple[list[Path], list[str]]:
             entry.name in subfolders else [entry]
         for p in inner:
             rel = p.relative_to(out).as_posix()
-            (ours.append(p) if p.is_file() and kind.owns(rel) else foreign.append(rel))
+            if p.is_file() and kind.owns(rel):
+                ours.append(p)
+            else:
+                foreign.append(rel)
     return ours, foreign
 
 
