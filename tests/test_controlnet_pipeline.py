@@ -68,6 +68,15 @@ def test_canny_sampling_is_deterministic_and_the_control_acts(canny_pipe, files,
     assert meta["prior_guidance"] == 4.0 and meta["prior_shift"] == 2.0
 
 
+def test_batches_of_prompts_and_images(canny_pipe, files):
+    s = ControlSettings("canny", files / "photo.png")
+    out = canny_pipe(["a fox", "a cat"], num_images_per_prompt=2, seed=2, control=s, **SMALL)
+    assert out.images.shape == (4, 3, 64, 96) and out.control_images.shape == (4, 3, 64, 96)
+    single = canny_pipe("a cat", seed=2, control=s, **SMALL)
+    assert not torch.equal(out.latents[2:3], out.latents[0:1])  # other prompt
+    assert single.latents.shape == (1, 16, 2, 3)
+
+
 def test_control_list_goes_to_both_branches_scaled(canny_pipe, files, monkeypatch):
     seen = []
     real = canny_pipe.stage_c.forward
