@@ -255,12 +255,12 @@ def _require_arrays(path, root, gp: str) -> None:
         g = root[gp] if gp else root
         names = set(g.array_keys())
     except (KeyError, OSError, ValueError):
-        raise InputError(f"{where}: sample group missing or unreadable; the store is damaged (rebuild it with "
-                         "`cascadekit encode ... --overwrite`)") from None
+        raise InputError(f"{where}: sample group missing or unreadable; the store is damaged (delete {path} and "
+                         "run `cascadekit encode` again)") from None
     lost = [a for a in ("status", "latents") if a not in names]
     if lost:
         raise InputError(f"{where}: the {' and '.join(lost)} array{'s are' if len(lost) > 1 else ' is'} missing; the "
-                         "store is damaged (rebuild it with `cascadekit encode ... --overwrite`)")
+                         f"store is damaged (delete {path} and run `cascadekit encode` again)")
 
 
 def group_paths(root) -> list[str]:

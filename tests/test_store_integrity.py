@@ -182,3 +182,13 @@ def test_unwritten_text_status_chunk_is_pending_work_not_damage(good, tmp_path):
     assert add_text_embeddings(s, enc, progress=False)["embedded"] == 4 and enc.calls == 2
     np.testing.assert_array_equal(np.asarray(S.open_store(s)["text_status"][:]),
                                   np.asarray(S.open_store(good)["text_status"][:]))
+
+
+def test_encode_on_a_store_without_status_says_how_to_recover(good, tmp_path):
+    s = copy(good, tmp_path / "s.zarr")
+    shutil.rmtree(s / "status")
+    with pytest.raises(InputError, match=r"status array is missing; the store is damaged \(delete .* and run"):
+        build(s)
+    shutil.rmtree(s)
+    build(s)  # the advice works
+    assert verify_store(s)["ok"]
