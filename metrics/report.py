@@ -2,6 +2,7 @@
 and an index.html that shows the aggregates and the grids. Everything is written inside the given folder."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
@@ -32,16 +33,28 @@ def _jsonable(x):
     return x
 
 
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError while writing ``path`` (a full disk has no file name) carries ``path``, for the message."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    with _naming(path):
+        path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
     return path
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> Path:
     """One row per image; floats with full precision, missing values empty."""
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with _naming(path), open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -98,10 +111,11 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def write_index_html(path: str | os.PathLike, result: dict, grids: list[dict]) -> Path:
+def write_index_html(path: str | os.PathLike, result: dict, grids: list[dict], extra_html: str = "") -> Path:
     """index.html: settings, aggregate table, skipped/converted inputs, and the grids with per-image metrics.
 
     result: the metrics.json dictionary. grids: [{"file": relative png path, "key": ..., "<metric>": value}].
+    extra_html: sections placed after the grids (the plots, worst-k gallery and sortable table of metrics.plots).
     """
     agg = result.get("aggregate", {})
     e = html.escape
@@ -146,9 +160,11 @@ reconstructions as sets.</p>
 <p>Each row: original | reconstruction | error heat-map (mean absolute error over RGB; black 0, white ≥
 {result.get('settings', {}).get('heatmap_scale', HEATMAP_SCALE)}).</p>
 {''.join(figs) if figs else '<p>no samples</p>'}
+{extra_html}
 <p>Per-image values: <a href="per_image.csv">per_image.csv</a> · all numbers: <a href="metrics.json">metrics.json</a></p>
 </body></html>
 """
     path = Path(path)
-    path.write_text(doc)
+    with _naming(path):
+        path.write_text(doc)
     return path

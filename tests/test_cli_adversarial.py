@@ -347,6 +347,20 @@ def test_a_full_disk_while_writing_samples_is_one_line(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "o").iterdir() if p.is_file()]  # no half file left
 
 
+def test_a_full_disk_while_writing_a_report_names_the_file(tmp_path, monkeypatch):
+    from cascadekit.cli.common import user_error_message
+    from cascadekit.metrics import report
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write fails: no file name
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as e:
+        report.write_json(tmp_path / "metrics.json", {"n_images": 1})
+    assert user_error_message(e.value) == f"cannot write {tmp_path / 'metrics.json'}: the disk is full: free " \
+                                          "space or choose another output folder"
+
+
 def test_pickle_refusal_says_cascadekit_never_unpickles(tmp_path):
     import torch
 
