@@ -42,7 +42,8 @@ class OutputKind:
 SAMPLE = OutputKind("sample", "samples.json", ("image_*.png", "grid.png"))
 RECONSTRUCT = OutputKind("reconstruct", "reconstruct.json", ("[0-9][0-9][0-9]*_recon.png", "grid.png"))
 EVALUATE = OutputKind("evaluate", "metrics.json", ("per_image.csv", "index.html", "fid_stats_original.npz",
-                                                   "fid_stats_reconstruction.npz", "grids/*.png"))
+                                                   "fid_stats_reconstruction.npz", "grids/*.png", "plots/*.png",
+                                                   "worst/*.png"))
 
 
 def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: str = "--out") -> Path:

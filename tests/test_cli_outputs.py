@@ -107,12 +107,13 @@ def test_out_folder_rules(tmp_path):
         claim_out_folder(tmp_path / "f" / "sub", SAMPLE, overwrite=True)
     run = tmp_path / "run"
     (run / "grids").mkdir(parents=True)
-    for f in ("metrics.json", "index.html", "grids/0000_a.png", ".metrics.json.x1.tmp"):
+    (run / "plots").mkdir()
+    for f in ("metrics.json", "index.html", "grids/0000_a.png", "plots/hist_psnr.png", ".metrics.json.x1.tmp"):
         (run / f).write_text("old")
     with pytest.raises(OutputError, match="earlier `cascadekit evaluate` run"):
         check_out_folder(run, EVALUATE, overwrite=False)
     with pytest.raises(OutputError, match="not outputs of `cascadekit sample`"):  # another command's report
         check_out_folder(run, SAMPLE, overwrite=True)
-    assert len(check_out_folder(run, EVALUATE, overwrite=True)) == 4 and (run / "metrics.json").exists()
+    assert len(check_out_folder(run, EVALUATE, overwrite=True)) == 5 and (run / "metrics.json").exists()
     claim_out_folder(run, EVALUATE, overwrite=True)
-    assert list(run.iterdir()) == []  # outputs and the emptied grids/ removed, the folder kept
+    assert list(run.iterdir()) == []  # outputs and the emptied grids/, plots/ removed, the folder kept
