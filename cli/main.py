@@ -21,6 +21,7 @@ COMMANDS = {
     "sample": ("cascadekit.cli.sample", "sample"),
     "upscale": ("cascadekit.cli.upscale", "upscale"),
     "export": ("cascadekit.cli.export", "export"),
+    "compare": ("cascadekit.cli.compare", "compare"),
 }
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import report
+from . import plots, report
 from .errors import MetricInputError
 from .fid import FEATURE_NAME, FeatureStats, InceptionFeatures, batches_by_size, frechet_distance
 from .images import pil_to_tensor, read_image, tensor_to_rgb
@@ -106,7 +106,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
              weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
              lpips_net: str = "alex", grid_samples: int = 8, heatmap_scale: float = report.HEATMAP_SCALE,
              settings: dict | None = None, notice: str | None = None, extra_skipped: list[dict] | None = None,
-             max_images: int | None = None, progress: bool = True) -> dict:
+             max_images: int | None = None, progress: bool = True, worst_k: int = 8) -> dict:
     """Reconstruct every image, measure, and write the report into `out_dir`.
 
     images: iterable of (key, item) with item a path, a PIL image (any mode), a (C,H,W) float tensor in [0,1]
@@ -123,6 +123,8 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
     max_images: stop after this many evaluated (readable) images.
     settings: extra entries for the report's settings (e.g. the codec identity); notice: a warning shown at the
         top of index.html and stored in metrics.json (e.g. "tiny random weights").
+    worst_k: images per metric in index.html's worst-images gallery (with histograms, metric vs size/aspect
+        plots and a sortable per-image table, all embedded: metrics.plots).
     Writes metrics.json, per_image.csv, grids/*.png (first `grid_samples` images), index.html,
     fid_stats_original.npz / fid_stats_reconstruction.npz. Returns the metrics.json dictionary.
     Raises MetricInputError (after writing the report) when no image could be evaluated.
@@ -142,6 +144,8 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
     converted: list[dict] = []
     rows: list[dict] = []
     grids: list[dict] = []
+    per_image = tuple(m for m in PER_IMAGE if m in names)
+    worst = plots.WorstK(worst_k, per_image, heatmap_scale)
 
     def readable():
         n = 0
@@ -206,6 +210,7 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
                    "seed": batch_seed}
             row.update({m: values[m][i] for m in values})
             rows.append(row)
+            worst.offer(key, batch[i], rec[i], row)
             if len(grids) < grid_samples:
                 grid_dir.mkdir(exist_ok=True)
                 name = report.safe_name(key, index + i)
@@ -246,7 +251,8 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
     report.write_json(out / "metrics.json", result)
     report.write_csv(out / "per_image.csv", rows, ["index", "key", "width", "height", "seed", *[
         m for m in PER_IMAGE if m in names]])
-    report.write_index_html(out / "index.html", result, grids)
+    extra = plots.plots_html(plots.make_plots(rows, per_image), worst.ranked(), rows, per_image)
+    report.write_index_html(out / "index.html", result, grids, extra)
     if not rows:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:5]) or "the input was empty"
         raise MetricInputError(f"no image could be evaluated ({reasons}); report written to {out}")

@@ -1,0 +1,55 @@
+"""A real headless browser for the tests: Playwright driving the system Chromium (Debian's ``chromium``).
+
+Playwright's own browser download is never used; without a system Chromium (or without the playwright
+package) the browser tests skip with that reason. ``CASCADEKIT_CHROMIUM`` may name the executable.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pytest
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_path() -> str | None:
+    env = os.environ.get("CASCADEKIT_CHROMIUM")
+    if env:
+        return env if os.path.isfile(env) else None
+    return next((p for p in map(shutil.which, CANDIDATES) if p), None)
+
+
+def require_browser() -> str:
+    """The Chromium executable, or skip the test saying what is missing."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no system Chromium found (apt-get install chromium, or set CASCADEKIT_CHROMIUM)")
+    return path
+
+
+@contextlib.contextmanager
+def browser_page(viewport=(1280, 900)):
+    """A fresh page of a headless system Chromium; console errors collected in ``page.errors``."""
+    from playwright.sync_api import sync_playwright
+
+    exe = require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.errors = []
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            yield page
+        finally:
+            browser.close()
+
+
+def broken_images(page) -> list[str]:
+    """The src (first 80 characters) of every <img> on the page that did not load."""
+    page.wait_for_load_state("load")
+    return page.evaluate("""[...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
+                            .map(i => i.getAttribute('src').slice(0, 80))""")
