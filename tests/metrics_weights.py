@@ -82,4 +82,5 @@ def empty_torch_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "torch_home"
     home.mkdir()
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("CASCADEKIT_OFFLINE", "1")  # a missing backbone is not downloaded either
     return home
