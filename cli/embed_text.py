@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import pick_device, pick_weights, reports_user_errors
-from cascadekit.cli.params import DEVICE
+from cascadekit.cli.params import DEVICE, STORE_IN
 
 
 @click.command("embed-text")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=STORE_IN)
 @click.option("--weights", default=None, help="Folder / snapshot with text_encoder/ and tokenizer/ (default: as for encode: $CASCADEKIT_WEIGHTS, the cache, else the tiny random weights).")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda if available).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),

@@ -7,7 +7,7 @@ import click
 
 from cascadekit.cli.common import reports_user_errors
 from cascadekit.cli.out_folder import EVALUATE, check_out_folder, remove_outputs
-from cascadekit.cli.params import BATCH, COUNT, DEVICE, FINITE, NON_NEGATIVE, OUT_FOLDER, SEED, STEPS, PixelSide
+from cascadekit.cli.params import BATCH, COUNT, DEVICE, FINITE, NON_NEGATIVE, OUT_FOLDER, SEED, STEPS, PixelSide, STORE_IN
 
 
 def _metric_names(ctx, param, value):
@@ -29,7 +29,7 @@ def _metric_names(ctx, param, value):
 @click.option("--weights", default=None,
               help="Codec weights folder / diffusers snapshot / hub id. Default: $CASCADEKIT_WEIGHTS or "
                    "~/.cache/cascadekit/weights, else the built-in TINY RANDOM weights (clearly labelled).")
-@click.option("--store", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--store", default=None, type=STORE_IN,
               help="Decode the latents of this store (cascadekit encode) instead of encoding; images are matched "
                    "by key (IMAGES, or the store's recorded source files when IMAGES is empty) and prepared as "
                    "the store's preprocessing did.")

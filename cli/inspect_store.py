@@ -7,10 +7,11 @@ import sys
 import click
 
 from cascadekit.cli.common import open_previewer, pick_weights, reports_user_errors
+from cascadekit.cli.params import STORE_IN
 
 
 @click.command("inspect")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=STORE_IN)
 @click.option("--weights", default=None, help="Weights with a previewer for the preview grid (default: as for encode: $CASCADEKIT_WEIGHTS, the cache, else the tiny random weights).")
 @click.option("--n-preview", default=16, show_default=True, type=click.IntRange(min=0))
 @click.option("--no-preview", is_flag=True, help="Only the report, no previewer decodes.")

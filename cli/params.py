@@ -140,3 +140,28 @@ def _read_only_fs(path: Path) -> bool:
 
 
 OUT_FOLDER = OutFolder()
+
+
+class StoreLocation(click.ParamType):
+    """A latent store argument: an fsspec URL (``s3://bucket/corpus.zarr``, ``gs://...``) is passed through as is
+    (checked when the store is opened: credentials come from the environment, see datasets/remote.py); a
+    ``file://`` URL or a local path is checked by ``local`` as before."""
+
+    name = "store"
+
+    def __init__(self, local: click.ParamType):
+        self.local = local
+
+    def convert(self, value, param, ctx):
+        from cascadekit.datasets.remote import is_url, store_path
+
+        if isinstance(value, str) and is_url(value):
+            return value
+        if isinstance(value, str) and value.lower().startswith(("file://", "local://")):
+            value = str(store_path(value))
+        return self.local.convert(value, param, ctx)
+
+
+STORE_OUT = StoreLocation(OUT_FOLDER)  # encode --out
+STORE_IN = StoreLocation(click.Path(exists=True, file_okay=False))  # inspect / embed-text STORE, evaluate --store
+STORE_DATA = StoreLocation(click.Path())  # train --data (checked when opened)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import pick_device, reports_user_errors
-from cascadekit.cli.params import DEVICE, OUT_FOLDER
+from cascadekit.cli.params import DEVICE, OUT_FOLDER, STORE_DATA
 
 
 @click.command("train")
-@click.option("--data", "data", required=True, type=click.Path(), help="Latent store (STORE.zarr) from `cascadekit encode`.")
+@click.option("--data", "data", required=True, type=STORE_DATA, help="Latent store (STORE.zarr or an s3://... URL) from `cascadekit encode`.")
 @click.option("--config", "config", required=True,
               help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny.")
 @click.option("--out", "out", required=True, type=OUT_FOLDER, help="Run folder: checkpoints/, previews/, train_log.jsonl.")

@@ -19,13 +19,13 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets import integrity
 from cascadekit.datasets import store as S
+from cascadekit.datasets.remote import store_path
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class LatentStore:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = store_path(path)
         if not self.path.exists():
             raise InputError(f"latent store {self.path} does not exist (create it with `cascadekit encode`)")
         self.root = S.open_store(self.path)

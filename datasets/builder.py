@@ -39,6 +39,7 @@ from cascadekit.datasets.buckets import assign_groups, group_hw
 from cascadekit.datasets.decode_workers import TaskDataset, collate_identity, load_task
 from cascadekit.datasets.memory import release_free_memory
 from cascadekit.datasets.preprocess import PreprocessConfig
+from cascadekit.datasets.remote import is_url, store_path
 from cascadekit.datasets.sources import PlanTable, Sample, plan_fingerprint, plan_inputs
 from cascadekit.datasets.spill import IntLog
 from cascadekit.datasets.store_create import check_output, prepare_store, store_settings
@@ -120,7 +121,8 @@ def _plan(inputs, out: Path, tmp_dir) -> PlanTable:
         return inputs
     if inputs and all(isinstance(x, Sample) for x in inputs):
         return PlanTable(inputs)  # already planned (e.g. sources.samples_from_images)
-    return plan_inputs(inputs, tmp_dir=tmp_dir, exclude=(out,))  # InputError for missing inputs / empty corpus
+    exclude = () if is_url(out) else (out,)  # an object store is never among the inputs
+    return plan_inputs(inputs, tmp_dir=tmp_dir, exclude=exclude)  # InputError for missing inputs / empty corpus
 
 
 def _encoder_device(codec) -> torch.device:
@@ -172,7 +174,8 @@ def build_latent_dataset(
     Args:
         inputs: folders, tar shards / brace patterns / ``pipe:`` URLs, ``.jsonl``/``.csv`` manifests
             (or a ready list of :class:`~cascadekit.datasets.sources.Sample`).
-        out: the store folder (``*.zarr``).
+        out: the store folder (``*.zarr``), or an fsspec URL (``s3://bucket/corpus.zarr``, see
+            :mod:`cascadekit.datasets.remote`; credentials from the environment / fsspec config only).
         codec: an :class:`Encoder` (e.g. ``cascadekit.codec.Codec``) already on its device.
         resolution: crop side in pixels (multiple of 32). The latent size is whatever the encoder makes
             of that crop (a ``Codec`` first resizes to its ``encoder_resolution``: crop 1024 with
@@ -198,7 +201,7 @@ def build_latent_dataset(
     """
     t0 = time.perf_counter()
     info = dist_info or D.from_env()
-    out = Path(out)
+    out = store_path(out)
     spaces = _check_arguments(codec, dtype, spaces, chunk_rows, batch_size)
     cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
                            max_input_bytes=max_input_bytes)

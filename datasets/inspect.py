@@ -16,9 +16,12 @@ from cascadekit.codec.errors import CascadeKitError
 from cascadekit.codec.images import save_grid
 from cascadekit.datasets import store as S
 from cascadekit.datasets.access import LatentStore
+from cascadekit.datasets.remote import RemotePath, store_path, write_via_local
 
 
 def _disk_bytes(path: Path) -> int:
+    if isinstance(path, RemotePath):
+        return path.size()
     total = 0
     for dirpath, _, files in os.walk(path):
         for f in files:
@@ -52,7 +55,7 @@ def inspect_store(store, codec=None, *, n_preview: int = 16, write: bool = False
     latent shape/dtype/chunks, stored bytes per sample, per-channel mean/std, skip reasons (with a
     few examples), missing captions, text-embedding presence. ``preview_png`` is set when written.
     """
-    path = Path(store)
+    path = store_path(store)
     st = LatentStore(path)
     attrs = st.attrs
     report = {k: attrs.get(k) for k in ("format", "format_version", "tool_version", "created", "encoder",
@@ -120,7 +123,8 @@ def _write_report(path: Path, report: dict, codec, preview_latents) -> None:
                 pv.append(codec.preview(torch.from_numpy(z[None].astype(np.float32)))[0].cpu())
             cols = int(np.ceil(np.sqrt(len(pv))))
             rows = [pv[i:i + cols] for i in range(0, len(pv), cols)]
-            report["preview_png"] = str(save_grid(rows, path / "inspect" / "preview.png"))
+            target = path / "inspect" / "preview.png"
+            report["preview_png"] = str(write_via_local(target, lambda local: save_grid(rows, local)))
         except CascadeKitError as e:  # e.g. no previewer in these weights: the report still counts
             report["preview_error"] = str(e)
     ig.attrs.update({"report": report})

@@ -20,6 +20,8 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from cascadekit.datasets.remote import chunk_location
+
 MISSING, DAMAGED = "missing", "damaged"
 
 
@@ -50,9 +52,9 @@ def chunk_span(arr, i: int) -> tuple[int, int]:
 
 
 def chunk_file(arr, i: int) -> Path:
-    """The file of row chunk ``i`` of ``arr`` in a local store."""
+    """The file of row chunk ``i`` of ``arr``: a Path in a local store, a RemotePath (same calls) in object storage."""
     key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
-    return Path(arr.store.root) / arr.path / key
+    return chunk_location(arr.store, f"{arr.path}/{key}")
 
 
 def has_checksum(arr) -> bool:

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from cascadekit.codec.distributed import from_env
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets.access import FIELDS, TEXT_FIELDS, LatentStore
+from cascadekit.datasets.remote import is_url, store_path
 
 STRING_FIELDS = tuple(f for f, d in FIELDS.items() if d.kind == "string")
 
@@ -73,7 +74,7 @@ class LatentDataset(IterableDataset):
                  drop_last: bool = False, buffer_blocks: int = 8, in_memory="auto",
                  memory_budget: int = 2 << 30, dtype: torch.dtype | None = None, read_threads: int = 2):
         super().__init__()
-        self.path = os.fspath(store)
+        self.path = store_path(store) if is_url(store) else os.fspath(store)  # s3://... : datasets/remote.py
         st = LatentStore(self.path)
         paths = st.group_paths
         if group is not None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets import integrity
+from cascadekit.datasets.remote import RemotePath, rmtree, store_label, store_lock, store_path, zarr_store
 
 FORMAT_NAME = "cascadekit.latent-dataset"
 FORMAT_VERSION = 2
@@ -68,7 +67,7 @@ def consolidate(path) -> None:
     zarr = _zarr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(zarr_store(store_path(path)))
 
 
 def _zstd():
@@ -142,7 +141,7 @@ def create_group_arrays(root, layout: GroupLayout, chunk_rows: int, dtype: str):
 
 
 def is_store(path: str | os.PathLike) -> bool:
-    p = Path(path) / "zarr.json"
+    p = store_path(path) / "zarr.json"
     if not p.is_file():
         return False
     try:
@@ -155,8 +154,8 @@ def is_store(path: str | os.PathLike) -> bool:
 
 
 def has_content(path: str | os.PathLike) -> bool:
-    """Whether folder ``path`` holds anything besides the store's lock file."""
-    p = Path(path)
+    """Whether folder (or object prefix) ``path`` holds anything besides the store's lock file."""
+    p = store_path(path)
     return p.is_dir() and any(e.name != LOCK_NAME for e in p.iterdir())
 
 
@@ -165,13 +164,13 @@ def remove_store(path: str | os.PathLike) -> None:
 
     The folder and its lock file stay: a process holding the store's lock keeps holding it.
     """
-    p = Path(path)
+    p = store_path(path)
     if not p.exists():
         return
     if is_store(p):
         for e in p.iterdir():
             if e.name != LOCK_NAME:
-                shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+                rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
     elif p.is_dir() and not has_content(p):
         return
     else:
@@ -188,9 +187,11 @@ def lock_store(path: str | os.PathLike):
     from cascadekit.codec.errors import CascadeKitError
     from cascadekit.codec.fsio import AdvisoryLock, describe_os_error
 
-    p = Path(path)
+    p = store_path(path)
     if has_content(p) and not is_store(p):  # never leave a lock file in someone else's folder
         return None, f"{p} exists and is not a cascadekit latent store; choose another --out"
+    if isinstance(p, RemotePath):  # no flock on object storage (datasets/remote.py): one writer at a time
+        return store_lock(p).acquire(), None
     try:
         p.mkdir(parents=True, exist_ok=True)
         return AdvisoryLock(p, "latent store").acquire(), None
@@ -207,7 +208,7 @@ def create_store(path, layouts: list[GroupLayout], *, chunk_rows: int, dtype: st
     # that the next run recognises and recreates (it holds no data yet)
     if has_content(path):
         raise InputError(f"{path} already holds files; refusing to create a latent store over them")
-    root = zarr.open_group(str(path), mode="a", zarr_format=3,
+    root = zarr.open_group(zarr_store(store_path(path)), mode="a", zarr_format=3,
                            attributes={"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "initializing": True})
     for lay in layouts:
         create_group_arrays(root, lay, chunk_rows, dtype)
@@ -236,7 +237,7 @@ def open_store(path, mode: str = "r"):
     if not is_store(path):
         raise InputError(f"{path} is not a cascadekit latent store (no zarr.json with format={FORMAT_NAME!r})")
     try:
-        root = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+        root = zarr.open_group(zarr_store(store_path(path), read_only=mode == "r"), mode=mode, use_consolidated=False)
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: cannot open the latent store ({e})") from None
     ver = root.attrs.get("format_version")
@@ -333,7 +334,7 @@ def read_rows(g, name: str, rows: slice) -> np.ndarray:
         return np.asarray(g[name][rows])
     except Exception as e:  # noqa: BLE001 - zarr/numcodecs raise ValueError, RuntimeError, ... for bad bytes
         where = f"{g.path}/{name}" if g.path else name
-        raise InputError(f"{g.store.root}: {where} rows {rows.start}..{rows.stop - 1} hold a damaged chunk "
+        raise InputError(f"{store_label(g.store)}: {where} rows {rows.start}..{rows.stop - 1} hold a damaged chunk "
                          f"({type(e).__name__}: {str(e)[:100]}); run `cascadekit inspect --verify` to list the "
                          "damaged chunks, then rerun `cascadekit encode` / `embed-text` with the same arguments "
                          "to re-create them") from None

@@ -10,10 +10,17 @@ from pathlib import Path
 
 from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.datasets import store as S
+from cascadekit.datasets.remote import RemotePath, check_writable
 
 
-def check_output(out: Path) -> None:
-    """An :class:`InputError` before any work when the store folder ``out`` cannot be written."""
+def check_output(out: Path | RemotePath) -> None:
+    """An :class:`InputError` before any work when the store folder ``out`` cannot be written (object stores: the
+    bucket must exist and accept a probe write)."""
+    if isinstance(out, RemotePath):
+        check_writable(out)
+        if out.is_file():
+            raise InputError(f"{out} is an object, not a store prefix; choose another --out")
+        return
     parent = out.parent if not out.exists() else out
     while not parent.exists():
         parent = parent.parent
@@ -65,8 +72,8 @@ def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwr
                 return (f"{out} was built with different settings:\n  " + "\n  ".join(diffs[:12])
                         + "\nRerun with the same settings to resume, or pass --overwrite to rebuild from scratch.")
             if not diffs:
-                for p in out.rglob("*.partial"):  # temp files of writes cut off by a kill
-                    p.unlink(missing_ok=True)
+                for p in [] if isinstance(out, RemotePath) else out.rglob("*.partial"):  # temp files of writes
+                    p.unlink(missing_ok=True)  # cut off by a kill (object stores write whole objects: none)
                 return None
             S.remove_store(out)
         S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from cascadekit.codec.errors import InputError
-from cascadekit.codec.fsio import AdvisoryLock
 from cascadekit.datasets import integrity
 from cascadekit.datasets import store as S
 from cascadekit.datasets.access import LatentStore
+from cascadekit.datasets.remote import store_lock, store_path
 from cascadekit.datasets.writer import check_fp16
 
 TEXT_ARRAYS = ("clip_text", "clip_text_pooled")
@@ -64,7 +64,7 @@ def check_embeddable(store) -> None:
     if not st.attrs.get("complete", False):
         raise InputError(f"{store} is not complete; finish `cascadekit encode` (rerun it to resume) before adding "
                          "text embeddings")
-    AdvisoryLock(store, "latent store").acquire().release()
+    store_lock(store_path(store)).acquire().release()  # object stores: no lock, a warning (datasets/remote.py)
 
 
 @torch.no_grad()
@@ -82,7 +82,7 @@ def add_text_embeddings(store, text_encoder, *, batch_size: int = 64, overwrite:
     """
     if int(batch_size) < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    with AdvisoryLock(store, "latent store"):
+    with store_lock(store_path(store)):
         return _embed_store(store, text_encoder, int(batch_size), overwrite, progress)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from cascadekit.datasets import integrity
 from cascadekit.datasets import store as S
 from cascadekit.datasets.access import LatentStore
+from cascadekit.datasets.remote import store_path
 
 
 def verify_store(store, block_rows: int = 1 << 16) -> dict:
@@ -29,7 +30,7 @@ def verify_store(store, block_rows: int = 1 << 16) -> dict:
         checked += n_checked
         if n_bad:
             affected[gv.path or "/"] = n_bad
-    return {"store": str(Path(store)), "ok": not problems, "chunks_checked": checked,
+    return {"store": str(store_path(store)), "ok": not problems, "chunks_checked": checked,
             "problems": [_as_dict(p) for p in problems], "rows_affected": affected}
 
 

@@ -82,9 +82,10 @@ class StoreData:
     """A Zarr latent store (``docs/dataset_format.md``) read through ``cascadekit.datasets``."""
 
     def __init__(self, path: str | Path):
+        from cascadekit.datasets.remote import store_path
         from cascadekit.generator._store import open_groups
 
-        self.path = Path(path)
+        self.path = store_path(path)  # a folder or an fsspec URL (s3://...)
         self._groups, self.fields, self.empty, self.field_shapes = open_groups(self.path)
         self.groups = [g for g, _ in self._groups]
         self._readers = {g.name: r for g, r in self._groups}

@@ -22,6 +22,7 @@ import torch
 
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets.access import REPAIR_HINT, GroupView, LatentStore
+from cascadekit.datasets.remote import store_path
 from cascadekit.generator.batches import Group
 
 WINDOW = 8  # BatchPlan's shuffle window (chunks)
@@ -67,7 +68,7 @@ class StageBData:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = store_path(path)  # a folder or an fsspec URL (s3://...)
         store = LatentStore(self.path)
         self.groups: list[Group] = []
         self.scales: dict[str, StoredScales | None] = {}
