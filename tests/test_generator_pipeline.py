@@ -297,12 +297,12 @@ def test_sample_command_from_a_training_run_and_its_ema(weights, tmp_path):
     outs = {}
     for name, extra in [("base", []), ("run", ["--stage-c-weights", str(tmp_path / "run")]),
                         ("ema", ["--stage-c-weights", str(tmp_path / "run" / "checkpoints" / "step_000002"), "--ema"])]:
-        r = CliRunner().invoke(main, args + ["--out", str(tmp_path / name), *extra])
+        r = CliRunner().invoke(main, args + ["--out", str(tmp_path / f"samples_{name}"), *extra])  # not the run folder
         assert r.exit_code == 0, r.output
-        outs[name] = json.loads((tmp_path / name / "samples.json").read_text())["samples"][0]
+        outs[name] = json.loads((tmp_path / f"samples_{name}" / "samples.json").read_text())["samples"][0]
     assert outs["run"]["stage_c_weights"].endswith("step_000002/model.safetensors")
     assert outs["ema"]["stage_c_weights"].endswith("step_000002/ema.safetensors")
-    pngs = {k: (tmp_path / k / v["file"]).read_bytes() for k, v in outs.items()}
+    pngs = {k: (tmp_path / f"samples_{k}" / v["file"]).read_bytes() for k, v in outs.items()}
     assert len(set(pngs.values())) == 3  # base, trained and EMA weights give three different images
     r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "x"), "--ema"])
     assert r.exit_code == 2 and "--stage-c-weights" in r.output
