@@ -4,12 +4,12 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
-from cascadekit.cli.params import BATCH, COUNT, DEVICE, OUT_FOLDER, WORKERS, PixelSide
+from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, PixelSide
 
 
 @click.command("encode")
 @click.argument("inputs", nargs=-1)
-@click.option("--out", "out", required=True, type=OUT_FOLDER, help="Store folder to create or resume (STORE.zarr).")
+@click.option("--out", "out", required=True, type=STORE_OUT, help="Store folder to create or resume (STORE.zarr), or an fsspec URL (s3://bucket/corpus.zarr; credentials from the environment).")
 @click.option("--weights", default=None, help="Weights folder / diffusers snapshot / hub id (default: $CASCADEKIT_WEIGHTS or ~/.cache/cascadekit/weights, else the tiny RANDOM test weights).")
 @click.option("--resolution", default=768, show_default=True, type=PixelSide(multiple=32), help="Crop side in pixels (multiple of 32); 768 -> 24x24 latents.")
 @click.option("--encoder-resolution", default=None, type=PixelSide(minimum=32), help="Short side the EfficientNet sees (default: --resolution). E.g. --resolution 1024 --encoder-resolution 768 --stage-a: 24x24 latents + 4x256x256 Stage A latents, the Stage B training layout.")
