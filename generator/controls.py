@@ -11,7 +11,8 @@ Images are float tensors (B, 3, H, W) in [0, 1]; masks are bool tensors (B, 1, H
   :func:`outpaint_mask` (a border). Generated training masks: :mod:`cascadekit.generator.train_masks`.
 * :func:`sr_control` = EfficientNet latents nearest-upsampled ×2 (official ``SREffnetFilter``); with
   ``downscale=True`` (training) the image is first nearest-downscaled ×0.5, so the control of an H×W image
-  is (B, 16, H/32, W/32) -- it lives at Stage C latent resolution.
+  is (B, 16, H/32, W/32) -- it lives at Stage C latent resolution. :func:`sr_latents` is the latent before the
+  upsampling (what a store keeps) and :func:`sr_from_latents` the upsampling.
 
 OpenCV (``opencv-python-headless``) is imported lazily inside :func:`canny_map` (a heavy dependency only
 the Canny control needs).
@@ -113,18 +114,31 @@ def outpaint_mask(height: int, width: int, border: float = 0.125) -> torch.Tenso
 # ---------------------------------------------------------------------------------------- super-resolution
 
 
-def sr_control(images: torch.Tensor, effnet: torch.nn.Module, downscale: bool = False,
+def sr_latents(images: torch.Tensor, effnet: torch.nn.Module, downscale: bool = True,
                scale: float = 0.5) -> torch.Tensor:
-    """EfficientNet latents of the images, nearest-upsampled by 1/scale (official ``SREffnetFilter``).
+    """The EfficientNet latents behind the sr control (what a store keeps): (B, 16, h, w) float32.
 
     images (B, 3, H, W) in [0, 1]; effnet: the Stable Cascade EfficientNet encoder (takes ImageNet-normalised
-    images). ``downscale=True`` (training): nearest-downscale by ``scale`` first, so the result is
-    (B, 16, H/32, W/32); ``False`` (inference, ``upscale``): the image is the low-resolution input and the
-    result (B, 16, 2H/32, 2W/32) conditions a 2× larger output.
+    images). ``downscale=True`` (training): the image is nearest-downscaled by ``scale`` first, h = H·scale/32.
     """
     _check_images(images)
     x = F.interpolate(images, scale_factor=scale, mode="nearest") if downscale else images
     weight = next(effnet.parameters())
     with torch.no_grad():
-        z = effnet(imagenet_normalize(x.to(weight.device, torch.float32)).to(weight.dtype)).float()
-    return F.interpolate(z, scale_factor=1 / scale, mode="nearest")
+        return effnet(imagenet_normalize(x.to(weight.device, torch.float32)).to(weight.dtype)).float()
+
+
+def sr_from_latents(latents: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+    """(B, 16, h, w) -> (B, 16, h/scale, w/scale): the nearest upsampling of the official ``SREffnetFilter``."""
+    return F.interpolate(latents, scale_factor=1 / scale, mode="nearest")
+
+
+def sr_control(images: torch.Tensor, effnet: torch.nn.Module, downscale: bool = False,
+               scale: float = 0.5) -> torch.Tensor:
+    """EfficientNet latents of the images, nearest-upsampled by 1/scale (official ``SREffnetFilter``).
+
+    ``downscale=True`` (training): nearest-downscale by ``scale`` first, so the result is (B, 16, H/32, W/32);
+    ``False`` (inference, ``upscale``): the image is the low-resolution input and the result
+    (B, 16, 2H/32, 2W/32) conditions a 2× larger output. ``= sr_from_latents(sr_latents(...))``.
+    """
+    return sr_from_latents(sr_latents(images, effnet, downscale, scale), scale)

@@ -16,6 +16,8 @@ from cascadekit.generator.controls import (
     load_mask,
     outpaint_mask,
     sr_control,
+    sr_from_latents,
+    sr_latents,
 )
 from cascadekit.generator.train_masks import random_masks
 
@@ -82,6 +84,8 @@ def test_sr_control_is_effnet_of_the_half_image_upsampled():
     assert torch.equal(z[..., ::2, ::2], z[..., 1::2, 1::2])  # nearest ×2
     z_inf = sr_control(img, enc)
     assert enc.seen.shape == (1, 3, 128, 192) and z_inf.shape == (1, 16, 8, 12)
+    stored = sr_latents(img, enc)  # the store field: latents of the x0.5 image
+    assert stored.shape == (1, 16, 2, 3) and torch.equal(sr_from_latents(stored), z)
 
 
 def test_random_masks_kinds_inversion_and_determinism():
