@@ -8,7 +8,10 @@ real reconstruction. ``<cache>`` is ``$CASCADEKIT_CACHE``, else ``$XDG_CACHE_HOM
 ``~/.cache/cascadekit``.
 
 :func:`sample_image_paths` / :func:`sample_images` give photographs shipped inside scikit-image's
-package data (no download).
+package data (no download); :func:`sample_captions` their short true descriptions, shipped with cascadekit
+(``codec/sample_photos.json``, package data), and :func:`sample_manifest` both as a ``.jsonl`` manifest
+(written to ``<cache>/sample-photos.jsonl``) that ``cascadekit encode`` reads when given no INPUT, so the
+default store has captions to train on.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cascadekit.codec.errors import InputError, OutputError, WeightsError
-from cascadekit.codec.fsio import LOCK_NAME, AdvisoryLock, LockedError, describe_os_error
+from cascadekit.codec.fsio import LOCK_NAME, AdvisoryLock, LockedError, atomic_write_text, describe_os_error
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -34,6 +37,9 @@ TINY_DIR_NAME = "tiny-random-weights"
 
 #: colour photographs in scikit-image's ``data`` folder (installed with the package, never downloaded)
 SAMPLE_IMAGES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+#: file name -> caption of each sample photograph (package data beside this module)
+CAPTIONS_FILE = Path(__file__).with_name("sample_photos.json")
+SAMPLE_MANIFEST_NAME = "sample-photos.jsonl"
 
 TINY_BANNER = (
     "!" * 78 + "\n"
@@ -212,3 +218,33 @@ def sample_images(names: tuple[str, ...] = SAMPLE_IMAGES) -> list[tuple[str, "Im
     from cascadekit.codec.images import load_image
 
     return [(p.stem, load_image(p)) for p in sample_image_paths(names)]
+
+
+def sample_captions(names: tuple[str, ...] = SAMPLE_IMAGES) -> dict[str, str]:
+    """File name -> short true description of each sample photograph (``codec/sample_photos.json``)."""
+    try:
+        captions = json.loads(CAPTIONS_FILE.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"the sample captions {CAPTIONS_FILE} cannot be read ({e}); reinstall cascadekit") from None
+    missing = [n for n in names if not captions.get(n)]
+    if missing:
+        raise InputError(f"{CAPTIONS_FILE} has no caption for {missing}; reinstall cascadekit")
+    return {n: captions[n] for n in names}
+
+
+def sample_manifest(folder: str | os.PathLike | None = None, names: tuple[str, ...] = SAMPLE_IMAGES) -> Path:
+    """A ``.jsonl`` manifest of the sample photographs (absolute ``path``, ``key`` = file stem, ``caption``)
+    in ``folder`` (default ``<cache>``), rewritten atomically only when its content would change."""
+    captions = sample_captions(names)
+    rows = [{"path": str(p), "key": p.stem, "caption": captions[p.name]} for p in sample_image_paths(names)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    target = Path(folder) if folder is not None else cache_root()
+    path = target / SAMPLE_MANIFEST_NAME
+    try:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return path
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, path)) from None
+    atomic_write_text(path, text)
+    return path
