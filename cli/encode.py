@@ -71,9 +71,9 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
     if not inputs:
         if weights is not None:
             raise click.UsageError("give INPUT... to encode (the built-in sample corpus goes with the default weights)")
-        from cascadekit.codec.defaults import sample_image_paths
+        from cascadekit.codec.defaults import sample_manifest
 
-        inputs = [str(p) for p in sample_image_paths()]
+        inputs = [str(sample_manifest())]  # the sample photographs with their captions
     weights, _, announced = pick_weights(weights, announce=info.is_main)
     with warnings.catch_warnings():
         if announced or not info.is_main:  # the banner said it already / one rank reports
