@@ -57,15 +57,21 @@ def _metric_names(ctx, param, value):
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Codec precision (default: bf16 on CUDA, fp32 on CPU). Metrics always run in float32/64.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--offline", is_flag=True,
+              help="Never download a missing metric backbone (also CASCADEKIT_OFFLINE=1 / HF_HUB_OFFLINE=1).")
 @reports_user_errors
 def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
-             size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+             size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, offline):
     """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
     Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
     and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
     earlier = check_out_folder(out, EVALUATE, overwrite)
+    metrics, skipped_metrics = _usable_metrics(metrics, lpips_net, weights_dir, offline)
+    for name, why in skipped_metrics.items():
+        click.echo(f"NOTE: {name} skipped: {why}", err=True)
     result = _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net,
-                  weights_dir, size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet)
+                  weights_dir, size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet,
+                  skipped_metrics=skipped_metrics)
     agg = result["aggregate"]
     for name, v in agg.items():
         if isinstance(v, dict):
@@ -82,6 +88,24 @@ def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, s
     click.echo(f"report: {Path(out) / 'index.html'}")
     if result.get("notice"):
         click.echo(f"NOTE: {result['notice']}", err=True)
+
+
+def _usable_metrics(metrics: str, lpips_net, weights_dir, offline) -> tuple[str, dict[str, str]]:
+    """The metrics to compute and {skipped metric: why}. Each backbone is downloaded (verified) when missing and
+    allowed; one that cannot be had stops an explicit --metrics with its error, while the default list goes on
+    without that metric (the reason is printed and recorded in metrics.json)."""
+    from click.core import ParameterSource
+
+    from cascadekit.metrics.download import DownloadSettings
+    from cascadekit.metrics.errors import MissingWeightsError
+    from cascadekit.metrics.names import parse_metrics
+    from cascadekit.metrics.weights import available_metrics
+
+    kept, skipped = available_metrics(parse_metrics(metrics), lpips_net=lpips_net, weights_dir=weights_dir,
+                                      download=DownloadSettings.from_env(offline=offline))
+    if skipped and click.get_current_context().get_parameter_source("metrics") is not ParameterSource.DEFAULT:
+        raise MissingWeightsError(next(iter(skipped.values())))
+    return ",".join(kept), skipped
 
 
 def _expand(paths, out, skipped: list) -> list[tuple[str, Path]]:
@@ -113,7 +137,7 @@ def _mode_note(path) -> str | None:
 
 
 def _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
-         size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet):
+         size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, skipped_metrics=None):
     import warnings
 
     from cascadekit.cli.common import default_dtype, pick_device, pick_weights
@@ -139,6 +163,8 @@ def _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, m
     decode_kw = {"steps": steps, "guidance": guidance}
     settings = {"codec_weights": info, "codec": codec.identity(), "steps": steps, "guidance": guidance,
                 "mode": "store" if store else "encode"}
+    if skipped_metrics:
+        settings["skipped_metrics"] = skipped_metrics  # metric -> why it could not be computed
     if store:
         items, reconstruct, extra_skipped, store_info = _store_mode(store, images, codec, decode_kw, out)
         settings["store"] = store_info

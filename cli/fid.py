@@ -22,8 +22,10 @@ from cascadekit.cli.params import BATCH, DEVICE
               help="Folder holding weights-inception-2015-12-05-6726825d.pth (default: the torch hub cache).")
 @click.option("--batch-size", default=16, show_default=True, type=BATCH)
 @click.option("--device", default="cpu", show_default=True, type=DEVICE)
+@click.option("--offline", is_flag=True,
+              help="Never download a missing Inception file (also CASCADEKIT_OFFLINE=1 / HF_HUB_OFFLINE=1).")
 @reports_user_errors
-def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
+def fid(a, b, save_to, overwrite, weights_dir, batch_size, device, offline):
     """FID between A and B (each an image folder or an .npz of saved statistics), and/or save folder A's
     statistics with --save-stats. Unreadable images are skipped and listed."""
     from cascadekit.cli.common import pick_device
@@ -42,6 +44,11 @@ def fid(a, b, save_to, overwrite, weights_dir, batch_size, device):
             check_stats_source(source, flag)
     dev = pick_device(device)
     needs_features = any(s is not None and Path(s).is_dir() for s in (a, b))
+    if needs_features:  # downloaded (verified) into torch's hub cache when missing, unless offline
+        from cascadekit.metrics.download import DownloadSettings
+        from cascadekit.metrics.weights import INCEPTION, find_weights
+
+        find_weights(INCEPTION, weights_dir, DownloadSettings.from_env(offline=offline))
     extractor = InceptionFeatures(weights_dir=weights_dir, device=dev) if needs_features else None
     skipped: list[tuple[str, str]] = []
     if save_to is not None:

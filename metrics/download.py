@@ -92,6 +92,11 @@ def check_digest(expected: str) -> str:
     return e
 
 
+def describe_digest(expected: str) -> str:
+    """``SHA-256 <hex>``, or ``SHA-256 beginning <hex>`` for a published prefix."""
+    return f"SHA-256 {expected}" if len(expected) == 64 else f"SHA-256 beginning {expected}"
+
+
 def _progress_bar(total: int | None, name: str, enabled: bool):
     if not enabled:
         return None
@@ -130,7 +135,7 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str,
     src = settings.url_for(url)
     why = settings.offline_reason()
     if why:
-        raise DownloadError(f"not downloading {src} ({why}); expected SHA-256 {expected}")
+        raise DownloadError(f"not downloading {src} ({why}); expected {describe_digest(expected)}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent))
@@ -143,9 +148,9 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str,
             os.fsync(f.fileno())
         if total is not None and n != total:
             raise DownloadError(f"download of {src} is truncated ({n} of {total} bytes); it was removed. "
-                                f"Expected SHA-256 {expected}; try again")
+                                f"Expected {describe_digest(expected)}; try again")
         if not digest.startswith(expected):
-            raise DownloadError(f"download of {src} has SHA-256 {digest}, expected {expected}: the file is "
+            raise DownloadError(f"download of {src} has SHA-256 {digest}, expected {describe_digest(expected)}: the file is "
                                 "corrupted or not the published one; it was removed")
         os.replace(tmp, dest)
     except BaseException:
@@ -165,7 +170,7 @@ def _fetch(src: str, f, name: str, settings: DownloadSettings, expected: str) ->
             n, digest = _stream(resp, f, bar)
     except (urllib.error.URLError, OSError, ValueError) as e:  # no network, HTTP error, reset, bad URL
         reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
-        raise DownloadError(f"cannot download {src} ({reason}); expected SHA-256 {expected}") from None
+        raise DownloadError(f"cannot download {src} ({reason}); expected {describe_digest(expected)}") from None
     finally:
         if bar is not None:
             bar.close()

@@ -97,7 +97,7 @@ def test_bad_download_is_removed_and_reported(server, online, name, words):
 def test_prefix_digest_as_torch_hub_checks_it(server, tmp_path):
     ok = download_verified(f"{server}/good.bin", tmp_path / "a.bin", DIGEST[:8], DownloadSettings(progress=False))
     assert ok.read_bytes() == PAYLOAD
-    with pytest.raises(DownloadError, match="expected 00000000"):
+    with pytest.raises(DownloadError, match="expected SHA-256 beginning 00000000"):
         download_verified(f"{server}/good.bin", tmp_path / "b.bin", "00000000", DownloadSettings(progress=False))
     assert leftovers(tmp_path) == ["a.bin"]
     with pytest.raises(ValueError, match="hex"):
