@@ -119,3 +119,19 @@ def test_sample_command_with_loras(weights, files, tmp_path):
     r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "o2"), "--lora", str(official),
                                          "--lora-token", "[fernando]=^dog"])
     assert r.exit_code == 0, r.output
+
+
+def test_a_lora_on_the_empty_caption_tokens_renews_the_unconditional(weights, tmp_path):
+    """A LoRA that fine-tunes the end-of-text row changes the empty caption's embedding (the unconditional)."""
+    sc = json.loads((weights / "cascadekit.json").read_text())["models"]["stage_c"]
+    stage_c = load_into(StageC(**sc), load_file(str(weights / "stage_c_lite.safetensors")))
+    text = TextEncoder.from_pretrained(weights)
+    apply_lora(stage_c, rank=2, targets=[".attn"])
+    rt = setup_train_tokens(text.tokenizer, text.model, [["endoftext", None]])
+    with torch.no_grad():
+        rt.embeddings.normal_(0, 1, generator=torch.Generator().manual_seed(4))
+    path = save_lora(stage_c, tmp_path / "eot.safetensors", text_model=text.model)
+    plain, pipe = _pipe(weights), _pipe(weights, lora=path)
+    assert not torch.equal(pipe.empty[0], plain.empty[0])
+    t, p = pipe.text_encoder.encode([""])
+    assert torch.equal(pipe.empty[0], t[:1].float()) and torch.equal(pipe.empty[1], p[:1].float().reshape(1, 1, -1))
