@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from cascadekit.codec.errors import InputError, PrecisionError
 from cascadekit.generator.control_sampling import ControlSettings, paste_back, prepare_control
+from cascadekit.generator.offload import Offload, check_mode, move_module, retarget
 from cascadekit.generator.stage_c import StageC
 
 LATENT_DIVISOR = 42.67  # official: ceil(H / 42.67) Stage C latent rows for an H-pixel image
@@ -139,6 +140,7 @@ class TextToImagePipeline:
         self.stage_c_weights: str | None = None  # the Stage C file loaded (weights identity in outputs)
         self.controlnet: torch.nn.Module | None = None
         self.controlnet_info: Any = None  # ControlNetInfo of the loaded ControlNet
+        self.offload = Offload(device=self.device)  # "none": see enable_offload
         if empty is None:
             t, p = text_encoder.encode([""])
             empty = (t[:1], p[:1])
@@ -150,7 +152,7 @@ class TextToImagePipeline:
                         stage_c: str = "lite", stage_b: str = "lite", decoder_dtype: Any = None,
                         lora: str | Path | None = None, stage_c_weights: str | Path | None = None,
                         ema: bool = False, controlnet: str | Path | None = None,
-                        control: str | None = None) -> "TextToImagePipeline":
+                        control: str | None = None, offload: str = "none") -> "TextToImagePipeline":
         """Load everything from a weights folder / diffusers snapshot(s) / hub id (see ``resolve_source``).
 
         source None: the tiny RANDOM default weights (tests/demos; meaningless images, labelled).
@@ -160,6 +162,8 @@ class TextToImagePipeline:
         stage_c_weights (+ ema): other Stage C weights for the loaded layout, e.g. a training run or
         checkpoint (see :meth:`load_stage_c`); the rest (Stage B/A, encoders) comes from ``source``.
         controlnet (+ control): a ControlNet file / folder / hub id, see :meth:`load_controlnet`.
+        offload: ``"model"`` / ``"sequential"`` load every network on the CPU and move it to ``device`` only
+        while it runs (:meth:`enable_offload`); ``"none"`` loads everything on ``device``.
         """
         from cascadekit.codec.codec import Codec
         from cascadekit.codec.precision import parse_dtype
@@ -174,12 +178,13 @@ class TextToImagePipeline:
         device = torch.device(device)
         dt = parse_dtype(dtype)
         prior_dt = _prior_dtype(dt, device)
+        load_dev = torch.device("cpu") if check_mode(offload) != "none" else device  # offload: on the CPU
         ws = resolve_source(source, stage_b=stage_b, stage_c=stage_c,
                             need=("stage_a", "effnet", "stage_b", "stage_c", "text_encoder", "tokenizer"))
-        model, _ = load_component(ws, "stage_c", device=device, dtype=prior_dt, preset=stage_c)
-        text = TextEncoder.from_pretrained(ws, device=device, dtype=prior_dt)  # never float16 (_prior_dtype)
-        empty = empty_caption_embeddings(ws, text_encoder=text, device=device)
-        codec = Codec.from_pretrained(ws, stage_b=stage_b, device=device,  # ws: resolved once, above
+        model, _ = load_component(ws, "stage_c", device=load_dev, dtype=prior_dt, preset=stage_c)
+        text = TextEncoder.from_pretrained(ws, device=load_dev, dtype=prior_dt)  # never float16 (_prior_dtype)
+        empty = empty_caption_embeddings(ws, text_encoder=text, device=load_dev)
+        codec = Codec.from_pretrained(ws, stage_b=stage_b, device=load_dev,  # ws: resolved once, above
                                       dtype=parse_dtype(decoder_dtype, dt), text_encoder=text)
         pipe = cls(model, codec, text, empty=empty, device=device, source=str(source), tiny=bool(ws.tiny),
                    image_encoder_source=ws if ws.image_encoder is not None else None)
@@ -190,7 +195,29 @@ class TextToImagePipeline:
             pipe.load_lora(lora)
         if controlnet is not None:
             pipe.load_controlnet(controlnet, control)
+        if offload != "none":
+            pipe.enable_offload(offload)
         return pipe
+
+    def enable_offload(self, mode: str = "model", move: Any = None, home: str | torch.device = "cpu") -> None:
+        """Keep the networks on the CPU and move them to ``self.device`` only while they run:
+        ``"model"`` one stage at a time, ``"sequential"`` one layer at a time (see generator/offload.py);
+        ``"none"`` turns it off (the networks stay where they are). ``move(module, device, recurse)``
+        replaces ``module.to`` (tests record the placement calls with it); ``home``: where networks wait."""
+        self.offload.remove()
+        self.offload = Offload(mode, device=self.device, home=home, move=move or move_module)
+        if mode == "none":
+            return
+        for obj in (self.codec, self.text_encoder, self.image_encoder):
+            if obj is not None:
+                retarget(obj, self.device)
+        text_model = getattr(self.text_encoder, "model", None)
+        self.offload.add("text", text_model)
+        self.offload.add("stage_c", self.stage_c, self.controlnet)
+        self.offload.add("effnet", self.codec.effnet)
+        self.offload.add("decoder", self.codec.stage_b, self.codec.stage_a, text_model)  # pooled captions for Stage B
+        if self.image_encoder is not None:
+            self.offload.add("image", getattr(self.image_encoder, "model", None))
 
     def load_controlnet(self, source: str | Path, control: str | None = None,
                         proj_blocks: list[int] | None = None) -> None:
@@ -347,18 +374,22 @@ class TextToImagePipeline:
         if control is not None:  # every control input is checked here, before the text encoder runs
             if init_image is not None and control.check() == "inpainting":
                 raise InputError("inpainting starts from its own control image; do not also give init_image")
-            prepared = prepare_control(control, self.controlnet, getattr(self.controlnet_info, "control", None),
-                                       self._images, self.codec.effnet, n, height, width)
+            with self.offload.stage("effnet"):
+                prepared = prepare_control(control, self.controlnet, getattr(self.controlnet_info, "control", None),
+                                           self._images, self.codec.effnet, n, height, width)
 
-        clip_text, pooled = self.text_encoder.encode(caps)
-        if negs is None:
-            u_text, u_pooled = self.empty[0].expand(n, -1, -1), self.empty[1].expand(n, -1, -1)
-        else:
-            u_text, u_pooled = self.text_encoder.encode(negs)
+        with self.offload.stage("text"):
+            clip_text, pooled = self.text_encoder.encode(caps)
+            if negs is None:
+                u_text, u_pooled = self.empty[0].expand(n, -1, -1), self.empty[1].expand(n, -1, -1)
+            else:
+                u_text, u_pooled = self.text_encoder.encode(negs)
         c_img = self.stage_c.clip_img_mapper.in_features
         clip_img = torch.zeros(n, 1, c_img, device=dev)
         if image is not None:
-            clip_img = self._image_encoder().encode(self._images(image, n, "image")).float().reshape(n, 1, -1).to(dev)
+            with self.offload.stage("image"):
+                emb = self._image_encoder().encode(self._images(image, n, "image"))
+            clip_img = emb.float().reshape(n, 1, -1).to(dev)
         cond = {"clip_text": clip_text.float().to(dev), "clip_text_pooled": pooled.float().reshape(n, 1, -1).to(dev),
                 "clip_img": clip_img}
         uncond = {"clip_text": u_text.float().to(dev), "clip_text_pooled": u_pooled.float().reshape(n, 1, -1).to(dev),
@@ -374,14 +405,16 @@ class TextToImagePipeline:
         init = prepared.init_images if prepared is not None and prepared.init_images is not None else (
             self._images(init_image, n, "init_image") if init_image is not None else None)
         if init is not None:
-            z = self._encode_init(init, h, w)
+            with self.offload.stage("effnet"):
+                z = self._encode_init(init, h, w)
             t_start = float(strength)
             steps = max(1, int(prior_steps * strength))
             noise = torch.randn(z.shape, generator=gen).to(dev)
             x_init = GDF().diffuse(z, torch.full((n,), t_start), noise).x_t  # official: shift 1 here
-        last = sample_final(self.stage_c, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
-                            shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
-                            unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=dev)
+        with self.offload.stage("stage_c"):
+            last = sample_final(self.stage_c, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
+                                shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
+                                unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=dev)
         latents = last.x0.float()
         from cascadekit.codec.precision import check_finite
 
@@ -389,8 +422,9 @@ class TextToImagePipeline:
         if return_latents:
             images = torch.zeros(n, 3, 0, 0)
         else:
-            images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
-                                       size=(height, width), captions=caps).float().cpu()
+            with self.offload.stage("decoder"):
+                images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
+                                           size=(height, width), captions=caps).float().cpu()
             if prepared is not None and control.paste_back:
                 images = paste_back(images, prepared)
         params = []
