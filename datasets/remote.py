@@ -85,10 +85,17 @@ class RemotePath:
     def __truediv__(self, name) -> RemotePath:
         return self._child(str(name).strip("/"))
 
+    @classmethod
+    def on(cls, fs, path: str, protocol: str, storage_options: dict | None = None) -> RemotePath:
+        """The object / prefix ``path`` of an existing fsspec file system ``fs`` (no new client)."""
+        p = cls.__new__(cls)
+        p.fs, p.path, p.protocol, p.storage_options = fs, path.rstrip("/"), protocol, dict(storage_options or {})
+        p.url = f"{protocol}://{p.path}"
+        return p
+
     def _child(self, rel: str) -> RemotePath:
-        p = RemotePath.__new__(RemotePath)
-        p.url, p.storage_options, p.fs, p.protocol = f"{self.url}/{rel}", self.storage_options, self.fs, self.protocol
-        p.path = f"{self.path}/{rel}"
+        p = RemotePath.on(self.fs, f"{self.path}/{rel}", self.protocol, self.storage_options)
+        p.url = f"{self.url}/{rel}"  # keeps any user part of the URL
         return p
 
     @property
@@ -97,10 +104,8 @@ class RemotePath:
 
     @property
     def parent(self) -> RemotePath:
-        p = RemotePath.__new__(RemotePath)
-        p.url, p.storage_options, p.fs, p.protocol = self.url.rsplit("/", 1)[0], self.storage_options, self.fs, \
-            self.protocol
-        p.path = self.path.rsplit("/", 1)[0]
+        p = RemotePath.on(self.fs, self.path.rsplit("/", 1)[0], self.protocol, self.storage_options)
+        p.url = self.url.rsplit("/", 1)[0]
         return p
 
     # ------------------------------------------------------------------ queries (never from a stale listing)
@@ -271,11 +276,7 @@ def chunk_location(zstore, key: str):
         return Path(root) / key
     fs = zstore.fs
     sync_fs = type(fs)(**{**fs.storage_options, "asynchronous": False})  # fsspec caches the instance
-    p = RemotePath.__new__(RemotePath)
-    p.fs, p.storage_options, p.protocol = sync_fs, {}, store_label(zstore).split("://", 1)[0]
-    p.path = f"{zstore.path}/{key}"
-    p.url = f"{p.protocol}://{p.path}"
-    return p
+    return RemotePath.on(sync_fs, f"{zstore.path}/{key}", store_label(zstore).split("://", 1)[0])
 
 
 __all__ = ["RemotePath", "check_writable", "chunk_location", "is_url", "redact", "rmtree", "store_label",

@@ -98,6 +98,21 @@ def test_stage_b_to_diffusers_loads_and_matches(tmp_path, stage_b):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("manifest, component, preset", [
+    ("diffusers_prior", "stage_c", "big"), ("diffusers_prior_lite", "stage_c", "lite"),
+    ("diffusers_decoder", "stage_b", "big"), ("diffusers_decoder_lite", "stage_b", "lite")])
+def test_diffusers_config_equals_the_released_configs(manifest, component, preset):
+    """The config.json of an exported released-size network is the one stabilityai/stable-cascade ships."""
+    from conftest import load_manifest
+
+    from cascadekit.generator.diffusers_unet_config import diffusers_unet_config
+
+    cfg_cls = StageCConfig if component == "stage_c" else StageBConfig
+    ours = diffusers_unet_config(cfg_cls.preset(preset).kwargs(), component)
+    assert ours.pop("_class_name") == "StableCascadeUNet" and ours.pop("_diffusers_version")
+    assert ours == load_manifest(manifest)["config"]
+
+
 def test_official_single_file_fp32_and_bf16(tmp_path, stage_c):
     src = _file(tmp_path, "prior.safetensors", stage_c)
     a = export_weights(src, tmp_path / "a", "official")
@@ -119,7 +134,7 @@ def test_official_single_file_fp32_and_bf16(tmp_path, stage_c):
     assert all(torch.equal(back[k], v) for k, v in stage_c.state_dict().items())
 
 
-def test_training_run_latest_and_ema(tmp_path, stage_c):
+def test_training_run_latest_and_ema(tmp_path, stage_c, stage_b):
     run = tmp_path / "run"
     sd = {k: v.clone() for k, v in stage_c.state_dict().items()}
     ema = {k: v + 1 for k, v in sd.items()}
@@ -128,6 +143,10 @@ def test_training_run_latest_and_ema(tmp_path, stage_c):
     assert torch.equal(load_file(str(out))["clip_txt_mapper.weight"], sd["clip_txt_mapper.weight"])
     out = export_weights(run / "checkpoints" / "step_000010", tmp_path / "e", "official", ema=True).files[0]
     assert torch.equal(load_file(str(out))["clip_txt_mapper.weight"], ema["clip_txt_mapper.weight"])
+    b_run = tmp_path / "b_run"  # a Stage B fine-tuning run: official release names in its checkpoints
+    save_checkpoint(b_run, 4, weights=dict(stage_b.state_dict()), weights_name="stage_b_lite.safetensors", state={})
+    r = export_weights(b_run, tmp_path / "b", "official", dtype="bf16")
+    assert r.kind == "stage_b" and r.files[0].name == "stage_b_lite_bf16.safetensors"
     lora = tmp_path / "lora_run"
     save_checkpoint(lora, 1, weights={"a": torch.zeros(1)}, weights_name="lora.safetensors", state={})
     with pytest.raises(InputError, match="LoRA checkpoint"):
