@@ -17,7 +17,7 @@ from cascadekit.generator.data import TensorData
 from cascadekit.generator.lora import read_lora_file
 from cascadekit.generator.lora_layers import base_state_dict
 from cascadekit.generator.config import TrainConfig
-from cascadekit.generator.tasks.lora_tokens import TokenLoRATask
+from cascadekit.generator.tasks.lora_tokens import TokenLoRATask, _EmbeddedCaptions
 from cascadekit.generator.training.loop import TrainingLoop
 
 CAPTIONS = ["a photo of [fernando]", "a cat on a table", "[fernando] in the snow", "a red car at night"] * 2
@@ -168,3 +168,24 @@ def test_cascadekit_train_with_train_tokens(weights, tmp_path):
     f = read_lora_file(latest_checkpoint(tmp_path / "run") / "lora.safetensors")
     assert f.token_indices.numel() == 2 and f.token_indices.max() == 814 and [t.token for t in f.tokens] == \
         ["[fernando]", "^cat</w>"]
+
+
+def test_previews_use_the_trained_token(weights, text, data, tmp_path):
+    from cascadekit.codec.weights.components import load_component
+    from cascadekit.codec.weights.sources import resolve_source
+
+    previewer, _ = load_component(resolve_source(weights, need=("previewer",)), "previewer", device="cpu")
+    cfg = _cfg(steps=2, save_every=2, preview_every=2, preview_steps=2, preview_count=2)
+    task = TokenLoRATask(cfg, init=weights / "stage_c_lite.safetensors", text_encoder=text, previewer=previewer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop = TrainingLoop(task, data, cfg, tmp_path / "run", device="cpu", **QUIET)
+    loop.run()
+    loop.close()
+    assert (tmp_path / "run" / "previews" / "step_000002.png").is_file()
+    # the preview captions are embedded by the trained text encoder (with the new token's row), not the store's
+    batch = _EmbeddedCaptions(data, loop.task, loop.model).read("all", [0, 1])
+    with torch.no_grad():
+        t, _ = loop.model.embed(*loop.task._tokenize(CAPTIONS[:2]))
+    assert torch.equal(batch["clip_text"], t)
+    assert not torch.equal(batch["clip_text"][0], data.read("all", [0])["clip_text"][0])

@@ -12,6 +12,7 @@ the deltas get gradients. Every other caption takes the store's precomputed ``cl
 untouched), else it is embedded by the text encoder too. Dropped captions (caption dropout) get the
 empty-caption embeddings, from the encoder as well if the empty caption's own tokens are trained.
 
+Previews: the Stage C previews with the preview captions embedded by the partly trained text encoder.
 Checkpoints hold ``lora.safetensors`` in the official layout (alpha 1; the cascadekit layout for other
 alphas, see :mod:`cascadekit.generator.lora`) with the token rows and the token list; resume reads both back.
 """
@@ -148,4 +149,24 @@ class TokenLoRATask(StageCTask):
                 "trained_token_ids": self.trained_ids.tolist()}
 
     def preview(self, module: nn.Module, data: TrainData, device: torch.device, autocast: Callable):
-        return None  # previews would need the trained text encoder inside the sampler: sample from a checkpoint
+        """The Stage C previews, with the preview captions embedded by the partly trained text encoder."""
+        return super().preview(module.stage_c, _EmbeddedCaptions(data, self, module), device, autocast)
+
+
+class _EmbeddedCaptions:
+    """A TrainData view whose batches carry ``clip_text`` / ``clip_text_pooled`` of their captions as the
+    training module's (partly trained) text encoder embeds them (for previews)."""
+
+    def __init__(self, data: TrainData, task: TokenLoRATask, module: TokenLoRAModel):
+        self.data, self.task, self.module = data, task, module
+        self.groups, self.empty = data.groups, data.empty
+        self.fields = set(data.fields) | {"clip_text", "clip_text_pooled"}
+        self.field_shapes = getattr(data, "field_shapes", {})
+
+    def read(self, group: str, indices) -> dict[str, Any]:
+        batch = self.data.read(group, indices)
+        ids, mask = self.task._tokenize([str(c) for c in batch["captions"]])
+        dev = next(self.module.text_model.parameters()).device
+        with torch.no_grad():
+            t, p = self.module.embed(ids.to(dev), mask.to(dev))
+        return {**batch, "clip_text": t, "clip_text_pooled": p}
