@@ -7,6 +7,7 @@ import torch
 from conftest import GOLDEN, load_golden, load_manifest
 from safetensors.torch import save_file
 
+from cascadekit.codec.errors import WeightsError
 from cascadekit.codec.text import clip_classes
 from cascadekit.codec.weights.assign import build
 from cascadekit.generator import StageC
@@ -128,6 +129,10 @@ def test_official_3_6b_key_list_with_one_token(tmp_path):
     assert manifest["n_layers"] == len(lora_layers(stage_c)) == 128
     f = read_lora_file(path)
     assert f.tokens[0].token == "[fernando]" and f.rank == 4 and f.layer_keys == official_order(stage_c, [".attn"])
+    with torch.device("meta"):
+        lite = StageC.from_config(StageCConfig.preset("lite"))
+    with pytest.raises(WeightsError, match="fits the 'big' Stage C; is it a LoRA for another Stage C size"):
+        load_lora(lite, path)
 
 
 def test_golden_fixture_present():
