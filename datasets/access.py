@@ -44,6 +44,10 @@ FIELDS: dict[str, Field] = {
     "clip_text_pooled": Field("clip_text_pooled", "tensor", "text_status"),
     "clip_img": Field("clip_img", "tensor"),
     "effnet_scales": Field("effnet_scales", "tensor"),  # (S,16,h,w) per row: `encode --effnet-scales`
+    # ControlNet controls (`encode --controls`, `add-controls`; datasets/controls.py), each with its own status
+    "control_canny": Field("control_canny", "int", "control_canny_status"),  # (224,224) uint8 edge map
+    "control_sr": Field("control_sr", "tensor", "control_sr_status"),  # (16,h/2,w/2) effnet latents of the x0.5 crop
+    "control_inpaint": Field("control_inpaint", "int", "control_inpaint_status"),  # (3,H,W) uint8 crop pixels
     "orig_size": Field("orig_size", "int"),
     "captions": Field("captions", "string"),
     "keys": Field("keys", "string"),
@@ -69,6 +73,7 @@ class Selection:
 
     rows: np.ndarray  # increasing row numbers
     text_pending: int = 0  # ok rows without text embeddings yet (text_status not ok)
+    control_pending: int = 0  # ok rows without a requested control (its <control>_status not ok)
     problems: list = field(default_factory=list)  # integrity.ChunkProblem behind ok rows
     lost_rows: int = 0  # ok rows left out because of those problems
 
@@ -133,14 +138,17 @@ class GroupView:
         for f, d in zip(fields, infos):
             if not self.has(f):
                 raise InputError(f"{self.store.path}: group {self.name!r} has no field {f!r}; it has {self.fields}")
-        text = any(d.status == "text_status" for d in infos)
+        extra_status = sorted({d.status for d in infos} - {"status"})  # text_status, control statuses
         arrays = sorted({d.array for d in infos} & set(S.DATA_ARRAYS)) if check_chunks else []
         rows, sel = [], Selection(np.zeros(0, np.int64))
         for start, st in self.iter_status(block_rows):
             ok = st == S.STATUS_OK
-            if text:
-                tok = self.status(start, start + len(st), "text_status") == S.STATUS_OK
-                sel.text_pending += int((ok & ~tok).sum())
+            for name in extra_status:
+                tok = self.status(start, start + len(st), name) == S.STATUS_OK
+                if name == "text_status":
+                    sel.text_pending += int((ok & ~tok).sum())
+                else:
+                    sel.control_pending += int((ok & ~tok).sum())
                 ok &= tok
             bad = S.damaged_rows(self.g, start, start + len(st), ok, arrays, deep=False)
             if bad:

@@ -36,6 +36,7 @@ from cascadekit.codec.images import DEFAULT_MAX_PIXELS
 from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES
 from cascadekit.datasets import store as S
 from cascadekit.datasets.buckets import assign_groups, group_hw
+from cascadekit.datasets.controls import ControlMaker, parse_controls
 from cascadekit.datasets.decode_workers import TaskDataset, collate_identity, load_task
 from cascadekit.datasets.memory import release_free_memory
 from cascadekit.datasets.preprocess import PreprocessConfig
@@ -168,6 +169,7 @@ def build_latent_dataset(
     progress: bool = True,
     dist_info: D.DistInfo | None = None,
     tmp_dir: str | os.PathLike | None = None,
+    controls: Sequence[str] | str = (),
 ) -> Summary:
     """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
 
@@ -195,6 +197,8 @@ def build_latent_dataset(
         tmp_dir: folder for the plan's anonymous temporary files (default: ``TMPDIR``). The plan (about
             60 bytes plus the key and paths per image) is kept there, not in memory, so memory use
             does not grow with the corpus; nothing is left there after the job, even a killed one.
+        controls: ControlNet controls stored with the latents (``canny``, ``sr``, ``inpaint``; see
+            :mod:`cascadekit.datasets.controls`), written in the same chunks, before ``status``.
 
     Returns:
         :class:`Summary` (on every rank; counts cover the whole store).
@@ -203,10 +207,13 @@ def build_latent_dataset(
     info = dist_info or D.from_env()
     out = store_path(out)
     spaces = _check_arguments(codec, dtype, spaces, chunk_rows, batch_size)
+    controls = parse_controls(controls)
+    maker = ControlMaker(controls, codec, dtype) if controls else None
     cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
                            max_input_bytes=max_input_bytes)
     check_output(out)
-    job = _Job(codec, _encoder_device(codec), cfg, dtype, "stage_a" in spaces, chunk_rows, batch_size, num_workers)
+    job = _Job(codec, _encoder_device(codec), cfg, dtype, "stage_a" in spaces, chunk_rows, batch_size, num_workers,
+               maker)
     identity = codec.identity()
 
     plan = _plan(inputs, out, tmp_dir)
@@ -217,9 +224,10 @@ def build_latent_dataset(
         layouts = [S.GroupLayout(gp, len(idx), *_probe(codec, group_hw(gp, cfg), job.device, job.want_a))
                    for gp, idx in groups.items()]
         settings = store_settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint,
-                                  len(plan))
+                                  len(plan), controls)
         attrs = {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}
-        store = _StorePlan(layouts, settings, attrs, fingerprint, overwrite)
+        specs = {gp: maker.specs(group_hw(gp, cfg)) for gp in groups} if maker else None
+        store = _StorePlan(layouts, settings, attrs, fingerprint, overwrite, specs)
         nums = _encode_on_ranks(job, info, out, plan, groups, store, progress and info.is_main)
     finally:
         if plan is not inputs:  # ours: hand the temporary files' space back now
@@ -242,6 +250,7 @@ class _Job:
     chunk_rows: int
     batch_size: int
     num_workers: int
+    controls: ControlMaker | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,7 @@ class _StorePlan:
     attrs: dict
     fingerprint: str
     overwrite: bool
+    controls: dict | None = None  # group path -> [ControlSpec] (encode --controls)
 
 
 def _encode_on_ranks(job: _Job, info: D.DistInfo, out: Path, plan, groups: dict, store: _StorePlan,
@@ -293,7 +303,7 @@ def _store_ready(info: D.DistInfo, out: Path, store: _StorePlan, job: _Job):
     try:
         if info.is_main and msg is None:
             msg = prepare_store(out, store.layouts, job.chunk_rows, job.dtype, store.settings, store.attrs,
-                                store.overwrite)
+                                store.overwrite, store.controls)
         msg = D.broadcast_object(msg, info)
         if msg:
             raise InputError(msg)
@@ -340,10 +350,11 @@ def _run(tasks: TaskList, plan, groups: dict, root, job: _Job, show: bool) -> tu
                     lat = job.codec.encode(x).float().cpu().numpy()
                     if job.want_a:
                         sa = job.codec.encode_stage_a(x).float().cpu().numpy()
+                ctl = job.controls.compute(item["images"]) if job.controls is not None and ok.any() else None
                 writer.put(RowBatch(
                     group=item["group"], rows=item["rows"].numpy(), ok=ok, keys=item["keys"],
                     captions=item["captions"], sources=item["sources"], orig_size=item["orig_size"].numpy(),
-                    reasons=item["reasons"], latents=lat, stage_a=sa,
+                    reasons=item["reasons"], latents=lat, stage_a=sa, controls=ctl,
                 ))
                 n_ok = int(ok.sum())
                 encoded += n_ok

@@ -36,6 +36,9 @@ DIMENSIONS = {
     "orig_size": ("sample", "hw"),
     "clip_text": ("sample", "text_token", "text_channel"),
     "clip_text_pooled": ("sample", "pooled_token", "pooled_channel"),
+    "control_canny": ("sample", "canny_y", "canny_x"),
+    "control_sr": ("sample", "sr_channel", "sr_y", "sr_x"),
+    "control_inpaint": ("sample", "pixel_channel", "pixel_y", "pixel_x"),
 }
 #: Version 1 reused ``channel``/``y``/``x`` with different sizes (xarray refuses such a store).
 DIMENSIONS_V1 = {
@@ -298,19 +301,30 @@ def read_status(g, start: int = 0, stop: int | None = None, name: str = "status"
 
 #: Per-row arrays whose rows are valid where ``text_status`` (not ``status``) is ok.
 TEXT_ARRAYS = ("clip_text", "clip_text_pooled")
+#: ControlNet controls (``encode --controls`` / ``add-controls``, :mod:`.controls`): each array has its own
+#: status array ``<array>_status`` (ok where the row's control was written), so controls can be added later.
+CONTROL_ARRAYS = ("control_canny", "control_sr", "control_inpaint")
+
+
+def status_of(array: str) -> str:
+    """The status array whose ok rows say ``array`` holds data (``status``, ``text_status``, ``<control>_status``)."""
+    if array in TEXT_ARRAYS:
+        return "text_status"
+    return f"{array}_status" if array in CONTROL_ARRAYS else "status"
+
 #: Arrays whose chunk files must exist behind every done row: numeric data, which is never all fill values in
 #: practice. Other per-row arrays (keys, captions, orig_size, ...) may lack a chunk that held only fill values
 #: when a zarr writer other than cascadekit's (or format version 1) wrote them: there only existing chunks are
 #: checked (checksum / decoding), and a missing one reads as zarr's fill value ('' or 0).
-DATA_ARRAYS = ("latents", "stage_a", "clip_text", "clip_text_pooled", "clip_img")
+DATA_ARRAYS = ("latents", "stage_a", "clip_text", "clip_text_pooled", "clip_img", *CONTROL_ARRAYS)
 
 
 def checked_arrays(g, status_name: str = "status") -> list[str]:
     """Per-row arrays of sample group ``g`` whose chunks behind rows with ``status_name == ok`` are checked."""
     n = g["status"].shape[0]
     names = {a for a in g.array_keys() if g[a].ndim and g[a].shape[0] == n}  # per-row arrays only
-    text = status_name == "text_status"
-    return sorted(a for a in names if a not in ("status", "text_status") and (a in TEXT_ARRAYS) == text)
+    statuses = {"status", "text_status", *(f"{c}_status" for c in CONTROL_ARRAYS)}
+    return sorted(a for a in names if a not in statuses and status_of(a) == status_name)
 
 
 def damaged_rows(g, start: int, stop: int, ok: np.ndarray, arrays, deep: bool) -> list:

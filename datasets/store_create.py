@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cascadekit.codec.errors import CascadeKitError, InputError
 from cascadekit.datasets import store as S
+from cascadekit.datasets.controls import create_control_arrays
 from cascadekit.datasets.remote import RemotePath, check_writable
 
 
@@ -30,11 +31,13 @@ def check_output(out: Path | RemotePath) -> None:
         raise InputError(f"{out} exists and is a file, not a store folder; choose another --out")
 
 
-def store_settings(cfg, dtype, spaces, chunk_rows, batch_rows, identity, fingerprint, n) -> dict:
+def store_settings(cfg, dtype, spaces, chunk_rows, batch_rows, identity, fingerprint, n, controls=()) -> dict:
     """Everything the stored bytes depend on. ``batch_rows`` (the effective encoder batch) is part of
     it: an encoder's kernels may round differently for other batch sizes (cuDNN/oneDNN pick
     algorithms by shape), so a resume with another batch could change the latents' last bits."""
+    extra = {"controls": list(controls)} if controls else {}  # only when asked: older stores still resume
     return {
+        **extra,
         "preprocess": cfg.to_dict(),
         "dtype": dtype,
         "spaces": list(spaces),
@@ -55,8 +58,16 @@ def settings_diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: store has {a!r}, this run has {b!r}"]
 
 
-def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwrite) -> str | None:
-    """Rank 0: create, or validate for resume. Returns an error message instead of raising (broadcast)."""
+def _create(out: Path, layouts, chunk_rows, dtype, settings, attrs, controls) -> None:
+    """A new store at final size; with ``controls`` ({group path: [ControlSpec]}) also their arrays."""
+    root = S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})
+    for gp, specs in (controls or {}).items():
+        create_control_arrays(S.sample_group(root, gp), specs, chunk_rows)
+
+
+def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwrite, controls=None) -> str | None:
+    """Rank 0: create, or validate for resume. Returns an error message instead of raising (broadcast).
+    ``controls``: {group path: [ControlSpec]} of ``encode --controls`` (created with the store)."""
     try:
         if S.has_content(out):  # the lock file alone does not count
             if not S.is_store(out):
@@ -64,7 +75,7 @@ def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwr
             root = S.open_store(out, mode="r")
             if root.attrs.get("initializing", False):  # killed while being created: holds no data
                 S.remove_store(out)
-                S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})
+                _create(out, layouts, chunk_rows, dtype, settings, attrs, controls)
                 return None
             old = root.attrs.get("settings")
             diffs = settings_diff(old, settings) if old is not None else ["settings: missing"]
@@ -76,7 +87,7 @@ def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwr
                     p.unlink(missing_ok=True)  # cut off by a kill (object stores write whole objects: none)
                 return None
             S.remove_store(out)
-        S.create_store(out, layouts, chunk_rows=chunk_rows, dtype=dtype, attrs={**attrs, "settings": settings})
+        _create(out, layouts, chunk_rows, dtype, settings, attrs, controls)
         return None
     except CascadeKitError as e:
         return str(e)

@@ -37,8 +37,9 @@ def verify_store(store, block_rows: int = 1 << 16) -> dict:
 def _verify_group(g, complete: bool, block_rows: int):
     """(ok rows behind a problem, chunks checked, problems) of one sample group."""
     plans = [("status", S.checked_arrays(g, "status"))]
-    if "text_status" in g:
-        plans.append(("text_status", S.checked_arrays(g, "text_status")))
+    for status_name in ("text_status", *(S.status_of(c) for c in S.CONTROL_ARRAYS)):
+        if status_name in g:
+            plans.append((status_name, S.checked_arrays(g, status_name)))
     problems: list[integrity.ChunkProblem] = []
     checked = bad_rows = 0
     for status_name, arrays in plans:

@@ -36,6 +36,7 @@ class RowBatch:
     reasons: list[str]
     latents: np.ndarray | None  # (n_ok, C, h, w) float32
     stage_a: np.ndarray | None = None  # (n_ok, 4, H/4, W/4) float32
+    controls: dict | None = None  # control array -> (n_ok, ...) values (`encode --controls`, datasets/controls.py)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class _Pending:
     status: np.ndarray
     latents: np.ndarray
     stage_a: np.ndarray | None = None
+    controls: dict | None = None  # control array -> (k, ...), allocated when a batch brings controls
 
 
 def check_fp16(x: np.ndarray, what: str, keys) -> None:
@@ -103,6 +105,9 @@ class ChunkWriter:
                 check_fp16(b.latents, "latents", okkeys)
             if b.stage_a is not None:
                 check_fp16(b.stage_a, "stage_a", okkeys)
+            for name, v in (b.controls or {}).items():
+                if v.dtype != np.uint8:
+                    check_fp16(v, name, okkeys)
         j = 0
         for i, r in enumerate(b.rows.tolist()):
             c = r // self.chunk_rows
@@ -110,6 +115,9 @@ class ChunkWriter:
             p = self._pending.get(key)
             if p is None:
                 p = self._pending[key] = self._new_pending(b.group, c)
+            if b.controls and p.controls is None:
+                g = self._group(b.group)
+                p.controls = {a: np.zeros((p.stop - p.start, *g[a].shape[1:]), g[a].dtype) for a in b.controls}
             o = r - p.start
             p.keys[o], p.captions[o], p.sources[o], p.reasons[o] = b.keys[i], b.captions[i], b.sources[i], b.reasons[i]
             p.orig_size[o] = b.orig_size[i]
@@ -117,6 +125,8 @@ class ChunkWriter:
                 p.latents[o] = b.latents[j]
                 if p.stage_a is not None and b.stage_a is not None:
                     p.stage_a[o] = b.stage_a[j]
+                for name, v in (b.controls or {}).items():
+                    p.controls[name][o] = v[j]
                 p.status[o] = STATUS_OK
                 j += 1
             else:
@@ -131,7 +141,11 @@ class ChunkWriter:
         s = slice(p.start, p.stop)
         data = {"latents": p.latents, "stage_a": p.stage_a, "keys": p.keys.astype(str),
                 "captions": p.captions.astype(str), "source": p.sources.astype(str),
-                "skip_reason": p.reasons.astype(str), "orig_size": p.orig_size, "status": p.status}
+                "skip_reason": p.reasons.astype(str), "orig_size": p.orig_size}
+        for name, values in (p.controls or {}).items():  # controls and their statuses before the row status
+            data[name] = values
+            data[f"{name}_status"] = p.status
+        data["status"] = p.status
         for name, values in data.items():  # status last: marks the chunk complete
             if values is not None:
                 writable(g[name])[s] = values  # every chunk gets a file, also an all-zero one
