@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import click
 
-from cascadekit.cli.params import FiniteFloat
+from cascadekit.cli.params import FINITE
 
 
 def lora_options(command: Callable) -> Callable:
@@ -15,7 +15,7 @@ def lora_options(command: Callable) -> Callable:
                      help="LoRA file (official lora.safetensors or `cascadekit train` output), merged into Stage C "
                           "and the text encoder; its new tokens (e.g. [fernando]) join the tokenizer. Repeat to "
                           "combine files."),
-        click.option("--lora-scale", "lora_scale", default=1.0, show_default=True, type=FiniteFloat(),
+        click.option("--lora-scale", "lora_scale", default=1.0, show_default=True, type=FINITE,
                      help="With --lora: multiplies every LoRA delta (0 = the base model)."),
         click.option("--lora-token", "lora_token", multiple=True, metavar="TOKEN[=INIT_REGEX]",
                      help="With --lora: the train_tokens of official files that add new tokens, e.g. "
