@@ -126,3 +126,22 @@ def test_from_pretrained_with_offload_keeps_networks_on_the_cpu(weights):
     assert pipe.offload.mode == "model" and set(pipe.offload.groups) >= {"text", "stage_c", "decoder", "effnet"}
     assert all(p.device.type == "cpu" for p in pipe.stage_c.parameters())
     assert pipe("a red fox", **SMALL).images.shape == (1, 3, 64, 96)
+
+
+def test_sample_command_offload_gives_the_same_pngs(weights, tmp_path):
+    from click.testing import CliRunner
+
+    from cascadekit.cli.main import main as cli
+
+    base = ["sample", "a red fox", "--weights", str(weights), "--height", "64", "--width", "96", "--steps", "2",
+            "--decoder-steps", "1", "--seed", "4", "--device", "cpu"]
+    outs = {}
+    for mode in ("none", "model"):
+        r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / mode), "--offload", mode])
+        assert r.exit_code == 0, r.output
+        pngs = sorted((tmp_path / mode).glob("*.png"))
+        assert len(pngs) == 2, r.output  # the image and grid.png
+        outs[mode] = [p.read_bytes() for p in pngs]
+    assert outs["none"] == outs["model"]
+    r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--offload", "layers"])
+    assert r.exit_code == 2 and "--offload" in r.output
