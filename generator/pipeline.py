@@ -230,6 +230,8 @@ class TextToImagePipeline:
         net, info = load_controlnet(source, control, device=weight.device, dtype=weight.dtype, proj_blocks=proj_blocks)
         check_fits_stage_c(net, self.stage_c, where=f"ControlNet {info.path}")
         self.controlnet, self.controlnet_info = net, info
+        if self.offload.mode != "none":  # the ControlNet joins Stage C's stage
+            self.enable_offload(self.offload.mode, self.offload.move, self.offload.home)
 
     def load_stage_c(self, path: str | Path, ema: bool = False) -> None:
         """Replace the Stage C weights, e.g. with a ``cascadekit train`` result.
