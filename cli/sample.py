@@ -5,6 +5,7 @@ import click
 from click.core import ParameterSource
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.offload_options import offload_option, picked_offload, report_peak, reset_peak
 from cascadekit.cli.out_folder import SAMPLE, claim_out_folder
 from cascadekit.cli.params import (COUNT, DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, FiniteFloat, PixelSide,
                                    check_pixel_budget)
@@ -39,6 +40,7 @@ SIDE = PixelSide(multiple=1, minimum=32)
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda if available).")
+@offload_option
 @click.pass_context
 @reports_user_errors
 def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance,
@@ -72,14 +74,16 @@ def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, dec
             warnings.simplefilter("ignore")  # the banner above says it once
         pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=dtype, stage_c=stage_c,
                                                    stage_b=stage_b, lora=lora, stage_c_weights=stage_c_weights,
-                                                   ema=ema)
+                                                   ema=ema, offload=picked_offload())
     from cascadekit.codec.images import load_image
 
     warn_truncated(pipe.text_encoder, {"PROMPT": list(prompts), "--negative": [negative] if negative else []})
+    reset_peak(dev)
     res = pipe(list(prompts) or [""], negative_prompt=negative, height=height, width=width, num_images_per_prompt=n,
                seed=seed, prior_steps=steps, prior_guidance=guidance, prior_shift=shift, decoder_steps=decoder_steps,
                decoder_guidance=decoder_guidance, image=load_image(image) if image else None,
                init_image=load_image(init_image) if init_image else None, strength=strength)
+    report_peak(dev)
     files = res.write(out)
     for p in files.images:
         click.echo(str(p))
