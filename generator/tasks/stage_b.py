@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.models.blocks import interpolate_fp32
-from cascadekit.codec.models.stage_b import StageB, StageBConfig, infer_preset
+from cascadekit.codec.models.stage_b import StageB, StageBConfig
 from cascadekit.codec.weights.assign import build
 from cascadekit.codec.weights.load import load_weights
 from cascadekit.codec.weights.sources import resolve_source
@@ -49,31 +50,31 @@ def stage_b_config(cfg: StageBTrainConfig, overrides: dict[str, Any] | None = No
     return sb
 
 
-def preset_name_of(state: dict[str, torch.Tensor]) -> str | None:
-    """The StageB preset (tiny / lite / big) whose keys and shapes ``state`` has, or None."""
-    try:
-        found = infer_preset(state).kwargs()
-    except WeightsError:
-        return None
-    return next((n for n in StageBConfig.PRESETS if StageBConfig.preset(n).kwargs() == found), None)
-
-
-def load_init_state(init: str | Path, cfg: StageBTrainConfig, model_cfg: StageBConfig) -> dict[str, torch.Tensor]:
-    """Official-key Stage B weights (float32) from a file or a weights folder; a file of another preset than
-    ``cfg.model`` is an :class:`InputError` naming both."""
+def init_file(init: str | Path, cfg: StageBTrainConfig) -> Path:
+    """The Stage B file of ``init`` (a file, or the stage_b[_lite] file of a weights folder / hub id)."""
     p = Path(init)
-    if not p.is_file():
-        p = resolve_source(str(init), stage_b="big" if cfg.model == "big" else "lite", need=("stage_b",)).path("stage_b")
-    state = load_weights(p, dtype=torch.float32, kind="stage_b")
-    if model_cfg == StageBConfig.preset(cfg.model):
-        found = preset_name_of(state)
-        if found != cfg.model:
-            what = f"the {found!r} Stage B" if found else "no known Stage B preset"
-            raise InputError(f"--init {p} holds {what}, but the config trains model {cfg.model!r}; set "
-                             f"model: {found} (or a preset for it), or pass the matching weights" if found else
-                             f"--init {p} holds {what} (keys/shapes fit none of {list(StageBConfig.PRESETS)}), "
-                             f"but the config trains model {cfg.model!r}")
-    return state
+    if p.is_file():
+        return p
+    return resolve_source(str(init), stage_b="big" if cfg.model == "big" else "lite", need=("stage_b",)).path("stage_b")
+
+
+def preset_of_header(path: Path) -> str | None:
+    """The StageB preset whose keys and shapes an official-layout safetensors file has (header only), or None."""
+    if path.suffix != ".safetensors":
+        return None
+    with safe_open(str(path), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for name in StageBConfig.PRESETS:
+        with torch.device("meta"):
+            ref = StageB.from_config(StageBConfig.preset(name)).state_dict()
+        if {k: tuple(v.shape) for k, v in ref.items()} == shapes:
+            return name
+    return None
+
+
+def load_init_state(init: str | Path, cfg: StageBTrainConfig) -> dict[str, torch.Tensor]:
+    """Official-key Stage B weights (float32) from a file or a weights folder (any supported key layout)."""
+    return load_weights(init_file(init, cfg), dtype=torch.float32, kind="stage_b")
 
 
 def unit_of(model_cfg: StageBConfig) -> int:
@@ -110,10 +111,22 @@ class StageBTask(TrainTask):
 
     # ------------------------------------------------------------------ before training
     def check(self, data: StageBData) -> list[str]:
-        errs = self._shape_problems(data)
+        errs = self._init_problems()
+        errs += self._shape_problems(data)
         errs += self._text_problems(data)
         errs += self._scale_problems(data)
         return errs
+
+    def _init_problems(self) -> list[str]:
+        """A Stage B file of another preset than ``model`` (read from the file header, nothing loaded)."""
+        if self.init is None or self.model_cfg != StageBConfig.preset(self.cfg.model):
+            return []
+        path = init_file(self.init, self.cfg)
+        found = preset_of_header(path)
+        if found is None or found == self.cfg.model:
+            return []  # another key layout (diffusers): the full check happens when the weights are assigned
+        return [f"--init {path} holds the {found!r} Stage B, but the config trains model {self.cfg.model!r}; set "
+                f"model: {found} (or use its preset), or pass {self.cfg.model} weights"]
 
     def _shape_problems(self, data: StageBData) -> list[str]:
         mc, errs, u = self.model_cfg, [], unit_of(self.model_cfg)
@@ -202,7 +215,7 @@ class StageBTask(TrainTask):
         if resume_from is not None:
             state = load_file(str(resume_from / self.weights_name))
         elif self.init is not None:
-            state = load_init_state(self.init, self.cfg, self.model_cfg)
+            state = load_init_state(self.init, self.cfg)
         if state is None:
             torch.manual_seed(init_seed(self.cfg))
             return StageB.from_config(self.model_cfg)
