@@ -5,12 +5,14 @@ import click
 from click.core import ParameterSource
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.control_options import control_options, control_settings, controlnet_source, precheck_controlnet
+from cascadekit.cli.lora_options import lora_kwargs, lora_options
 from cascadekit.cli.offload_options import offload_option, picked_offload, report_peak, reset_peak
 from cascadekit.cli.out_folder import SAMPLE, claim_out_folder
-from cascadekit.cli.params import (COUNT, DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, FiniteFloat, PixelSide,
+from cascadekit.cli.params import (COUNT, DEVICE, FINITE, MAX_SIDE, OUT_FOLDER, SEED, STEPS, FiniteFloat, PixelSide,
                                    check_pixel_budget)
 
-SIDE = PixelSide(multiple=1, minimum=32)
+SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 
 
 @click.command("sample")
@@ -31,7 +33,8 @@ SIDE = PixelSide(multiple=1, minimum=32)
 @click.option("--image", "image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image variation: condition on this image's CLIP embedding.")
 @click.option("--init-image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image-to-image: start from this image.")
 @click.option("--strength", default=0.8, show_default=True, type=FiniteFloat(min=0, max=1, min_open=True), help="With --init-image: image-to-image noise level (0, 1]: 1 ignores the image.")
-@click.option("--lora", default=None, type=click.Path(exists=True, dir_okay=False), help="LoRA file from `cascadekit train` (merged into Stage C).")
+@lora_options
+@control_options
 @click.option("--stage-c-weights", "stage_c_weights", default=None, type=click.Path(exists=True),
               help="Stage C weights to use instead of those in --weights: a `cascadekit train` run folder or "
                    "checkpoint (RUN/checkpoints/step_N), or a Stage C file / prior folder.")
@@ -45,36 +48,47 @@ SIDE = PixelSide(multiple=1, minimum=32)
 @reports_user_errors
 def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance,
            seed, n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype,
-           device):
+           device, lora_scale=1.0, lora_token=(), control=None, control_image=None, mask=None, outpaint=False,
+           paste_back=False, control_strength=1.0, controlnet=None):
     """Generate images for PROMPT... and write them as PNGs to --out."""
-    if init_image is None and ctx.get_parameter_source("strength") is not ParameterSource.DEFAULT:
-        raise click.UsageError("--strength only applies to image-to-image: give --init-image too")
+    lora = lora_kwargs(lora, lora_scale, lora_token)  # from_pretrained keywords
+    ctl = control_settings(control, control_image, mask, outpaint, paste_back, control_strength)
+    inpainting = ctl is not None and ctl.control == "inpainting"
+    if init_image is None and not inpainting and ctx.get_parameter_source("strength") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--strength only applies to image-to-image: give --init-image (or --control inpainting)")
+    if inpainting and ctx.get_parameter_source("strength") is ParameterSource.DEFAULT:
+        strength = 1.0  # the official inpainting notebook's noise_level
     check_pixel_budget(height, width)
+    if ema and stage_c_weights is None:
+        raise click.UsageError("--ema needs --stage-c-weights pointing at a training run or checkpoint")
+    if not prompts and image is None:
+        raise click.UsageError("give at least one PROMPT (or --image for an image variation)")
+    claim_out_folder(out, SAMPLE, overwrite)  # every check above passed; before the heavy imports of _run
     _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed,
-         n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device)
+         n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device,
+         control=(ctl, controlnet))
 
 
 def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed,
-         n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device):
+         n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device,
+         control=(None, None)):
     import warnings
 
-    from cascadekit.codec.errors import InputError
     from cascadekit.generator.pipeline import TextToImagePipeline
 
-    if ema and stage_c_weights is None:
-        raise InputError("--ema needs --stage-c-weights pointing at a training run or checkpoint")
-    if not prompts and image is None:
-        raise InputError("give at least one PROMPT (or --image for an image variation)")
-    claim_out_folder(out, SAMPLE, overwrite)
     dev = pick_device(device)
     dtype = default_dtype(dtype, dev)
     weights, _, tiny = pick_weights(weights, stage_b=stage_b)
+    if control[0] is not None:  # a ControlNet for another Stage C fails here, from the headers alone
+        precheck_controlnet(controlnet_source(control[1], weights), control[0].control, weights, stage_c)
     with warnings.catch_warnings():
         if tiny:
             warnings.simplefilter("ignore")  # the banner above says it once
         pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=dtype, stage_c=stage_c,
-                                                   stage_b=stage_b, lora=lora, stage_c_weights=stage_c_weights,
+                                                   stage_b=stage_b, **lora, stage_c_weights=stage_c_weights,
                                                    ema=ema, offload=picked_offload())
+        if control[0] is not None:
+            pipe.load_controlnet(controlnet_source(control[1], weights), control[0].control)
     from cascadekit.codec.images import load_image
 
     warn_truncated(pipe.text_encoder, {"PROMPT": list(prompts), "--negative": [negative] if negative else []})
@@ -82,7 +96,8 @@ def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, dec
     res = pipe(list(prompts) or [""], negative_prompt=negative, height=height, width=width, num_images_per_prompt=n,
                seed=seed, prior_steps=steps, prior_guidance=guidance, prior_shift=shift, decoder_steps=decoder_steps,
                decoder_guidance=decoder_guidance, image=load_image(image) if image else None,
-               init_image=load_image(init_image) if init_image else None, strength=strength)
+               init_image=load_image(init_image) if init_image else None, strength=strength,
+               control=control[0])
     report_peak(dev)
     files = res.write(out)
     for p in files.images:

@@ -136,7 +136,8 @@ class TextToImagePipeline:
         self.device = torch.device(device)
         self.source = source
         self.tiny = tiny
-        self.lora: str | None = None
+        self.lora: str | list[str] | None = None
+        self.lora_scale: float | None = None
         self.stage_c_weights: str | None = None  # the Stage C file loaded (weights identity in outputs)
         self.controlnet: torch.nn.Module | None = None
         self.controlnet_info: Any = None  # ControlNetInfo of the loaded ControlNet
@@ -150,7 +151,8 @@ class TextToImagePipeline:
     @classmethod
     def from_pretrained(cls, source: Any = None, device: str | torch.device = "cpu", dtype: Any = torch.float32,
                         stage_c: str = "lite", stage_b: str = "lite", decoder_dtype: Any = None,
-                        lora: str | Path | None = None, stage_c_weights: str | Path | None = None,
+                        lora: str | Path | Sequence[str | Path] | None = None, lora_scale: float = 1.0,
+                        lora_tokens: Sequence | None = None, stage_c_weights: str | Path | None = None,
                         ema: bool = False, controlnet: str | Path | None = None,
                         control: str | None = None, offload: str = "none") -> "TextToImagePipeline":
         """Load everything from a weights folder / diffusers snapshot(s) / hub id (see ``resolve_source``).
@@ -158,7 +160,7 @@ class TextToImagePipeline:
         source None: the tiny RANDOM default weights (tests/demos; meaningless images, labelled).
         dtype: Stage C and text encoder dtype (fp32 / bf16; fp16 -> bf16 for Stage C, with a warning);
         decoder_dtype: the codec's dtype (default ``dtype``; fp16 allowed, see codec.precision).
-        lora: a LoRA file from ``cascadekit train`` merged into Stage C.
+        lora (+ lora_scale, lora_tokens): LoRA file(s) merged into Stage C and the text encoder (:meth:`load_lora`).
         stage_c_weights (+ ema): other Stage C weights for the loaded layout, e.g. a training run or
         checkpoint (see :meth:`load_stage_c`); the rest (Stage B/A, encoders) comes from ``source``.
         controlnet (+ control): a ControlNet file / folder / hub id, see :meth:`load_controlnet`.
@@ -192,7 +194,7 @@ class TextToImagePipeline:
         if stage_c_weights is not None:
             pipe.load_stage_c(stage_c_weights, ema=ema)
         if lora is not None:
-            pipe.load_lora(lora)
+            pipe.load_lora(lora, scale=lora_scale, tokens=lora_tokens)
         if controlnet is not None:
             pipe.load_controlnet(controlnet, control)
         if offload != "none":
@@ -271,15 +273,14 @@ class TextToImagePipeline:
         self.stage_c.eval().requires_grad_(False)
         self.stage_c_weights = str(p)
 
-    def load_lora(self, path: str | Path) -> None:
-        """Merge a LoRA (``cascadekit train`` with ``lora_rank > 0``) into Stage C."""
-        from cascadekit.generator.lora import load_lora
+    def load_lora(self, path: str | Path | Sequence[str | Path], scale: float = 1.0,
+                  tokens: Sequence | None = None) -> None:
+        """Merge LoRA file(s) (official or cascadekit layout) into Stage C and the text encoder: new tokens such
+        as ``[fernando]`` join the tokenizer; ``scale`` multiplies every delta; several files add up. tokens:
+        the token list for official files with new tokens (``[("[fernando]", "^dog</w>")]``)."""
+        from cascadekit.generator.lora_sampling import load_into_pipeline
 
-        dtype = next(self.stage_c.parameters()).dtype
-        self.stage_c.float()
-        load_lora(self.stage_c, path, merge=True)
-        self.stage_c.to(dtype).eval().requires_grad_(False)
-        self.lora = str(path)
+        load_into_pipeline(self, path, scale=scale, tokens=tokens)
 
     def _image_encoder(self):
         if self.image_encoder is None:
@@ -437,7 +438,8 @@ class TextToImagePipeline:
                 "prior_guidance": prior_guidance, "prior_shift": prior_shift, "prior_cfg_rho": prior_cfg_rho,
                 "prior_sampler": prior_sampler, "decoder_steps": decoder_steps, "decoder_guidance": decoder_guidance,
                 "image_variation": image is not None, "init_image": init_image is not None,
-                "strength": strength if init is not None else None, "lora": self.lora,
+                "strength": strength if init is not None else None,
+                "lora": self.lora, "lora_scale": self.lora_scale,
                 **self._control_parameters(control),
                 "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
                 "tiny_weights": bool(self.tiny), "stage_c_weights": self.stage_c_weights,
