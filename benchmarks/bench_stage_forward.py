@@ -5,8 +5,13 @@ Both networks get the same random weights (ours -> official keys -> diffusers ke
 forward is timed (warm-up, then the median of ``--repeats`` runs, ours and diffusers interleaved so
 that machine noise hits both alike; wall median, wall minimum and CPU-time median are reported).
 
-    python benchmarks/bench_stage_forward.py --out out/bench_stage_forward.json
-    python benchmarks/bench_stage_forward.py --device cuda --dtype bf16 --size mid
+The forward's FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (with a formula for the CPU
+flash-attention kernel, which the counter does not know); a 1024² sgemm is timed in the same loop, so
+the FLOP rate is reported against the matmul rate of the same thread count under the same load.
+``--threads 1,2`` repeats everything per thread count. Without diffusers installed only our side runs.
+
+    python benchmarks/bench_stage_forward.py --threads 1,2 --out out/bench_stage_forward.json
+    python benchmarks/bench_stage_forward.py --device cuda --dtype bf16 --size lite --compile
 
 Sizes: ``mid`` (default; CPU-friendly mid-size configs) and ``lite`` (the released lite configs at the
 standard 1024² shapes; needs a GPU or a lot of patience).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from cascadekit.codec.models import StageB, StageBConfig
 from cascadekit.codec.weights.keys import official_to_diffusers
@@ -87,15 +94,55 @@ def make_inputs(stage: str, cfg, batch: int, size: str, seed: int = 1) -> dict:
                 clip_img=torch.randn(batch, 1, cfg.c_clip_img, generator=g))
 
 
-def build_pair(stage: str, cfg, device, dtype):
-    from diffusers import StableCascadeUNet
+def have_diffusers() -> bool:
+    try:
+        import diffusers  # noqa: F401  (optional: the GPU images may not carry it)
+    except ImportError:
+        return False
+    return True
 
+
+def build_pair(stage: str, cfg, device, dtype, with_diffusers: bool = True):
+    """(ours, diffusers' StableCascadeUNet or None), identical weights, eval mode, on device/dtype."""
     ours = (StageB if stage == "b" else StageC).from_config(cfg)
     randomize_(ours)
+    ours = ours.to(device, dtype).eval()
+    if not with_diffusers:
+        return ours, None
+    from diffusers import StableCascadeUNet
+
     theirs = StableCascadeUNet(**diffusers_config(cfg))
     converted = official_to_diffusers(ours.state_dict(), "stage_b" if stage == "b" else "stage_c")
     theirs.load_state_dict({k: v.contiguous() for k, v in converted.items()}, strict=True)
-    return ours.to(device, dtype).eval(), theirs.to(device, dtype).eval()
+    return ours, theirs.to(device, dtype).eval()
+
+
+def forward_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (2 per multiply-add), attention included on every backend."""
+    mapping = {op: _attention_flops for op in _sdpa_ops()}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q@K^T and weights@V: 2 * B*h*Nq*Nkv*(d_qk + d_v) (the counter passes shapes for tensors)."""
+    b, h, nq, d = q_shape
+    return 2 * b * h * nq * k_shape[-2] * (d + v_shape[-1])
+
+
+def _sdpa_ops() -> list:
+    """The fused attention kernels FlopCounterMode has no formula for (the CPU one; absent on old torch)."""
+    names = ["_scaled_dot_product_flash_attention_for_cpu"]
+    return [getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)]
+
+
+def sgemm_fn(device, dtype, n: int = 1024):
+    """(call, flops) of an n×n @ n×n matmul in ``dtype`` on ``device``: the machine's matmul rate."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    return (lambda: a @ b), 2 * n**3
 
 
 def call_ours(model, stage, inp):
@@ -124,38 +171,74 @@ def timed(fn, device) -> tuple[float, float]:
 
 
 def bench_stage(stage, cfg, args, device, dtype) -> dict:
-    ours, theirs = build_pair(stage, cfg, device, dtype)
+    """Check our output against diffusers', then time ours / diffusers / sgemm interleaved."""
+    ours, theirs = build_pair(stage, cfg, device, dtype, with_diffusers=not args.no_diffusers)
     inp = {k: v.to(device) for k, v in make_inputs(stage, cfg, args.batch, args.size).items()}
     inp_t = {k: (v.to(dtype) if k != "r" else v) for k, v in inp.items()}  # diffusers does not cast inputs
+    flops = forward_flops(lambda: call_ours(ours, stage, inp))
+    if args.compile:
+        ours = torch.compile(ours)
+        theirs = torch.compile(theirs) if theirs is not None else None
+    sgemm, sgemm_flops = sgemm_fn(device, dtype)
+    fns = {"ours": lambda: call_ours(ours, stage, inp), "sgemm": sgemm}
+    rel = max_abs = None
     with torch.inference_mode():
-        a = call_ours(ours, stage, inp).float()
-        b = call_theirs(theirs, stage, inp_t).float()
-        rel = ((a - b).norm() / b.norm()).item()
-        max_abs = (a - b).abs().max().item()
-        tol = 1e-4 if dtype == torch.float32 else 3e-2
-        if not rel < tol:
-            raise SystemExit(f"stage {stage}: outputs differ (relative L2 {rel:.3g} >= {tol})")
+        if theirs is not None:
+            fns["diffusers"] = lambda: call_theirs(theirs, stage, inp_t)
+            a, b = fns["ours"]().float(), fns["diffusers"]().float()
+            rel, max_abs = ((a - b).norm() / b.norm()).item(), (a - b).abs().max().item()
+            tol = 1e-4 if dtype == torch.float32 else 3e-2
+            if not rel < tol:
+                raise SystemExit(f"stage {stage}: outputs differ (relative L2 {rel:.3g} >= {tol})")
         for _ in range(args.warmup):
-            call_ours(ours, stage, inp)
-            call_theirs(theirs, stage, inp_t)
-        t_ours, t_theirs = [], []
-        for _ in range(args.repeats):
-            t_ours.append(timed(lambda: call_ours(ours, stage, inp), device))
-            t_theirs.append(timed(lambda: call_theirs(theirs, stage, inp_t), device))
-    wall_o, cpu_o = zip(*t_ours)
-    wall_t, cpu_t = zip(*t_theirs)
-    mo, mt = statistics.median(wall_o), statistics.median(wall_t)
-    return {
+            for fn in fns.values():
+                fn()
+        times = {k: [] for k in fns}
+        for _ in range(args.repeats):  # interleaved: A/B/sgemm, A/B/sgemm, ...
+            for k, fn in fns.items():
+                times[k].append(timed(fn, device))
+    return _summary(stage, cfg, ours, inp, flops, sgemm_flops, times, rel, max_abs)
+
+
+def _summary(stage, cfg, ours, inp, flops, sgemm_flops, times, rel, max_abs) -> dict:
+    wall = {k: [t[0] for t in v] for k, v in times.items()}
+    cpu = {k: [t[1] for t in v] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    sgemm_rate = sgemm_flops / med["sgemm"]
+    out = {
         "stage": stage, "config": cfg.kwargs(),
         "params": sum(p.numel() for p in ours.parameters()),
         "inputs": {k: list(v.shape) for k, v in inp.items()},
         "output_rel_l2_diff": rel, "output_max_abs_diff": max_abs,
-        "ours_median_s": mo, "diffusers_median_s": mt, "ratio_ours_over_diffusers": mo / mt,
-        "ours_min_s": min(wall_o), "diffusers_min_s": min(wall_t), "ratio_min": min(wall_o) / min(wall_t),
-        "ours_cpu_median_s": statistics.median(cpu_o), "diffusers_cpu_median_s": statistics.median(cpu_t),
-        "ratio_cpu": statistics.median(cpu_o) / statistics.median(cpu_t),
-        "ours_all_s": list(wall_o), "diffusers_all_s": list(wall_t),
+        "forward_gflop": flops / 1e9, "ours_median_s": med["ours"], "ours_min_s": min(wall["ours"]),
+        "ours_cpu_median_s": statistics.median(cpu["ours"]), "ours_all_s": wall["ours"],
+        "ours_gflops_per_s": flops / med["ours"] / 1e9, "sgemm_gflops_per_s": sgemm_rate / 1e9,
+        "flop_rate_over_sgemm": flops / med["ours"] / sgemm_rate, "sgemm_all_s": wall["sgemm"],
     }
+    if "diffusers" in med:
+        out.update({
+            "diffusers_median_s": med["diffusers"], "ratio_ours_over_diffusers": med["ours"] / med["diffusers"],
+            "diffusers_min_s": min(wall["diffusers"]), "ratio_min": min(wall["ours"]) / min(wall["diffusers"]),
+            "diffusers_cpu_median_s": statistics.median(cpu["diffusers"]),
+            "ratio_cpu": statistics.median(cpu["ours"]) / statistics.median(cpu["diffusers"]),
+            "diffusers_all_s": wall["diffusers"],
+        })
+    return out
+
+
+def print_table(results: list[dict]) -> None:
+    print("times in ms; ratio = ours / diffusers (median wall, min wall, median CPU time); "
+          "rate = forward GFLOP/s, / sgemm = that over the 1024² sgemm rate measured in the same loop")
+    print(f"{'stage':<9}{'thr':>4}{'params':>12}{'GFLOP':>7}{'ours':>8}{'diffusers':>10}{'ratio':>7}{'min':>7}"
+          f"{'cpu':>7}{'rate':>7}{'sgemm':>7}{'/sgemm':>7}{'max|diff|':>10}")
+    for r in results:
+        d = r.get("diffusers_median_s")
+        na = f"{'-':>7}"
+        print(f"{'Stage ' + r['stage'].upper():<9}{r['threads']:>4}{r['params']:>12,}{r['forward_gflop']:>7.1f}"
+              f"{r['ours_median_s'] * 1e3:>8.0f}" + (f"{d * 1e3:>10.0f}" if d else f"{'-':>10}")
+              + (f"{r['ratio_ours_over_diffusers']:>7.3f}{r['ratio_min']:>7.3f}{r['ratio_cpu']:>7.3f}" if d else na * 3)
+              + f"{r['ours_gflops_per_s']:>7.1f}{r['sgemm_gflops_per_s']:>7.1f}{r['flop_rate_over_sgemm']:>7.3f}"
+              + (f"{r['output_max_abs_diff']:>10.2e}" if d else f"{'-':>10}"))
 
 
 def main(argv=None) -> int:
@@ -168,37 +251,39 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", default=None, help="torch CPU thread counts, comma-separated (e.g. 1,2)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks before timing")
+    p.add_argument("--no-diffusers", action="store_true", help="time our networks only")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    args.no_diffusers = args.no_diffusers or not have_diffusers()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     configs = mid_configs() if args.size == "mid" else lite_configs()
     stages = ["b", "c"] if args.stage == "both" else [args.stage]
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
 
-    results = [bench_stage(s, configs[s], args, device, dtype) for s in stages]
+    results = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for s in stages:
+            results.append({"threads": threads, **bench_stage(s, configs[s], args, device, dtype)})
 
-    import diffusers
+    versions = {"torch": torch.__version__}
+    if not args.no_diffusers:
+        import diffusers
 
-    print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"{dtype_name}, batch {args.batch}, size {args.size}, torch {torch.__version__}, diffusers {diffusers.__version__}")
-    print("times in ms; ratio = ours / diffusers (median wall, min wall, median CPU time)")
-    print(f"{'stage':<9}{'params':>12}{'ours':>9}{'diffusers':>11}{'ratio':>7}{'min ours':>10}{'min diff.':>11}"
-          f"{'ratio':>7}{'cpu ratio':>10}{'max|diff|':>11}")
-    for r in results:
-        print(f"{'Stage ' + r['stage'].upper():<9}{r['params']:>12,}{r['ours_median_s'] * 1e3:>9.0f}"
-              f"{r['diffusers_median_s'] * 1e3:>11.0f}{r['ratio_ours_over_diffusers']:>7.3f}"
-              f"{r['ours_min_s'] * 1e3:>10.0f}{r['diffusers_min_s'] * 1e3:>11.0f}{r['ratio_min']:>7.3f}"
-              f"{r['ratio_cpu']:>10.3f}{r['output_max_abs_diff']:>11.2e}")
+        versions["diffusers"] = diffusers.__version__
+    print(f"device {device} ({platform.processor() or platform.machine()}), {dtype_name}, batch {args.batch}, "
+          f"size {args.size}, compile {args.compile}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print_table(results)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": str(device), "dtype": dtype_name, "batch": args.batch, "size": args.size,
-                "threads": torch.get_num_threads(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-                "warmup": args.warmup, "repeats": args.repeats}
+                "threads": thread_counts, "compile": args.compile, "warmup": args.warmup,
+                "repeats": args.repeats, "load_average": list(os.getloadavg()), **versions}
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         print(f"wrote {args.out}")
     return 0
