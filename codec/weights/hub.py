@@ -47,19 +47,30 @@ def hub_patterns(component: str, variant: str | None, phase: int) -> list[str]:
     return pats
 
 
+OFFLINE_VARS = ("CASCADEKIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # as metrics/download.py
+
+
+def offline_reason() -> str | None:
+    """``"HF_HUB_OFFLINE=1"`` (the first offline variable set), or None when the hub may be asked."""
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]}"
+    return None
+
+
 def hub_download(repo_id: str, patterns: list[str]) -> tuple[Path | None, str]:
     """Returns (snapshot folder or None, note for the error message)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         return None, "huggingface_hub is not installed"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = offline_reason()
     try:
-        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline, etag_timeout=10)
+        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=bool(offline), etag_timeout=10)
     except Exception as e:  # offline, not cached, no network, gated, unknown repo ...
         cache = hub_cache_dir()
         where = f"the local hub cache {cache}" if cache else "the local hub cache"
-        why = (f"offline (HF_HUB_OFFLINE=1) and not in {where}" if offline else
+        why = (f"offline ({offline}) and not in {where}" if offline else
                f"download failed and not in {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return None, why
     return Path(folder), "hub snapshot " + str(folder)
