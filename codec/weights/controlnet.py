@@ -36,6 +36,7 @@ from cascadekit.codec.models.controlnet import (
     resblock_call_channels,
 )
 from cascadekit.codec.weights.assign import build
+from cascadekit.codec.weights.hub import offline_reason
 from cascadekit.codec.weights.io import read_state_dict, safetensors_header
 
 HUB_FOLDER = "controlnet"
@@ -75,11 +76,12 @@ def _from_hub(repo_id: str, filename: str) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsError(f"{repo_id}: huggingface_hub is not installed; pass a local ControlNet file") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = offline_reason()  # the same offline variables as every other hub download
     try:
-        return Path(hf_hub_download(repo_id, f"{HUB_FOLDER}/{filename}", local_files_only=offline, etag_timeout=10))
+        return Path(hf_hub_download(repo_id, f"{HUB_FOLDER}/{filename}", local_files_only=bool(offline),
+                                    etag_timeout=10))
     except Exception as e:  # offline, not cached, gated, no such file ...
-        why = "offline (HF_HUB_OFFLINE=1) and not in the local hub cache" if offline else f"{type(e).__name__}: {e}"
+        why = f"offline ({offline}) and not in the local hub cache" if offline else f"{type(e).__name__}: {e}"
         raise WeightsError(f"cannot get {HUB_FOLDER}/{filename} from hub:{repo_id} ({str(why).splitlines()[0]}); "
                            "pass a local ControlNet file or folder") from None
 
