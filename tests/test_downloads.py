@@ -147,3 +147,19 @@ def test_default_metric_list_skips_what_cannot_be_fetched(online, monkeypatch):
     assert kept == ("psnr", "ssim") and set(skipped) == {"lpips", "fid"}
     assert ALEXNET.filename in skipped["lpips"] and INCEPTION.filename in skipped["fid"]
     assert "CASCADEKIT_OFFLINE=1" in skipped["fid"]
+
+
+@pytest.mark.parametrize("var", OFFLINE_VARS)
+def test_hub_weights_and_controlnets_honour_every_offline_variable(monkeypatch, var):
+    """Official weights and ControlNets by hub id go through huggingface_hub with the same offline rule."""
+    from cascadekit.codec.errors import WeightsError
+    from cascadekit.codec.weights.controlnet import resolve_controlnet
+    from cascadekit.codec.weights.hub import hub_download
+
+    for v in OFFLINE_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(WeightsError, match=rf"offline \({var}=1\)"):
+        resolve_controlnet("cascadekit-test/no-such-repo", "canny")
+    folder, why = hub_download("cascadekit-test/no-such-repo", ["stage_a.safetensors"])
+    assert folder is None and f"offline ({var}=1)" in why
