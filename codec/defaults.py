@@ -93,6 +93,7 @@ def _tiny_is_current(folder: Path) -> bool:
         PreviewerConfig,
         StageAConfig,
         StageBConfig,
+        StageCConfig,
     )
 
     side = folder / "cascadekit.json"
@@ -107,12 +108,13 @@ def _tiny_is_current(folder: Path) -> bool:
         "effnet": EfficientNetEncoderConfig.preset("official").kwargs(),
         "previewer": PreviewerConfig.preset("tiny").kwargs(),
         "stage_b": StageBConfig.preset("tiny").kwargs(),
+        "stage_c": StageCConfig.preset("tiny").kwargs(),
     }
     want = json.loads(json.dumps(want))  # tuples -> lists, as stored
-    return all(models.get(k) == v for k, v in want.items()) and all(
-        (folder / f).is_file()
-        for f in ("stage_a.safetensors", "effnet_encoder.safetensors", "previewer.safetensors", "stage_b_lite.safetensors")
-    )
+    files = ("stage_a.safetensors", "effnet_encoder.safetensors", "previewer.safetensors", "stage_b_lite.safetensors",
+             "stage_c_lite.safetensors", "text_encoder/config.json", "tokenizer/vocab.json",
+             "image_encoder/config.json")  # the whole default chain: encode ... train ... sample
+    return all(models.get(k) == v for k, v in want.items()) and all((folder / f).is_file() for f in files)
 
 
 def tiny_weights(folder: str | os.PathLike | None = None) -> Path:

@@ -79,3 +79,28 @@ def test_readme_tour_runs_verbatim_offline(tmp_path):
     fid = json.loads(next(ln for ln in outputs["fid"].splitlines() if ln.startswith('{"fid"')))
     assert fid["fid"] >= 0 and fid["skipped"] == 0
     assert not (home / ".cache" / "huggingface").exists()  # nothing went to the hub
+
+
+def test_sample_photographs_have_captions_and_a_manifest(tmp_path):
+    from cascadekit.codec.defaults import SAMPLE_IMAGES, sample_captions, sample_manifest
+
+    caps = sample_captions()
+    assert list(caps) == list(SAMPLE_IMAGES) and all(5 < len(c) < 120 for c in caps.values())
+    path = sample_manifest(tmp_path)
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()]
+    assert [r["key"] for r in rows] == [Path(n).stem for n in SAMPLE_IMAGES]
+    assert all(Path(r["path"]).is_file() and r["caption"] == caps[Path(r["path"]).name] for r in rows)
+    before = path.stat().st_mtime_ns
+    assert sample_manifest(tmp_path) == path and path.stat().st_mtime_ns == before  # unchanged: not rewritten
+
+
+def test_a_cached_tiny_set_without_the_clip_side_is_rewritten(tmp_path):
+    import shutil
+
+    from cascadekit.codec.defaults import _tiny_is_current, tiny_weights
+
+    folder = tiny_weights(tmp_path / "tiny")
+    assert _tiny_is_current(folder)
+    shutil.rmtree(folder / "text_encoder")  # e.g. a set cached by a version without the tiny CLIP
+    assert not _tiny_is_current(folder)
+    assert tiny_weights(folder) == folder and (folder / "text_encoder" / "config.json").is_file()
