@@ -288,7 +288,11 @@ class TextToImagePipeline:
                 raise InputError("image variation needs a CLIP image encoder (image_encoder/ in the weights folder)")
             from cascadekit.codec.text import ImageEncoder
 
-            self.image_encoder = ImageEncoder.from_pretrained(self._image_encoder_source, device=self.device)
+            offloaded = self.offload.mode != "none"
+            self.image_encoder = ImageEncoder.from_pretrained(self._image_encoder_source,
+                                                              device=self.offload.home if offloaded else self.device)
+            if offloaded:  # it joins the offloaded stages (and is pointed at self.device)
+                self.enable_offload(self.offload.mode, self.offload.move, self.offload.home)
         return self.image_encoder
 
     # ------------------------------------------------------------------ helpers
@@ -390,8 +394,9 @@ class TextToImagePipeline:
         c_img = self.stage_c.clip_img_mapper.in_features
         clip_img = torch.zeros(n, 1, c_img, device=dev)
         if image is not None:
+            encoder = self._image_encoder()  # loaded (and registered for offload) before its stage starts
             with self.offload.stage("image"):
-                emb = self._image_encoder().encode(self._images(image, n, "image"))
+                emb = encoder.encode(self._images(image, n, "image"))
             clip_img = emb.float().reshape(n, 1, -1).to(dev)
         cond = {"clip_text": clip_text.float().to(dev), "clip_text_pooled": pooled.float().reshape(n, 1, -1).to(dev),
                 "clip_img": clip_img}
