@@ -145,3 +145,16 @@ def test_sample_command_offload_gives_the_same_pngs(weights, tmp_path):
     assert outs["none"] == outs["model"]
     r = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--offload", "layers"])
     assert r.exit_code == 2 and "--offload" in r.output
+
+
+def test_image_variation_under_offload_loads_the_image_encoder_at_home(weights):
+    img = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    plain = build(weights)("a fox", image=img, return_latents=True, **SMALL)
+    pipe = build(weights)
+    rec = Recorder()
+    pipe.enable_offload("model", move=rec, home=HOME)
+    out = pipe("a fox", image=img, return_latents=True, **SMALL)
+    assert torch.equal(out.latents, plain.latents)
+    enc = pipe.image_encoder.model
+    assert ("CLIPVisionModelWithProjection", "accelerator") in rec.moves and rec.where[id(enc)] == "home"
+    assert "image" in pipe.offload.groups
