@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import sys
 import threading
 from pathlib import Path
 
@@ -163,3 +164,32 @@ def test_hub_weights_and_controlnets_honour_every_offline_variable(monkeypatch, 
         resolve_controlnet("cascadekit-test/no-such-repo", "canny")
     folder, why = hub_download("cascadekit-test/no-such-repo", ["stage_a.safetensors"])
     assert folder is None and f"offline ({var}=1)" in why
+
+
+def test_evaluate_default_metrics_skip_unavailable_backbones_explicit_ones_stop(online, tmp_path, tmp_path_factory,
+                                                                                monkeypatch):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny_weights import tiny_weights_dir
+    from cascadekit.cli.main import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(imgs / f"im{i}.png")
+    base = [str(imgs), "--weights", str(tiny_weights_dir(tmp_path_factory)), "--size", "64", "--encoder-resolution",
+            "64", "--steps", "1", "--quiet", "--device", "cpu"]
+    r = CliRunner().invoke(main, ["evaluate", *base, "--out", str(tmp_path / "r1"), "--offline"])
+    assert r.exit_code == 0, r.output
+    assert "NOTE: lpips skipped" in r.output and "NOTE: fid skipped" in r.output and "--offline" in r.output
+    report = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    assert set(report["settings"]["skipped_metrics"]) == {"lpips", "fid"} and report["aggregate"]["psnr"]["count"] == 2
+    r = CliRunner().invoke(main, ["evaluate", *base, "--out", str(tmp_path / "r2"), "--offline", "--metrics", "psnr,lpips"])
+    assert r.exit_code == 2 and "alexnet-owt-7be5be79.pth" in r.output and "Nothing is downloaded (--offline)" in r.output
+    assert not (tmp_path / "r2" / "metrics.json").exists()
