@@ -190,6 +190,8 @@ def test_evaluate_default_metrics_skip_unavailable_backbones_explicit_ones_stop(
     assert "NOTE: lpips skipped" in r.output and "NOTE: fid skipped" in r.output and "--offline" in r.output
     report = json.loads((tmp_path / "r1" / "metrics.json").read_text())
     assert set(report["settings"]["skipped_metrics"]) == {"lpips", "fid"} and report["aggregate"]["psnr"]["count"] == 2
-    r = CliRunner().invoke(main, ["evaluate", *base, "--out", str(tmp_path / "r2"), "--offline", "--metrics", "psnr,lpips"])
-    assert r.exit_code == 2 and "alexnet-owt-7be5be79.pth" in r.output and "Nothing is downloaded (--offline)" in r.output
+    r = CliRunner().invoke(main, ["evaluate", *base, "--out", str(tmp_path / "r2"), "--offline",
+                                  "--metrics", "psnr,lpips"])
+    assert r.exit_code == 2 and "alexnet-owt-7be5be79.pth" in r.output
+    assert "Nothing is downloaded (--offline)" in r.output
     assert not (tmp_path / "r2" / "metrics.json").exists()
