@@ -19,12 +19,12 @@ import pytest
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from datasets_helpers import TinyEncoder, make_folder, store_arrays  # noqa: E402
+from datasets_helpers import TinyEncoder, make_broken, make_folder, store_arrays  # noqa: E402
 
 from cascadekit.codec.errors import InputError  # noqa: E402
 from cascadekit.datasets import store as S  # noqa: E402
 from cascadekit.datasets.access import LatentStore  # noqa: E402
-from cascadekit.datasets.builder import build_latent_dataset  # noqa: E402
+from cascadekit.datasets.builder import build_latent_dataset, store_summary  # noqa: E402
 from cascadekit.datasets.remote import RemotePath, is_url, redact, store_path  # noqa: E402
 
 moto_server = pytest.importorskip("moto.server")
@@ -65,6 +65,7 @@ def s3():
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3corpus")
     make_folder(root / "photos")
+    make_broken(root / "photos" / "broken")  # skipped rows and an error table too
     ref = root / "ref.zarr"
     build_latent_dataset([root / "photos"], ref, TinyEncoder(), **KW)
     return root / "photos", ref
@@ -80,6 +81,10 @@ def _same_store(a, b) -> None:
     assert np.abs(ra["/latents"]).max() > 0
     for name in ra:
         assert np.array_equal(ra[name], rb[name]), name
+    ea, eb = S.open_store(a)["errors"], S.open_store(b)["errors"]
+    assert ea["row"].shape[0] > 0
+    for name in ("row", "key", "reason"):
+        assert np.array_equal(ea[name][:], eb[name][:]), name
 
 
 def test_urls_and_paths():
@@ -96,7 +101,8 @@ def test_build_to_s3_equals_local_and_reads_back(s3, corpus):
     url = f"s3://{BUCKET}/plain.zarr"
     with pytest.warns(UserWarning, match="no lock"):
         summary = build_latent_dataset([photos], url, TinyEncoder(), **KW)
-    assert summary.store == url and summary.ok == 8
+    want = store_summary(ref)
+    assert summary.store == url and (summary.ok, summary.skipped) == (want.ok, want.skipped) and want.skipped
     _same_store(ref, url)
     st = LatentStore(url)
     assert st.attrs["complete"] and isinstance(st.path, RemotePath)
@@ -110,15 +116,31 @@ def test_build_to_s3_equals_local_and_reads_back(s3, corpus):
     assert fs.exists(f"{BUCKET}/plain.zarr/inspect/zarr.json")
     local = [b["latents"] for b in LatentDataset(ref, batch_size=3, shuffle=False)]
     remote = [b["latents"] for b in LatentDataset(url, batch_size=3, shuffle=False)]
-    assert all((a == b).all() for a, b in zip(local, remote)) and len(local) == len(remote) == 3
+    assert all((a == b).all() for a, b in zip(local, remote)) and len(local) == len(remote) == -(-want.ok // 3)
     assert verify_store(url)["ok"]
     # a lost chunk object is found by --verify, skipped by readers, and re-created by a resumed encode
     fs.rm(f"{BUCKET}/plain.zarr/latents/c/1/0/0/0")
     ver = verify_store(url)
     assert not ver["ok"] and ver["problems"][0]["array"] == "latents" and ver["problems"][0]["rows"] == [4, 8]
     s = build_latent_dataset([photos], url, TinyEncoder(), **KW)
-    assert s.resumed_rows == 4 and s.encoded_now == 4
+    assert s.resumed_rows == want.rows - 4 and s.encoded_now + s.skipped_now == 4
     _same_store(ref, url)
+
+
+def test_other_settings_refused_then_overwritten_and_foreign_prefix_refused(s3, corpus):
+    fs, _ = s3
+    photos, _ = corpus
+    url = f"s3://{BUCKET}/rebuilt.zarr"
+    build_latent_dataset([photos], url, TinyEncoder(), **KW)
+    with pytest.raises(InputError, match="different settings"):
+        build_latent_dataset([photos], url, TinyEncoder(), **{**KW, "resolution": 96})
+    s = build_latent_dataset([photos], url, TinyEncoder(), **{**KW, "resolution": 96}, overwrite=True)
+    assert s.resumed_rows == 0 and S.open_store(url).attrs["preprocess"]["resolution"] == 96
+    fs.pipe_file(f"{BUCKET}/foreign/notes.txt", b"mine")
+    with pytest.raises(InputError, match="not a cascadekit latent store"):
+        build_latent_dataset([photos], f"s3://{BUCKET}/foreign", TinyEncoder(), **KW, overwrite=True)
+    assert fs.cat_file(f"{BUCKET}/foreign/notes.txt") == b"mine" and fs.ls(f"{BUCKET}/foreign") == [
+        f"{BUCKET}/foreign/notes.txt"]
 
 
 def _kill_mid_build(url: str, photos: Path, env: dict, ref: Path, delay: float = 0.25, timeout: float = 90):
@@ -218,7 +240,8 @@ def test_cli_chain_on_s3_without_leaking_credentials(s3, corpus, tmp_path, caplo
     from cascadekit.codec.weights.tiny import write_tiny_weights
 
     fs, _ = s3
-    photos, _ = corpus
+    photos, ref = corpus
+    want = store_summary(ref)
     weights = tmp_path / "tiny"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -237,9 +260,9 @@ def test_cli_chain_on_s3_without_leaking_credentials(s3, corpus, tmp_path, caplo
     ok(["encode", str(photos), "--out", url, "--weights", str(weights), "--resolution", "64", "--batch-size", "4",
         "--chunk-rows", "4", "--num-workers", "0", "--quiet"])
     assert fs.exists(f"{BUCKET}/cli.zarr/inspect/preview.png")
-    assert "8 ok" in ok(["inspect", url, "--weights", str(weights), "--verify"])
+    assert f"{want.ok} ok" in ok(["inspect", url, "--weights", str(weights), "--verify"])
     ok(["embed-text", url, "--weights", str(weights), "--quiet"])
-    assert S.open_store(url)["clip_text"].shape[0] == 8
+    assert S.open_store(url)["clip_text"].shape[0] == want.rows
     ok(["train", "--data", url, "--config", "tiny", "--out", str(tmp_path / "run"), "--device", "cpu",
         "--set", "steps=2", "--set", "save_every=2", "--set", "log_every=1"])
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
