@@ -23,8 +23,11 @@ EMBEDDINGS = ("clip_text", "clip_text_pooled", "clip_img")
 EMPTY_NAMES = (("empty_clip_text", "empty_clip_text_pooled"),)
 
 
-def open_groups(path: Path):
+def open_groups(path: Path, extra: tuple[str, ...] = ()):
     """(groups with their readers, available fields, empty-caption embeddings or None, {field: per-sample shape}).
+
+    ``extra``: further fields (:data:`cascadekit.datasets.access.FIELDS`, e.g. a ControlNet control or
+    ``source``) read with each batch where a group has them; rows are then those usable for them too.
 
     Rows are selected by :meth:`cascadekit.datasets.access.GroupView.select` (the one rule); training refuses
     a store whose ok rows lack text embeddings or chunk files instead of training on fewer or zero samples.
@@ -34,7 +37,7 @@ def open_groups(path: Path):
     fields_per_group = []
     field_shapes: dict[str, tuple] = {}
     for gv in store.groups:
-        emb_names = [n for n in EMBEDDINGS if gv.has(n)]
+        emb_names = [n for n in EMBEDDINGS if gv.has(n)] + [n for n in extra if gv.has(n)]
         sel = gv.select(["latents", *emb_names] + (["captions"] if gv.has("captions") else []))
         _refuse_incomplete(path, gv, sel)
         rows = sel.rows
@@ -73,6 +76,9 @@ def _refuse_incomplete(path, gv, sel) -> None:
     if sel.text_pending:
         raise InputError(f"{path}: {sel.text_pending} samples of group {gv.path or 'root'!r} have "
                          "no text embedding yet; rerun `cascadekit embed-text` to finish it")
+    if sel.control_pending:
+        raise InputError(f"{path}: {sel.control_pending} samples of group {gv.path or 'root'!r} have no stored "
+                         "control yet; rerun `cascadekit add-controls` to finish it")
     if sel.problems:
         raise InputError(f"{path}: {sel.lost_rows} samples of group {gv.path or 'root'!r} have missing chunk files "
                          f"({sel.describe_problems()}); {REPAIR_HINT}")
@@ -108,7 +114,13 @@ def _reader(gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
         if caps is not None:
             batch["captions"] = [caps[i] for i in idx.tolist()]
         for name in emb:
-            batch[name] = torch.from_numpy(caches[name].rows(sel).astype(np.float32))
+            values = caches[name].rows(sel)
+            if values.dtype.kind in "OUT":  # a string field (e.g. source)
+                batch[name] = [str(v) for v in values]
+            elif values.dtype == np.uint8:  # uint8 controls stay uint8 (4x less memory per batch)
+                batch[name] = torch.from_numpy(values)
+            else:
+                batch[name] = torch.from_numpy(values.astype(np.float32))
         return batch
 
     return read

@@ -70,9 +70,9 @@ class TensorData:
         return out
 
 
-def open_train_data(path: str | Path) -> TrainData:
-    """Open a latent store for training (see :class:`StoreData`)."""
-    return StoreData(path)
+def open_train_data(path: str | Path, extra: tuple[str, ...] = ()) -> TrainData:
+    """Open a latent store for training (see :class:`StoreData`; ``extra``: further fields to read)."""
+    return StoreData(path, extra)
 
 
 open_store = open_train_data  # the former name (callers written against it keep working)
@@ -81,12 +81,13 @@ open_store = open_train_data  # the former name (callers written against it keep
 class StoreData:
     """A Zarr latent store (``docs/dataset_format.md``) read through ``cascadekit.datasets``."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, extra: tuple[str, ...] = ()):
         from cascadekit.datasets.remote import store_path
         from cascadekit.generator._store import open_groups
 
         self.path = store_path(path)  # a folder or an fsspec URL (s3://...)
-        self._groups, self.fields, self.empty, self.field_shapes = open_groups(self.path)
+        # extra: further store fields read with each batch where every group has them (e.g. ControlNet controls)
+        self._groups, self.fields, self.empty, self.field_shapes = open_groups(self.path, tuple(extra))
         self.groups = [g for g, _ in self._groups]
         self._readers = {g.name: r for g, r in self._groups}
 
