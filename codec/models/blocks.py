@@ -68,8 +68,9 @@ class LayerNorm2d(nn.Module):
 
 def _spatial_l2(x: torch.Tensor) -> torch.Tensor:
     """L2 norm over axes 1 and 2 of (B, H, W, C) -> (B, 1, 1, C), see :class:`GlobalResponseNorm`."""
-    if x.dtype == torch.float32:
+    if x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
         return x.square().sum(dim=(1, 2), keepdim=True).sqrt()
+    # torch.norm under autograd: sqrt's gradient at an all-zero channel is inf * 0 = NaN, torch.norm's is 0
     return torch.norm(x, p=2, dim=(1, 2), keepdim=True)
 
 
