@@ -8,6 +8,7 @@ import click
 from cascadekit.cli.common import reports_user_errors
 from cascadekit.cli.out_folder import EVALUATE, check_out_folder, remove_outputs
 from cascadekit.cli.params import BATCH, COUNT, DEVICE, FINITE, NON_NEGATIVE, OUT_FOLDER, SEED, STEPS, PixelSide, STORE_IN
+from cascadekit.cli.stage_b_options import check_stage_b_flags, compare_option, ema_option, stage_b_weight_options
 
 
 def _metric_names(ctx, param, value):
@@ -59,19 +60,24 @@ def _metric_names(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--offline", is_flag=True,
               help="Never download a missing metric backbone (also CASCADEKIT_OFFLINE=1 / HF_HUB_OFFLINE=1).")
+@stage_b_weight_options
+@ema_option
+@compare_option
 @reports_user_errors
 def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
-             size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, offline):
+             size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, offline,
+             stage_b_weights=None, ema=False, compare=False):
     """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
     Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
     and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
+    check_stage_b_flags(stage_b_weights, ema, compare)
     earlier = check_out_folder(out, EVALUATE, overwrite)
     metrics, skipped_metrics = _usable_metrics(metrics, lpips_net, weights_dir, offline)
     for name, why in skipped_metrics.items():
         click.echo(f"NOTE: {name} skipped: {why}", err=True)
     result = _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net,
                   weights_dir, size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet,
-                  skipped_metrics=skipped_metrics)
+                  skipped_metrics=skipped_metrics, stage_b_choice=(stage_b_weights, ema, compare))
     agg = result["aggregate"]
     for name, v in agg.items():
         if isinstance(v, dict):
@@ -137,7 +143,8 @@ def _mode_note(path) -> str | None:
 
 
 def _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, metrics, lpips_net, weights_dir,
-         size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, skipped_metrics=None):
+         size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, skipped_metrics=None,
+         stage_b_choice=(None, False, False)):
     import warnings
 
     from cascadekit.cli.common import default_dtype, pick_device, pick_weights
@@ -179,7 +186,10 @@ def _run(images, out, earlier, weights, store, stage_b, steps, guidance, seed, m
         def reconstruct(x, seed):
             return codec.reconstruct(x, seed=seed, **decode_kw).float().cpu()
 
-    result = run_evaluation(items, reconstruct, out, seed=seed, metrics=metric_names, batch_size=batch_size,
+    from cascadekit.cli.stage_b_options import evaluate_decoders
+
+    result = evaluate_decoders(codec, *stage_b_choice, items, reconstruct, out, seed=seed, metrics=metric_names,
+                            batch_size=batch_size,
                             weights_dir=weights_dir, device=dev, lpips_net=lpips_net, grid_samples=grid_samples,
                             settings=settings, notice=notice, progress=not quiet, extra_skipped=extra_skipped,
                             max_images=max_images)

@@ -6,6 +6,7 @@ import click
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
 from cascadekit.cli.out_folder import RECONSTRUCT, claim_out_folder
 from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, PixelSide
+from cascadekit.cli.stage_b_options import apply_stage_b_weights, check_stage_b_flags, ema_option, stage_b_weight_options
 
 
 @click.command("reconstruct")
@@ -29,18 +30,21 @@ from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, Pixel
               help="Compute precision (default: bf16 on CUDA, fp32 on CPU). fp16 runs Stage B in bf16.")
 @click.option("--allow-zero-text", is_flag=True,
               help="Decode with a zero text embedding when no empty-caption CLIP embedding (or text encoder) exists.")
+@stage_b_weight_options
+@ema_option
 @reports_user_errors
 def reconstruct(images, out, overwrite, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device,
-                dtype, allow_zero_text):
+                dtype, allow_zero_text, stage_b_weights=None, ema=False):
     """Reconstruct IMAGES... (encode + decode) into --out: one PNG each, grid.png (original |
     reconstruction) and reconstruct.json. With no IMAGES, scikit-image's sample photographs are used."""
+    check_stage_b_flags(stage_b_weights, ema)
     claim_out_folder(out, RECONSTRUCT, overwrite)
     _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-         allow_zero_text)
+         allow_zero_text, stage_b_choice=(stage_b_weights, ema))
 
 
 def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-         allow_zero_text=False):
+         allow_zero_text=False, stage_b_choice=(None, False)):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -55,6 +59,7 @@ def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_res
         warnings.simplefilter("ignore")  # the tiny-weights warning is replaced by the banner / line below
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
                                       encoder_resolution=encoder_resolution, allow_zero_text=allow_zero_text)
+    apply_stage_b_weights(codec, *stage_b_choice)
     if codec.tiny:
         click.echo(f"weights: {info['source']} (TINY RANDOM)", err=True)
     else:

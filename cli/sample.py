@@ -11,6 +11,7 @@ from cascadekit.cli.offload_options import offload_option, picked_offload, repor
 from cascadekit.cli.out_folder import SAMPLE, claim_out_folder
 from cascadekit.cli.params import (COUNT, DEVICE, FINITE, MAX_SIDE, OUT_FOLDER, SEED, STEPS, FiniteFloat, PixelSide,
                                    check_pixel_budget)
+from cascadekit.cli.stage_b_options import apply_stage_b_weights, stage_b_weight_options
 
 SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 
@@ -38,7 +39,9 @@ SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 @click.option("--stage-c-weights", "stage_c_weights", default=None, type=click.Path(exists=True),
               help="Stage C weights to use instead of those in --weights: a `cascadekit train` run folder or "
                    "checkpoint (RUN/checkpoints/step_N), or a Stage C file / prior folder.")
-@click.option("--ema", is_flag=True, help="With --stage-c-weights on a training checkpoint: use its EMA weights.")
+@click.option("--ema", is_flag=True, help="With --stage-c-weights / --stage-b-weights on a training checkpoint: use "
+                                          "its EMA weights.")
+@stage_b_weight_options
 @click.option("--stage-c", "stage_c", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
@@ -49,7 +52,7 @@ SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance,
            seed, n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype,
            device, lora_scale=1.0, lora_token=(), control=None, control_image=None, mask=None, outpaint=False,
-           paste_back=False, control_strength=1.0, controlnet=None):
+           paste_back=False, control_strength=1.0, controlnet=None, stage_b_weights=None):
     """Generate images for PROMPT... and write them as PNGs to --out."""
     lora = lora_kwargs(lora, lora_scale, lora_token)  # from_pretrained keywords
     ctl = control_settings(control, control_image, mask, outpaint, paste_back, control_strength)
@@ -59,19 +62,19 @@ def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shi
     if inpainting and ctx.get_parameter_source("strength") is ParameterSource.DEFAULT:
         strength = 1.0  # the official inpainting notebook's noise_level
     check_pixel_budget(height, width)
-    if ema and stage_c_weights is None:
-        raise click.UsageError("--ema needs --stage-c-weights pointing at a training run or checkpoint")
+    if ema and stage_c_weights is None and stage_b_weights is None:
+        raise click.UsageError("--ema needs --stage-c-weights or --stage-b-weights pointing at a training run or checkpoint")
     if not prompts and image is None:
         raise click.UsageError("give at least one PROMPT (or --image for an image variation)")
     claim_out_folder(out, SAMPLE, overwrite)  # every check above passed; before the heavy imports of _run
     _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed,
          n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device,
-         control=(ctl, controlnet))
+         control=(ctl, controlnet), stage_b_weights=stage_b_weights)
 
 
 def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance, seed,
          n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype, device,
-         control=(None, None)):
+         control=(None, None), stage_b_weights=None):
     import warnings
 
     from cascadekit.generator.pipeline import TextToImagePipeline
@@ -87,6 +90,7 @@ def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, dec
         pipe = TextToImagePipeline.from_pretrained(weights, device=dev, dtype=dtype, stage_c=stage_c,
                                                    stage_b=stage_b, **lora, stage_c_weights=stage_c_weights,
                                                    ema=ema, offload=picked_offload())
+        apply_stage_b_weights(pipe.codec, stage_b_weights, ema)
         if control[0] is not None:
             pipe.load_controlnet(controlnet_source(control[1], weights), control[0].control)
     from cascadekit.codec.images import load_image

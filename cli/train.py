@@ -10,7 +10,8 @@ from cascadekit.cli.params import DEVICE, OUT_FOLDER, STORE_DATA
 @click.command("train")
 @click.option("--data", "data", required=True, type=STORE_DATA, help="Latent store (STORE.zarr or an s3://... URL) from `cascadekit encode`.")
 @click.option("--config", "config", required=True,
-              help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny.")
+              help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny; "
+                   "Stage B: finetune_b_lite, finetune_b_big (or a file with task: stage_b, e.g. preset: tiny).")
 @click.option("--out", "out", required=True, type=OUT_FOLDER, help="Run folder: checkpoints/, previews/, train_log.jsonl.")
 @click.option("--init", "init", default=None, help="Stage C weights to fine-tune (file, folder, diffusers snapshot, hub id); required for LoRA.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest intact checkpoint (exactly); an error if it has none.")
@@ -35,6 +36,10 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
     from cascadekit.generator.train import train as run_training
     from cascadekit.generator.training.settings import parse_overrides
 
+    from cascadekit.cli.train_stage_b import is_stage_b, run_stage_b
+
+    if is_stage_b(config):  # Stage B fine-tuning: its own task and config (cli/train_stage_b.py)
+        return run_stage_b(data, config, out, init, resume, text_encoder, device, overrides)
     cfg = TrainConfig.from_file(config)
     if overrides:
         cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **parse_overrides(overrides, "--set")})

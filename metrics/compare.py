@@ -8,7 +8,7 @@ writes into ``out``:
   the first (``later - first``: PSNR/SSIM up is better, LPIPS/FID down is better);
 * ``compare_per_image.csv`` — one row per image every decoder evaluated: each metric per decoder + deltas;
 * ``compare_grids/*.png`` — original | reconstruction of each decoder, in label order (first ``grid_samples``);
-* ``compare.html`` — the tables and grids.
+* ``index.html`` — the tables and grids (each decoder's own report: ``<label>/index.html``).
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def compare(images: Iterable[tuple[str, object]], decoders: dict[str, Callable],
     columns = ["key"] + [f"{m}_{lb}" for m in metric_cols for lb in labels] + \
         [f"{m}_delta_{lb}" for m in metric_cols for lb in labels[1:]]
     report.write_csv(out / "compare_per_image.csv", rows, columns)
-    _write_html(out / "compare.html", summary, rows, grids, metric_cols)
+    _write_html(out / "index.html", summary, rows, grids, metric_cols)
     return summary
 
 

@@ -78,4 +78,4 @@ def test_tiny_stage_b_overfits_and_evaluate_sees_it(weights, tmp_path):
     assert table[0].split(",")[:3] == ["key", "psnr_base", "psnr_finetuned"] and len(table) == 5
     assert len(list((tmp_path / "cmp" / "compare_grids").iterdir())) == 4
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["baseline"] == "base"
-    assert (tmp_path / "cmp" / "base" / "index.html").is_file() and (tmp_path / "cmp" / "compare.html").is_file()
+    assert (tmp_path / "cmp" / "base" / "index.html").is_file() and (tmp_path / "cmp" / "index.html").is_file()
