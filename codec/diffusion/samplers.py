@@ -145,13 +145,29 @@ def _cat_pair(key: str, v: Any, v_u: Any) -> Any:
             raise InputError(f"unconditional input {key!r} is {got}, must match the conditional {tuple(v.shape)}")
         return torch.cat([v, v_u.to(v.device, v.dtype)], dim=0)
     if isinstance(v, list):
-        return [
-            torch.cat([vi, vi_u], dim=0) if isinstance(vi, torch.Tensor) and isinstance(vi_u, torch.Tensor) else None
-            for vi, vi_u in zip(v, v_u)
-        ]
+        return _cat_list(key, v, v_u)
     if isinstance(v, dict):
         return {vk: torch.cat([v[vk], v_u.get(vk, torch.zeros_like(v[vk]))], dim=0) for vk in v}
     return v  # non-tensor settings are passed through unchanged
+
+
+def _cat_list(key: str, v: list, v_u: Any) -> list:
+    """Element-wise pairing of a list input (the ControlNet list): equal lengths, a tensor paired with a
+    tensor of the same per-sample shape, ``None`` with ``None``; anything else is an :class:`InputError`."""
+    if not isinstance(v_u, list) or len(v_u) != len(v):
+        got = f"a list of {len(v_u)}" if isinstance(v_u, list) else type(v_u).__name__
+        raise InputError(f"unconditional input {key!r} is {got}, must be a list of {len(v)} like the conditional")
+    out = []
+    for i, (vi, vi_u) in enumerate(zip(v, v_u)):
+        if vi is None and vi_u is None:
+            out.append(None)
+        elif isinstance(vi, torch.Tensor) and isinstance(vi_u, torch.Tensor) and vi.shape[1:] == vi_u.shape[1:]:
+            out.append(torch.cat([vi, vi_u.to(vi.device, vi.dtype)], dim=0))
+        else:
+            desc = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (vi, vi_u)]
+            raise InputError(f"{key}[{i}] is {desc[0]} in the conditional but {desc[1]} in the unconditional "
+                             "input; both must be None or tensors of the same per-sample shape")
+    return out
 
 
 def _zeros_like_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
