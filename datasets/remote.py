@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from contextlib import contextmanager
 import tempfile
 import uuid
 import warnings
@@ -112,24 +113,42 @@ class RemotePath:
     def _fresh(self) -> None:
         self.fs.invalidate_cache()
 
+    @contextmanager
+    def _reaching(self):
+        """Backend failures (no credentials, endpoint down, access denied) as one InputError naming the URL."""
+        try:
+            yield
+        except (FileNotFoundError, InputError):
+            raise
+        except PermissionError as e:
+            raise InputError(f"{self}: access denied ({_short(e)}); check the credentials' permissions") from None
+        except Exception as e:  # noqa: BLE001 - botocore / aiohttp / gcsfs errors are not OSErrors
+            raise InputError(f"cannot reach {self} ({type(e).__name__}: {_short(e)}); check the endpoint, the "
+                             "network and the credentials (AWS_* variables, ~/.aws, fsspec config)") from None
+
     def exists(self) -> bool:
         self._fresh()
-        return bool(self.fs.exists(self.path))
+        with self._reaching():
+            return bool(self.fs.exists(self.path))
 
     def is_file(self) -> bool:
         self._fresh()
-        return bool(self.fs.isfile(self.path))
+        with self._reaching():
+            return bool(self.fs.isfile(self.path))
 
     def is_dir(self) -> bool:
         self._fresh()
-        return bool(self.fs.isdir(self.path))
+        with self._reaching():
+            return bool(self.fs.isdir(self.path))
 
     def is_symlink(self) -> bool:
         return False
 
     def iterdir(self):
         self._fresh()
-        for p in sorted(self.fs.ls(self.path, detail=False)):
+        with self._reaching():
+            found = sorted(self.fs.ls(self.path, detail=False))
+        for p in found:
             rel = str(p).rstrip("/").rsplit("/", 1)[-1]
             if rel:
                 yield self._child(rel)

@@ -276,3 +276,20 @@ def test_cli_chain_on_s3_without_leaking_credentials(s3, corpus, tmp_path, caplo
     text = "\n".join(outputs) + "\n".join(r.getMessage() for r in caplog.records) + _zarr_json_text(fs, BUCKET)
     assert "cascadekit.latent-dataset" in text  # the attributes were read
     assert KEY_ID not in text and SECRET not in text
+
+
+@pytest.mark.slow
+def test_unreachable_endpoint_is_one_clear_error(s3, monkeypatch):
+    from click.testing import CliRunner
+
+    from cascadekit.cli.main import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    _reset_clients()
+    try:
+        r = CliRunner().invoke(main, ["inspect", f"s3://{BUCKET}/plain.zarr", "--no-preview"])
+    finally:
+        monkeypatch.undo()
+        _reset_clients()
+    assert r.exit_code == 2 and "error: cannot reach s3://cascadekit-test/plain.zarr" in r.output
+    assert "Traceback" not in r.output and SECRET not in r.output and KEY_ID not in r.output
