@@ -7,8 +7,6 @@ complete store exist. Reads the whole store once, block by block (constant memor
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from cascadekit.datasets import integrity
