@@ -22,6 +22,7 @@ COMMANDS = {
     "upscale": ("cascadekit.cli.upscale", "upscale"),
     "export": ("cascadekit.cli.export", "export"),
     "compare": ("cascadekit.cli.compare", "compare"),
+    "app": ("cascadekit.cli.app", "app"),
 }
 
 

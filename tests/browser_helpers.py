@@ -48,8 +48,17 @@ def browser_page(viewport=(1280, 900)):
             browser.close()
 
 
-def broken_images(page) -> list[str]:
-    """The src (first 80 characters) of every <img> on the page that did not load."""
+SHOWN_IMAGES = "[...document.images].filter(i => i.checkVisibility())"
+
+
+def broken_images(page, timeout_ms: int = 30_000) -> list[str]:
+    """The src (first 80 characters) of every shown <img> on the page that did not load: lazy ones are made
+    eager and each is given ``timeout_ms`` to finish (images in hidden tabs are not shown, so not checked)."""
     page.wait_for_load_state("load")
-    return page.evaluate("""[...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
-                            .map(i => i.getAttribute('src').slice(0, 80))""")
+    page.evaluate(f"{SHOWN_IMAGES}.forEach(i => {{ i.loading = 'eager'; i.scrollIntoView(); }})")
+    try:
+        page.wait_for_function(f"{SHOWN_IMAGES}.every(i => i.complete)", timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 - the ones still loading are reported below
+        pass
+    return page.evaluate(f"""{SHOWN_IMAGES}.filter(i => !(i.complete && i.naturalWidth > 0))
+                            .map(i => (i.getAttribute('src') || '').slice(0, 80))""")

@@ -1,0 +1,80 @@
+"""The Stores tab's jobs, all through the store reader (``datasets.access.LatentStore``, ``datasets.inspect``): a
+store's counts / statistics / skip reasons, a page of previewer decodes of its usable rows with keys and captions,
+and one sample's full decode (Stage B + Stage A)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cascadekit.cli.app_jobs import AppConfig, Models
+from cascadekit.codec.errors import InputError
+from cascadekit.codec.images import tensor_to_pil
+from cascadekit.datasets.access import LatentStore
+from cascadekit.datasets.inspect import format_report, inspect_store
+
+PAGE = 12
+
+
+@dataclass
+class StoreIndex:
+    """The usable rows of one store in order: (group path, row) per sample."""
+
+    store: LatentStore
+    rows: list[tuple[str, int]]
+
+    @classmethod
+    def open(cls, path: Path) -> "StoreIndex":
+        st = LatentStore(path)
+        rows = [(gv.path, int(r)) for gv in st.groups for r in gv.select(("latents",)).rows]
+        return cls(st, rows)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-len(self.rows) // PAGE))
+
+    def sample(self, i: int) -> dict:
+        """{"key", "caption", "latents" (1,16,h,w) float32} of usable sample ``i``."""
+        if not 0 <= i < len(self.rows):
+            raise InputError(f"sample {i} is outside the store's {len(self.rows)} usable rows")
+        path, row = self.rows[i]
+        gv = self.store.group(path)
+        text = {f: str(gv.cache(f, keep=1).rows(np.array([row]))[0]) if gv.has(f) else ""
+                for f in ("keys", "captions")}
+        lat = gv.cache("latents", keep=1).rows(np.array([row]))
+        return {"key": text["keys"], "caption": text["captions"],
+                "latents": torch.from_numpy(np.asarray(lat, np.float32))}
+
+
+def store_of(label: str | None, config: AppConfig) -> Path:
+    """The path of a store the app was started with (only those; never a typed path)."""
+    if label not in config.stores:
+        raise InputError(f"unknown store {label!r}; the app was started with {sorted(config.stores)}")
+    return config.stores[label]
+
+
+def summary(path: Path) -> str:
+    """The `cascadekit inspect` text of the store (counts, statistics, skip reasons), without writing to it."""
+    return format_report(inspect_store(path, n_preview=0, write=False))
+
+
+def page(index: StoreIndex, number: int, models: Models) -> list[tuple]:
+    """Previewer decodes of page ``number`` (0-based): [(PIL image, "i · key · caption")]."""
+    if not 0 <= number < index.pages:
+        raise InputError(f"page {number + 1} does not exist; the store has {index.pages} pages")
+    codec = models.previewer()
+    items = []
+    for i in range(number * PAGE, min(len(index.rows), (number + 1) * PAGE)):
+        s = index.sample(i)
+        img = codec.preview(s["latents"])[0].float().cpu()
+        items.append((tensor_to_pil(img), f"{i} · {s['key']} · {s['caption'][:80]}"))
+    return items
+
+
+def full_decode(index: StoreIndex, i: int, models: Models, seed: int = 0, steps: int = 10):
+    """(PIL image of sample ``i`` decoded by Stage B + Stage A, its key, its caption)."""
+    s = index.sample(i)
+    img = models.codec().decode(s["latents"], seed=seed, steps=steps)[0].float().cpu()
+    return tensor_to_pil(img), s["key"], s["caption"]

@@ -1,0 +1,178 @@
+"""`cascadekit app` through its HTTP API (gradio_client): every tab, bad uploads, one job at a time, a bounded
+queue, cancel, and the launch settings (127.0.0.1, no share link)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("gradio", reason="the app needs gradio (pip install 'cascadekit[app]')")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from _tiny_weights import tiny_weights_dir  # noqa: E402
+from app_helpers import fixtures, generate_args, running_app  # noqa: E402
+from cascadekit.generator.pipeline import TextToImagePipeline, read_png_parameters  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return tiny_weights_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def files(weights, tmp_path_factory):
+    return fixtures(tmp_path_factory.mktemp("app"), weights)
+
+
+@pytest.fixture(scope="module")
+def app(weights, files):
+    with running_app(weights, files) as (demo, url):
+        yield demo, Client(url, verbose=False)
+
+
+def test_generate_png_carries_the_parameters_of_sample(app, weights):
+    _, client = app
+    gallery, controls, pngs, params = client.predict(**generate_args(), api_name="/generate")
+    assert len(gallery) == 1 and controls == [] and len(pngs) == 1
+    embedded = read_png_parameters(pngs[0])
+    assert embedded == params and embedded["prompt"] == "a red fox" and embedded["seed"] == 7
+    assert embedded["prior_steps"] == 2 and embedded["decoder_steps"] == 1 and embedded["tiny_weights"]
+    pipe = TextToImagePipeline.from_pretrained(str(weights))  # the library call the app makes
+    direct = pipe("a red fox", height=64, width=64, seed=7, prior_steps=2, decoder_steps=1)
+    assert direct.parameters[0] == embedded
+    from PIL import Image
+    import numpy as np
+    got = torch.from_numpy(np.array(Image.open(pngs[0]))).permute(2, 0, 1).float() / 255
+    assert (got - direct.images[0]).abs().max() <= 1 / 255 + 1e-6  # same pixels up to the 8-bit rounding
+
+
+def test_generate_variation_img2img_run_and_controlnet(app, files):
+    _, client = app
+    photo = handle_file(str(files["photo"]))
+    _, _, pngs, p = client.predict(**generate_args(init=photo, strength=0.5, run="run1"), api_name="/generate")
+    assert p["init_image"] and p["strength"] == 0.5 and p["prior_steps"] == 1
+    assert p["stage_c_weights"] == str(files["run"])
+    _, _, _, p = client.predict(**generate_args(variation=photo, n=2), api_name="/generate")
+    assert p["image_variation"] and p["batch_size"] == 2
+    _, controls, pngs, p = client.predict(**generate_args(cnet="canny", control_image=photo), api_name="/generate")
+    assert p["control"] == "canny" and len(controls) == 1 and read_png_parameters(pngs[0])["control"] == "canny"
+
+
+def test_generate_with_a_lora_file(app, weights, tmp_path):
+    from test_lora_sampling import _lora_file
+
+    lora = _lora_file(weights, tmp_path / "fernando.safetensors", 1)
+    _, client = app
+    _, _, pngs, p = client.predict(**generate_args(prompt="a dog [fernando]", lora=[handle_file(str(lora))]),
+                                   api_name="/generate")
+    assert p["lora"] and p["lora"].endswith("fernando.safetensors") and p["prompt"] == "a dog [fernando]"
+
+
+def test_bad_requests_are_messages(app, files):
+    demo, client = app
+    with pytest.raises(Exception, match="init image broken.png cannot be used"):
+        client.predict(**generate_args(init=handle_file(str(files["broken"]))), api_name="/generate")
+    with pytest.raises(Exception, match="not in the list of choices"):  # Gradio checks the choices, and so do we:
+        client.predict(**generate_args(run="../../etc"), api_name="/generate")
+    from cascadekit.cli.app_generate import GenerateRequest
+    from cascadekit.codec.errors import InputError
+    with pytest.raises(InputError, match="unknown training run"):
+        GenerateRequest("x", run="../../etc").check(demo.cascadekit.config, {})
+    with pytest.raises(Exception, match="cannot be used"):
+        client.predict([handle_file(str(files["broken"]))], 128, 0, "lite", 2, False, "lite", 2,
+                       api_name="/reconstruct")
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("/etc", api_name="/open_store")
+
+
+def test_reconstruct_two_decoders(app, files):
+    _, client = app
+    grids, table = client.predict([handle_file(str(files["photo"]))], 64, 0, "lite", 1, True, "lite", 2,
+                                  api_name="/reconstruct")
+    rows = table["data"]
+    assert len(grids) == 2 and len(rows) == 2
+    assert rows[0][1].endswith("1 steps, cfg 1.1") and rows[1][1].endswith("2 steps, cfg 1.1")
+    assert all(0 < float(r[2]) < 100 and -1 <= float(r[3]) <= 1 for r in rows)
+
+
+def test_store_summary_pages_and_full_decode(app):
+    _, client = app
+    info, number, grid = client.predict("photos.zarr", api_name="/open_store")
+    assert "16 rows, 16 ok, 0 skipped" in info and "16 usable samples, 2 pages" in info
+    assert number == 1 and len(grid) == 12 and grid[0]["caption"].startswith("0 · img000 · caption 0")
+    number, grid = client.predict("photos.zarr", 1, api_name="/next_page")
+    assert number == 2 and len(grid) == 4 and grid[0]["caption"].startswith("12 · img012")
+    number, grid = client.predict("photos.zarr", 2, api_name="/next_page")
+    assert number == 2  # the last page stays
+    image, caption = client.predict("photos.zarr", 5, api_name="/decode_sample")
+    assert caption == "img005: caption 5" and image
+
+
+def test_two_generate_requests_run_one_after_the_other(app, monkeypatch):
+    import cascadekit.cli.app as app_module
+
+    spans, real = [], app_module.generate
+
+    def timed(*a, **k):
+        t0 = time.monotonic()
+        try:
+            return real(*a, **k)
+        finally:
+            spans.append((t0, time.monotonic()))
+
+    monkeypatch.setattr(app_module, "generate", timed)
+    _, client = app
+    jobs = [client.submit(**generate_args(seed=s, steps=3), api_name="/generate") for s in (1, 2)]
+    seeds = sorted(j.result(timeout=300)[3]["seed"] for j in jobs)
+    assert seeds == [1, 2] and len(spans) == 2
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0  # never two jobs at once
+
+
+def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
+    with running_app(weights, files, queue_size=1) as (demo, url):
+        clients = [Client(url, verbose=False) for _ in range(3)]
+        long = generate_args(steps=60, dsteps=40, height=128, width=128)
+        jobs = [clients[0].submit(**long, api_name="/generate")]
+        time.sleep(1.5)  # the first one runs
+        jobs += [c.submit(**generate_args(), api_name="/generate") for c in clients[1:]]
+        errors = []
+        for j in jobs[1:]:
+            try:
+                j.result(timeout=300)
+            except Exception as e:  # noqa: BLE001 - the refused one
+                errors.append(str(e))
+        assert len(errors) == 1 and "queue is full" in errors[0].lower()
+        jobs[0].result(timeout=300)
+        # Cancel (the button's endpoint): the running job stops at its next step, the next job runs normally
+        spans = []
+        demo.cascadekit.job.start = lambda real=demo.cascadekit.job.start: (spans.append(time.monotonic()), real())
+        t0 = time.monotonic()
+        job = clients[0].submit(**long, api_name="/generate")
+        while not spans and time.monotonic() - t0 < 60:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        clients[1].predict(api_name="/cancel_generate")
+        with pytest.raises(Exception, match="cancelled"):
+            job.result(timeout=300)
+        assert time.monotonic() - t0 < 30
+        assert clients[2].predict(**generate_args(), api_name="/generate")[3]["seed"] == 7
+
+
+def test_launch_binds_localhost_without_share(monkeypatch, weights):
+    import gradio as gr
+    from click.testing import CliRunner
+
+    from cascadekit.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--port", "7999"])
+    assert r.exit_code == 0, r.output
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["server_port"] == 7999
+    assert seen["max_file_size"] == 20 << 20 and "warning" not in r.output
+    r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--host", "0.0.0.0"])
+    assert r.exit_code == 0 and "warning: --host 0.0.0.0" in r.output and seen["server_name"] == "0.0.0.0"
+    r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--store", "/nonexistent"])
+    assert r.exit_code == 2 and "--store" in r.output
