@@ -27,7 +27,7 @@ def control_options(command: Callable) -> Callable:
         click.option("--control-strength", "control_strength", default=1.0, show_default=True,
                      type=FiniteFloat(min=0, max=10), help="ControlNet output multiplier (official 1.0)."),
         click.option("--controlnet", "controlnet", default=None,
-                     help="ControlNet file, folder (with controlnet/<name>.safetensors) or hub id (default: the "
+                     help="ControlNet file, folder (with controlnet/<name>.safetensors), hub id or a ControlNet training run (default: the "
                           "controlnet/ folder of --weights)."),
     ]
     for option in reversed(options):
@@ -66,8 +66,11 @@ def control_settings(control: str | None, control_image: str | None, mask: str |
 
 
 def controlnet_source(controlnet: str | None, weights: Any) -> Any:
-    """Where the ControlNet comes from: --controlnet, else the --weights source (its controlnet/ folder)."""
-    return controlnet if controlnet is not None else weights
+    """Where the ControlNet comes from: --controlnet (a ControlNet training run: its newest intact checkpoint's
+    controlnet.safetensors), else the --weights source (its controlnet/ folder)."""
+    from cascadekit.generator.controlnet_runs import controlnet_file_of
+
+    return controlnet_file_of(controlnet) if controlnet is not None else weights
 
 
 def precheck_controlnet(source: Any, control: str, weights: Any, stage_c: str) -> None:

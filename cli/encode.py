@@ -16,6 +16,9 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @click.option("--dtype", "dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]), help="Storage dtype of the latents.")
 @click.option("--compute-dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Encoder precision (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--stage-a", is_flag=True, help="Also store Stage A latents (4, H/4, W/4), for training Stage B.")
+@click.option("--controls", "controls", default=None, callback=lambda c, p, v: _controls(v), metavar="LIST",
+              help="ControlNet controls stored with the latents, comma-separated: canny (224² uint8 edge map), sr "
+                   "(effnet latents of the x0.5 crop), inpaint (the crop's pixels, lossless). See docs/controlnet.md.")
 @click.option("--buckets", is_flag=True, help="Aspect-ratio buckets (official multi-aspect list), one group per bucket.")
 @click.option("--min-size", default=None, type=COUNT, help="Skip images whose shorter side is below this (reason too_small).")
 @click.option("--max-input-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
@@ -32,7 +35,8 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @click.option("--tmp-dir", default=None, type=click.Path(file_okay=False, exists=True), help="Folder for the corpus plan's anonymous temporary files (default: $TMPDIR). Nothing is left there afterwards.")
 @reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
-           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir, max_input_bytes):
+           num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir, max_input_bytes,
+           controls):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
     --weights it encodes the built-in sample photographs with the tiny default weights.
@@ -47,7 +51,7 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,
-                          tmp_dir=tmp_dir, max_input_bytes=max_input_bytes)
+                          tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
@@ -58,9 +62,20 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
             click.echo(format_report(rep))
 
 
+def _controls(value):
+    """--controls checked when parsed (before any weights load)."""
+    from cascadekit.codec.errors import InputError
+    from cascadekit.datasets.controls import parse_controls
+
+    try:
+        return parse_controls(value)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="--controls") from None
+
+
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
          num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None,
-         max_input_bytes=256 * 1024 * 1024):
+         max_input_bytes=256 * 1024 * 1024, controls=()):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -87,7 +102,7 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
                                    chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info,
-                                   tmp_dir=tmp_dir, max_input_bytes=max_input_bytes)
+                                   tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls)
     if text_embeddings and info.is_main:
         from cascadekit.codec.text import TextEncoder
         from cascadekit.datasets.text_embeddings import add_text_embeddings

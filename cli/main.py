@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("cascadekit.cli.evaluate", "evaluate"),
     "fid": ("cascadekit.cli.fid", "fid"),
     "embed-text": ("cascadekit.cli.embed_text", "embed_text"),
+    "add-controls": ("cascadekit.cli.add_controls", "add_controls"),
     "train": ("cascadekit.cli.train", "train"),
     "sample": ("cascadekit.cli.sample", "sample"),
     "upscale": ("cascadekit.cli.upscale", "upscale"),

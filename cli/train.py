@@ -11,21 +11,32 @@ from cascadekit.cli.params import DEVICE, OUT_FOLDER, STORE_DATA
 @click.option("--data", "data", required=True, type=STORE_DATA, help="Latent store (STORE.zarr or an s3://... URL) from `cascadekit encode`.")
 @click.option("--config", "config", required=True,
               help="Training config (.yaml/.json/.toml) or a preset name: finetune_c_lite, finetune_c_big, lora_c_big, tiny; "
-                   "Stage B: finetune_b_lite, finetune_b_big (or a file with task: stage_b, e.g. preset: tiny).")
+                   "Stage B: finetune_b_lite, finetune_b_big (or a file with task: stage_b, e.g. preset: tiny); "
+                   "ControlNet: controlnet_canny, controlnet_inpainting, controlnet_sr (or a file with task: controlnet).")
 @click.option("--out", "out", required=True, type=OUT_FOLDER, help="Run folder: checkpoints/, previews/, train_log.jsonl.")
 @click.option("--init", "init", default=None, help="Stage C weights to fine-tune (file, folder, diffusers snapshot, hub id); required for LoRA.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest intact checkpoint (exactly); an error if it has none.")
 @click.option("--text-encoder", "text_encoder", default=None,
               help="Folder with text_encoder/ + tokenizer/ (CLIP ViT-bigG): needed if the store has no text embeddings.")
 @click.option("--previewer", "previewer", default=None, help="Weights folder with previewer.safetensors, for PNG previews.")
+@click.option("--image-encoder", "image_encoder", default=None,
+              help="ControlNet runs: weights with the EfficientNet encoder, for an sr control the store lacks (computed "
+                   "on the fly) and the Stable Cascade start of an effnet backbone.")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (YAML syntax), e.g. --set steps=100.")
 @reports_user_errors
-def train(data, config, out, init, resume, text_encoder, previewer, device, overrides):
+def train(data, config, out, init, resume, text_encoder, previewer, image_encoder, device, overrides):
     """Train the Stage C prior on precomputed latents (no image encoder in the loop).
 
     Multi-GPU: torchrun --nproc-per-node N -m cascadekit.cli train ...
     """
+    from cascadekit.generator.tasks.controlnet_config import controlnet_config_of
+
+    cn = controlnet_config_of(config)
+    if cn is not None:  # a ControlNet for a frozen Stage C: its own task and config (cli/train_controlnet.py)
+        from cascadekit.cli.train_controlnet import run_controlnet
+
+        return run_controlnet(data, cn, out, init, resume, text_encoder, image_encoder, device, overrides)
     _run(data, config, out, init, resume, text_encoder, previewer, device, overrides)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
-from cascadekit.cli.control_options import precheck_controlnet
+from cascadekit.cli.control_options import controlnet_source, precheck_controlnet
 from cascadekit.cli.out_folder import OutputKind, claim_out_folder
 from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, FiniteFloat, check_pixel_budget
 
@@ -44,7 +44,7 @@ def upscale(image, out, overwrite, prompt, weights, controlnet, steps, guidance,
     claim_out_folder(out, UPSCALE, overwrite)
     dev = pick_device(device)
     weights, _, tiny = pick_weights(weights, stage_b=stage_b)
-    controlnet = controlnet if controlnet is not None else weights
+    controlnet = controlnet_source(controlnet, weights)  # a training run: its newest intact checkpoint
     precheck_controlnet(controlnet, "sr", weights, stage_c)  # from the headers, before any weights load
     with warnings.catch_warnings():
         if tiny:

@@ -16,6 +16,7 @@ from cascadekit.codec.errors import CascadeKitError
 from cascadekit.codec.images import save_grid
 from cascadekit.datasets import store as S
 from cascadekit.datasets.access import LatentStore
+from cascadekit.datasets.inspect_controls import control_report, write_canny_preview
 from cascadekit.datasets.remote import RemotePath, store_path, write_via_local
 
 
@@ -108,6 +109,7 @@ def _group_info(gv, attrs: dict, max_errors: int):
         "stage_a_shape": list(gv.shape("stage_a")) if gv.has("stage_a") else None,
         "text_embeddings": {n: list(gv.shape(n)) for n in ("clip_text", "clip_text_pooled") if gv.has(n)},
         "missing_chunks": [p.describe() for p in sel.problems],
+        "controls": control_report(gv),  # ControlNet controls (datasets/inspect_controls.py)
     }
     return info, sel
 
@@ -127,6 +129,7 @@ def _write_report(path: Path, report: dict, codec, preview_latents) -> None:
             report["preview_png"] = str(write_via_local(target, lambda local: save_grid(rows, local)))
         except CascadeKitError as e:  # e.g. no previewer in these weights: the report still counts
             report["preview_error"] = str(e)
+    report["controls_preview_png"] = write_canny_preview(path, LatentStore(path).groups)
     ig.attrs.update({"report": report})
     if report["complete"]:
         S.consolidate(path)
@@ -168,6 +171,9 @@ def format_report(r: dict) -> str:
             lines.append(f"  text     {g['text_embeddings']}")
         lines.append("  mean     " + " ".join(f"{m:+.3f}" for m in g["latent_mean"]))
         lines.append("  std      " + " ".join(f"{s:.3f}" for s in g["latent_std"]))
+        for c, ci in (g.get("controls") or {}).items():
+            lines.append(f"  control  {c:<8}{ci['shape']} {ci['dtype']}, ok {ci['ok']}, pending {ci['pending']}, "
+                         f"{ci['bytes_per_sample']:.0f} B/sample on disk")
         lines.append(f"  captions missing: {g['missing_captions']}")
         if g.get("missing_chunks"):
             lines.append(f"  MISSING  {len(g['missing_chunks'])} chunk file(s) behind ok rows, e.g. "
@@ -177,6 +183,8 @@ def format_report(r: dict) -> str:
             lines.append(f"  skipped  {reason:<20}{n}  e.g. {', '.join(ex)}")
     if r.get("preview_png"):
         lines.append(f"preview    {r['preview_png']}")
+    if r.get("controls_preview_png"):
+        lines.append(f"canny      {r['controls_preview_png']}")
     if r.get("preview_warning"):
         lines.append(f"warning    {r['preview_warning']}")
     if r.get("preview_error"):

@@ -224,10 +224,13 @@ class TextToImagePipeline:
     def load_controlnet(self, source: str | Path, control: str | None = None,
                         proj_blocks: list[int] | None = None) -> None:
         """Load a ControlNet (official ``controlnet/<canny|inpainting|super_resolution>.safetensors``: a file, a
-        folder holding one, or a hub id with ``control``) in Stage C's dtype and device. A ControlNet made for
+        folder holding one, a hub id with ``control``, or a ``cascadekit train --config controlnet_*`` run folder /
+        checkpoint) in Stage C's dtype and device. A ControlNet made for
         another Stage C (width or ResBlock-call count) is a :class:`WeightsError` here, before any sampling."""
         from cascadekit.codec.weights.controlnet import check_fits_stage_c, load_controlnet
+        from cascadekit.generator.controlnet_runs import controlnet_file_of
 
+        source = controlnet_file_of(source)  # a ControlNet training run: its newest intact checkpoint
         weight = next(self.stage_c.parameters())
         net, info = load_controlnet(source, control, device=weight.device, dtype=weight.dtype, proj_blocks=proj_blocks)
         check_fits_stage_c(net, self.stage_c, where=f"ControlNet {info.path}")

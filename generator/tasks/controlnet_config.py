@@ -75,6 +75,21 @@ class ControlNetTrainConfig(TrainConfig):
         return errs
 
 
+def controlnet_config_of(config: str) -> "ControlNetTrainConfig | None":
+    """The ControlNet config named by ``config`` (a preset name or a file with ``task: controlnet`` / a
+    ``controlnet_*`` preset), or None when it is another kind of training config."""
+    from pathlib import Path
+
+    from cascadekit.generator.training.settings import _parse_file
+
+    if str(config) in ControlNetTrainConfig.PRESETS and not Path(config).exists():
+        return ControlNetTrainConfig.preset(str(config))
+    p = Path(config)
+    if p.is_file() and is_controlnet_config(_parse_file(p)):
+        return ControlNetTrainConfig.from_file(p)
+    return None
+
+
 def is_controlnet_config(data: Any) -> bool:
     """Whether a parsed config mapping (or its ``preset``) is a ControlNet one."""
     if not isinstance(data, dict):
@@ -82,4 +97,5 @@ def is_controlnet_config(data: Any) -> bool:
     return data.get("task") == "controlnet" or str(data.get("preset", "")) in ControlNetTrainConfig.PRESETS
 
 
-__all__ = ["C_IN", "ControlNetTrainConfig", "STORE_FIELD", "TRAIN_CONTROLS", "is_controlnet_config"]
+__all__ = ["C_IN", "ControlNetTrainConfig", "STORE_FIELD", "TRAIN_CONTROLS", "controlnet_config_of",
+           "is_controlnet_config"]
