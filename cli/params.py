@@ -153,9 +153,11 @@ class StoreLocation(click.ParamType):
         self.local = local
 
     def convert(self, value, param, ctx):
+        if not (isinstance(value, str) and "://" in value):  # a local path: no need to import fsspec & co
+            return self.local.convert(value, param, ctx)
         from cascadekit.datasets.remote import is_url, store_path
 
-        if isinstance(value, str) and is_url(value):
+        if is_url(value):
             return value
         if isinstance(value, str) and value.lower().startswith(("file://", "local://")):
             value = str(store_path(value))
