@@ -150,8 +150,8 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str,
             raise DownloadError(f"download of {src} is truncated ({n} of {total} bytes); it was removed. "
                                 f"Expected {describe_digest(expected)}; try again")
         if not digest.startswith(expected):
-            raise DownloadError(f"download of {src} has SHA-256 {digest}, expected {describe_digest(expected)}: the file is "
-                                "corrupted or not the published one; it was removed")
+            raise DownloadError(f"download of {src} has SHA-256 {digest}, expected {describe_digest(expected)}: "
+                                "the file is corrupted or not the published one; it was removed")
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -169,7 +169,8 @@ def _fetch(src: str, f, name: str, settings: DownloadSettings, expected: str) ->
             bar = _progress_bar(total, name, settings.progress)
             n, digest = _stream(resp, f, bar)
     except (urllib.error.URLError, OSError, ValueError) as e:  # no network, HTTP error, reset, bad URL
-        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        http = isinstance(e, urllib.error.HTTPError)
+        reason = f"HTTP {e.code} {e.reason}" if http else getattr(e, "reason", None) or e
         raise DownloadError(f"cannot download {src} ({reason}); expected {describe_digest(expected)}") from None
     finally:
         if bar is not None:
