@@ -47,6 +47,10 @@ def mid_configs() -> dict:
     return {"b": b, "c": c}
 
 
+def tiny_configs() -> dict:
+    return {"b": StageBConfig.preset("tiny"), "c": StageCConfig.preset("tiny")}
+
+
 def lite_configs() -> dict:
     return {"b": StageBConfig.preset("lite"), "c": StageCConfig.preset("lite")}
 
@@ -244,7 +248,7 @@ def print_table(results: list[dict]) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=["b", "c", "both"], default="both")
-    p.add_argument("--size", choices=["mid", "lite"], default="mid")
+    p.add_argument("--size", choices=["mid", "lite", "tiny"], default="mid", help="tiny: the test presets (checks only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="default: fp32 on CPU, bf16 on CUDA")
@@ -261,7 +265,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    configs = mid_configs() if args.size == "mid" else lite_configs()
+    configs = {"mid": mid_configs, "lite": lite_configs, "tiny": tiny_configs}[args.size]()
     stages = ["b", "c"] if args.stage == "both" else [args.stage]
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
 

@@ -11,7 +11,8 @@ bf16 autocast on CUDA); they differ only in where the (B,16,h,w) latents come fr
   the measured ratio is a lower bound of the saving).
 
 Timing: the steps of both modes are interleaved in one process (so load from other processes hits
-both alike) and the fastest step of each is reported. Peak memory (CUDA: max allocated; CPU: peak
+both alike) and the fastest step of each is reported, plus the split of a step (medians): data (latents
++ noising), forward+backward, optimizer (clip + AdamW + zero_grad) and (data + optimizer) / (forward+backward). Peak memory (CUDA: max allocated; CPU: peak
 RSS) comes from a separate run of each mode in its own subprocess. Prints a table and writes JSON (default ``benchmarks/results/bench_train.json``).
 
     python benchmarks/bench_train.py --model tiny --resolution 256 --batch 4 --steps 6
@@ -25,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -108,24 +110,27 @@ def worker(args) -> dict:
         model = base if len(modes) == 1 else copy.deepcopy(base)
         runners[mode] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), source(mode))
 
-    def step(mode, i) -> tuple[float, float]:
-        """One training step; returns (seconds getting the latents, seconds in the Stage C update)."""
+    def step(mode, i) -> tuple[float, float, float]:
+        """One training step; returns seconds (data: latents + noising, forward+backward, optimizer:
+        clip + AdamW + zero_grad)."""
         model, opt, get_batch = runners[mode]
         t0 = time.perf_counter()
         x0, txt, pool = get_batch(i)
+        d = gdf.diffuse(x0, generator=torch.Generator().manual_seed(i))
         sync()
         t1 = time.perf_counter()
-        d = gdf.diffuse(x0, generator=torch.Generator().manual_seed(i))
         with auto:
             pred = model(d.x_t, d.noise_cond.to(dev), txt.float(), pool.float().reshape(B, 1, -1),
                          torch.zeros(B, 1, c_img, device=dev))
         loss = (F.mse_loss(pred.float(), d.target, reduction="none").mean((1, 2, 3)) * d.loss_weight.to(dev)).mean()
         loss.backward()
+        sync()
+        t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
-        return t1 - t0, time.perf_counter() - t1
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     for i in range(args.warmup):
         for mode in modes:
@@ -140,10 +145,13 @@ def worker(args) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     out = {}
     for mode, ts in times.items():
-        total = [a + b for a, b in ts]
+        total = [sum(t) for t in ts]
+        med = [statistics.median(t[k] for t in ts) for k in range(3)]
         # fastest step: robust to other processes competing for a shared machine
         out[mode] = {"samples_per_s": B / min(total), "samples_per_s_mean": B * len(total) / sum(total),
-                     "step_s": min(total), "latents_s": min(a for a, _ in ts), "update_s": min(b for _, b in ts)}
+                     "step_s": min(total), "latents_s": min(t[0] for t in ts), "update_s": min(t[1] + t[2] for t in ts),
+                     "data_median_s": med[0], "fwd_bwd_median_s": med[1], "optim_median_s": med[2],
+                     "overhead_over_fwd_bwd": (med[0] + med[2]) / med[1]}
     return {"modes": out, "peak_memory_gib": peak / 2**30,
             "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
             "stage_c_params_m": sum(p.numel() for p in base.parameters()) / 1e6}
@@ -235,6 +243,10 @@ def main():
               f"{r['peak_memory_gib']:>14.2f}")
     print("(fastest step of each mode, modes interleaved; 'latents s' = store read or effnet encode, "
           "'update s' = Stage C step)")
+    print(f"\nstep split (medians): {'data s':>9}{'fwd+bwd s':>11}{'optim s':>9}{'(data+optim)/(fwd+bwd)':>25}")
+    for r, name in ((lat, "precomputed latents"), (img, "images + effnet")):
+        print(f"{name:<21}{r['data_median_s']:>9.4f}{r['fwd_bwd_median_s']:>11.4f}{r['optim_median_s']:>9.4f}"
+              f"{r['overhead_over_fwd_bwd']:>24.1%}")
     print(f"speed-up of precomputed latents: {report['speedup_latents_vs_images']:.2f}x "
           f"(peak memory: {report['peak_memory_kind']})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
