@@ -104,16 +104,18 @@ def worker(args) -> dict:  # ~50 lines: both modes set up side by side, then int
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    enc = _encoders(device)
     tmp = Path(tempfile.mkdtemp())
-    _store(tmp / "s.zarr", args.batch * 4, args.resolution, {k: v.cpu() for k, v in enc.items()})
+    store = Path(args.store) if args.store else tmp / "s.zarr"
+    enc = _encoders(device) if args.mode != "store" or not args.store else None  # the store mode needs none
+    if not args.store:
+        _store(store, args.batch * 4, args.resolution, {k: v.cpu() for k, v in enc.items()})
     cfg = StageBTrainConfig.from_dict(dict(model="lite", batch_size=args.batch, steps=10**6, save_every=10**6,
                                            log_every=10**6, caption_dropout=0.0))
     empty = torch.zeros(1, 1, 1280)
     loops = {}
     if args.mode in ("store", "both"):
         task = StageBTask(cfg, empty_pooled=empty, model_overrides=SMALL_LITE, log=lambda m: None)
-        loops["store"] = TrainingLoop(task, StageBData(tmp / "s.zarr"), cfg, tmp / "run_store", device=device,
+        loops["store"] = TrainingLoop(task, StageBData(store), cfg, tmp / "run_store", device=device,
                                       log=lambda m: None)
     if args.mode in ("fly", "both"):
         base = StageBTask(cfg, empty_pooled=empty, model_overrides=SMALL_LITE, log=lambda m: None)
@@ -122,6 +124,7 @@ def worker(args) -> dict:  # ~50 lines: both modes set up side by side, then int
         loops["fly"] = TrainingLoop(_fly_task(base, enc, device), _Images(imgs, sa_shape), cfg, tmp / "run_fly",
                                     device=device, log=lambda m: None)
     times = {m: [] for m in loops}
+    setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # imports, models, optimizer built
     for i in range(args.steps):
         for m, loop in loops.items():
             t0 = time.perf_counter()
@@ -134,7 +137,9 @@ def worker(args) -> dict:  # ~50 lines: both modes set up side by side, then int
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     for loop in loops.values():
         loop.close()
-    return {"modes": out, "stage_b_params": params, "peak_memory_bytes": peak}
+    return {"modes": out, "stage_b_params": params, "peak_memory_bytes": peak,
+            "peak_rss_growth_in_steps_bytes": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - setup_rss
+                                               if device.type != "cuda" else None)}
 
 
 def main() -> None:
@@ -145,26 +150,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", default="both", choices=["both", "store", "fly"])
+    ap.add_argument("--store", default=None, help="an existing benchmark store (the subprocesses of one run)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_stage_b_train.json"))
     args = ap.parse_args()
     if args.mode != "both":
         print(json.dumps(worker(args)))
         return
+    tmp = Path(tempfile.mkdtemp())
+    _store(tmp / "s.zarr", args.batch * 4, args.resolution, _encoders(torch.device("cpu")))
+    args.store = str(tmp / "s.zarr")
     res = worker(args)
     peaks = {}
-    for m in ("store", "fly"):
+    for m in ("store", "fly"):  # each mode alone in a fresh process: its own peak memory
         cmd = [sys.executable, __file__, "--mode", m, "--steps", "2", "--resolution", str(args.resolution),
-               "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device]
-        peaks[m] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])[
-            "peak_memory_bytes"]
+               "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device,
+               "--store", args.store]
+        one = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        peaks[m] = {"peak": one["peak_memory_bytes"], "growth_in_steps": one["peak_rss_growth_in_steps_bytes"]}
     s, f = res["modes"]["store"], res["modes"]["fly"]
     res.update(args=vars(args), peak_memory_bytes_per_mode=peaks, speedup=s["samples_per_s"] / f["samples_per_s"])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     print(f"Stage B ({res['stage_b_params'] / 1e6:.1f}M params), {args.resolution}px, batch {args.batch}: "
           f"store {s['samples_per_s']:.3f} samples/s, on the fly {f['samples_per_s']:.3f} samples/s, "
-          f"ratio {res['speedup']:.2f}x; peak memory store {peaks['store'] / 2**30:.2f} GiB, "
-          f"fly {peaks['fly'] / 2**30:.2f} GiB")
+          f"ratio {res['speedup']:.2f}x; peak memory store {peaks['store']['peak'] / 2**30:.2f} GiB, "
+          f"fly {peaks['fly']['peak'] / 2**30:.2f} GiB (CPU: RSS growth during the steps store "
+          f"{(peaks['store']['growth_in_steps'] or 0) / 2**20:.0f} MiB, fly {(peaks['fly']['growth_in_steps'] or 0) / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":
