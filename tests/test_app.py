@@ -130,6 +130,7 @@ def test_two_generate_requests_run_one_after_the_other(app, monkeypatch):
     assert a1 <= b0  # never two jobs at once
 
 
+@pytest.mark.slow
 def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
     with running_app(weights, files, queue_size=1) as (demo, url):
         clients = [Client(url, verbose=False) for _ in range(3)]
@@ -176,3 +177,33 @@ def test_launch_binds_localhost_without_share(monkeypatch, weights):
     assert r.exit_code == 0 and "warning: --host 0.0.0.0" in r.output and seen["server_name"] == "0.0.0.0"
     r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--store", "/nonexistent"])
     assert r.exit_code == 2 and "--store" in r.output
+
+
+@pytest.mark.parametrize("control", ["inpainting", "sr"])
+def test_generate_job_with_inpainting_mask_and_sr(control, weights, files, tmp_path):
+    """The Generate job as Python users call it: an inpainting ControlNet with a painted mask (the ImageMask's
+    layer alpha), and super-resolution."""
+    import numpy as np
+    from controlnet_helpers import write_controlnet
+
+    from cascadekit.cli.app import _mask_of
+    from cascadekit.cli.app_generate import GenerateRequest, generate
+    from cascadekit.cli.app_jobs import AppConfig, Job, Models
+
+    config = AppConfig(weights=str(weights), work_dir=tmp_path)
+    nets = {control: write_controlnet(tmp_path / f"{control}.safetensors", control)}
+    layer = np.zeros((96, 128, 4), np.uint8)
+    layer[20:60, 30:90, 3] = 255  # the painted strokes
+    mask = _mask_of({"background": None, "layers": [layer], "composite": None}) if control == "inpainting" else None
+    assert mask is None or (mask.sum() == 40 * 60)
+    size = 64 if control == "inpainting" else 128
+    req = GenerateRequest("a cat", height=size, width=size, seed=1, steps=2, decoder_steps=1, controlnet=control,
+                          control_image=str(files["photo"]), mask=mask, strength=1.0)
+    seen = []
+    out = generate(req, Models(config), config, Job(), nets, report=lambda s, i, n: seen.append((s, i, n)))
+    assert out["parameters"]["control"] == control and len(out["control"]) == 1
+    assert ("Stage C", 2, 2) in seen and ("Stage B", 1, 1) in seen
+    if control == "inpainting":
+        with pytest.raises(Exception, match="needs a mask"):
+            generate(GenerateRequest("a cat", height=64, width=64, controlnet=control,
+                                     control_image=str(files["photo"])), Models(config), config, Job(), nets)

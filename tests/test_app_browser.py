@@ -16,6 +16,7 @@ from app_helpers import fixtures, running_app  # noqa: E402
 from browser_helpers import broken_images, browser_page, require_browser  # noqa: E402
 
 WAIT = 240_000  # ms: a job on 2 busy CPU cores
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
