@@ -65,5 +65,5 @@ def is_stage_b_config(data: dict[str, Any] | None) -> bool:
     """Whether a parsed config mapping (or its ``preset``) is a Stage B one."""
     if not isinstance(data, dict):
         return False
-    return data.get("task") == "stage_b" or str(data.get("preset", "")) in StageBTrainConfig.PRESETS \
-        and str(data.get("preset")).startswith("finetune_b")
+    preset = str(data.get("preset", ""))
+    return data.get("task") == "stage_b" or (preset in StageBTrainConfig.PRESETS and preset.startswith("finetune_b"))
