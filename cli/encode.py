@@ -64,6 +64,8 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
 
 def _controls(value):
     """--controls checked when parsed (before any weights load)."""
+    if value is None:  # the default: nothing to check, no heavy import at parse time
+        return ()
     from cascadekit.codec.errors import InputError
     from cascadekit.datasets.controls import parse_controls
 
