@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from contextlib import contextmanager
 import tempfile
 import uuid
 import warnings
-from types import SimpleNamespace
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote, urlsplit
 
 import fsspec
