@@ -2,8 +2,12 @@
 
 For each sample group: the chunks of every per-row array holding an ok row (``status == 1``; for text
 embeddings ``text_status == 1``) must pass their crc32c checksum (version-1 stores have none: their chunks
-are decoded instead), and those of the data arrays (:data:`~.store.DATA_ARRAYS`) must exist; the ``status``/``text_status`` chunks themselves must decode, and in a
-complete store exist. Reads the whole store once, block by block (constant memory).
+are decoded instead) and must exist, decided per format version (:func:`every_chunk_written`): a version-2
+store is written with ``write_empty_chunks``, so a missing chunk of any per-row array is lost data; version 1
+did not write chunks holding only fill values ('' captions, zero sizes), so there only the data arrays
+(:data:`~.store.DATA_ARRAYS`, never all fill values in practice) must exist. The ``status``/``text_status``
+chunks themselves must decode, and in a complete store exist. Reads the whole store once, block by block
+(constant memory).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def verify_store(store, block_rows: int = 1 << 16) -> dict:
     complete = bool(st.attrs.get("complete", False))
     problems, affected, checked = [], {}, 0
     for gv in st.groups:
-        n_bad, n_checked, probs = _verify_group(gv.g, complete, block_rows)
+        n_bad, n_checked, probs = _verify_group(gv.g, complete, block_rows, every_chunk_written(st.version))
         problems += probs
         checked += n_checked
         if n_bad:
@@ -32,7 +36,25 @@ def verify_store(store, block_rows: int = 1 << 16) -> dict:
             "problems": [_as_dict(p) for p in problems], "rows_affected": affected}
 
 
-def _verify_group(g, complete: bool, block_rows: int):
+def every_chunk_written(version: int) -> bool:
+    """Whether a store of format ``version`` has a chunk file behind every written row of every per-row array
+    (version >= 2: ``write_empty_chunks``); version 1 skipped chunks that held only fill values."""
+    return version >= 2
+
+
+def _row_problems(g, a: int, b: int, ok: np.ndarray, arrays, every_chunk: bool) -> list[integrity.ChunkProblem]:
+    """Deep-checked problems of the chunks of ``arrays`` behind the ok rows of ``a..b-1``; a missing chunk counts
+    for every array when ``every_chunk``, else only for the data arrays (:func:`~.store.damaged_rows`)."""
+    if not every_chunk:
+        return S.damaged_rows(g, a, b, ok, arrays, deep=True)
+    rows = np.flatnonzero(ok) + a
+    if not len(rows):
+        return []
+    return [p for name in arrays
+            for p in integrity.bad_chunks(g[name], integrity.chunks_of_rows(g[name], rows), True, g.path, name)]
+
+
+def _verify_group(g, complete: bool, block_rows: int, every_chunk: bool):
     """(ok rows behind a problem, chunks checked, problems) of one sample group."""
     plans = [("status", S.checked_arrays(g, "status"))]
     for status_name in ("text_status", *(S.status_of(c) for c in S.CONTROL_ARRAYS)):
@@ -49,7 +71,7 @@ def _verify_group(g, complete: bool, block_rows: int):
             # a status chunk not yet written is pending work, not damage, unless encode says it finished
             own = _status_chunk_problems(sarr, g.path, range(a // c, -(-b // c)), complete and status_name == "status")
             ok = S.read_status(g, a, b, status_name) == S.STATUS_OK
-            found = S.damaged_rows(g, a, b, ok, arrays, deep=True)
+            found = _row_problems(g, a, b, ok, arrays, every_chunk)
             checked += len(range(a // c, -(-b // c))) + sum(
                 len(integrity.chunks_of_rows(g[x], np.flatnonzero(ok) + a)) for x in arrays)
             bad_rows += int((integrity.rows_mask(found, a, b) & ok).sum())
@@ -81,6 +103,19 @@ def _unique(problems):
 def _as_dict(p: integrity.ChunkProblem) -> dict:
     return {"group": p.group or "/", "array": p.array, "chunk": p.chunk, "rows": list(p.rows), "kind": p.kind,
             "detail": p.detail}
+
+
+def verify_error(r: dict) -> str:
+    """The one-line summary of a failed :func:`verify_store` report: how many chunks, which rows, the remedy."""
+    kinds = [p["kind"] for p in r["problems"]]
+    what = ", ".join(f"{kinds.count(k)} {k}" for k in (integrity.MISSING, integrity.DAMAGED) if k in kinds)
+    rows = sum(r["rows_affected"].values())
+    text = any(p["array"] in S.TEXT_ARRAYS or p["array"] == "text_status" for p in r["problems"])
+    other = any(not (p["array"] in S.TEXT_ARRAYS or p["array"] == "text_status") for p in r["problems"])
+    remedy = " and ".join((["rerun `cascadekit encode` with the same arguments"] if other else [])
+                          + (["rerun `cascadekit embed-text`"] if text else []))
+    return (f"{r['store']}: {len(kinds)} chunk(s) behind rows marked done are missing or damaged ({what}; "
+            f"{rows} ok rows affected); {remedy} to re-create them")
 
 
 def format_verify(r: dict, limit: int = 50) -> str:
