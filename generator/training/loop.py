@@ -89,6 +89,8 @@ class TrainingLoop:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self._lock: AdvisoryLock | None = None
+        self._made_dirs: list[Path] = []  # folders and lock file this run created (removed again if it is refused)
+        self._made_lock = False
         self._owns_group = D.init(info, self.device)
         self.info = D.current(info)
         try:
@@ -97,6 +99,7 @@ class TrainingLoop:
             self._lock = self._take_lock()
             self._start(resume)
         except BaseException:
+            self._remove_own_traces()  # a refused run leaves nothing it created (lock file, empty run folder)
             self.close()  # lock released, process group left if this run started it
             raise
 
@@ -113,11 +116,25 @@ class TrainingLoop:
         """Rank 0 holds ``AdvisoryLock(run_dir, "training run")`` for the whole run."""
         if not self.info.is_main:
             return None
+        self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]  # deepest first
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(describe_os_error(e, self.run_dir) + " (--out)") from None
-        return AdvisoryLock(self.run_dir, "training run").acquire()
+        lock = AdvisoryLock(self.run_dir, "training run")
+        self._made_lock = not lock.path.exists()
+        return lock.acquire()
+
+    def _remove_own_traces(self) -> None:
+        """After a refusal during setup: the lock file this run created (removed while still held, so no other
+        process can hold it) and the folders it made, if they are still empty."""
+        if self._lock is not None and self._lock.held and self._made_lock:
+            self._lock.path.unlink(missing_ok=True)
+        for d in self._made_dirs:
+            try:
+                d.rmdir()  # only an empty folder; a foreign or new file keeps it
+            except OSError:
+                break
 
     def _start(self, resume: bool) -> None:
         cfg = self.cfg
