@@ -8,8 +8,10 @@ load, with a message that names the flag (click prefixes ``Invalid value for '--
 - :data:`DEVICE`: cpu / cuda / cuda:N / mps / auto, checked against the devices this machine has
 - :class:`OutFolder`: an output folder that is (or can be created as) a writable folder; nothing is created
 
-:data:`MAX_PIXELS` is the pixel budget of one image (``--size``, ``--resolution``, ``--height`` x ``--width``):
-larger outputs are refused before anything is allocated.
+:data:`MAX_PIXELS` is the pixel budget of one image (``--size``, ``--resolution``, ``--height`` x ``--width``,
+and ``reconstruct``'s resized inputs): larger outputs are refused before anything is allocated.
+:data:`MAX_BATCH_PIXELS` is the budget of one ``sample`` batch (``--n`` x PROMPTs x ``--height`` x ``--width``,
+generated together), checked by :func:`check_batch_pixels`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import click
 
 MAX_PIXELS = 4096 * 4096  # 16.8 MP: 16x the 1024² Stable Cascade was trained at
+MAX_BATCH_PIXELS = 4 * MAX_PIXELS  # 67 MP: 64 images of 1024² in one sample batch (its fp32 images alone: 0.8 GB)
 MAX_SIDE = 16384  # longest side of a rectangle (--height / --width), whose area is checked against MAX_PIXELS
 SEED_LIMIT = 2**63
 
@@ -75,6 +78,17 @@ def check_pixel_budget(height: int, width: int, flags: str = "--height x --width
     if height * width > MAX_PIXELS:
         raise click.UsageError(f"{flags} = {height}x{width} = {height * width} pixels is above the budget of "
                                f"{MAX_PIXELS} pixels per image ({math.isqrt(MAX_PIXELS)}²); choose a smaller size")
+
+
+def check_batch_pixels(n: int, prompts: int, height: int, width: int) -> None:
+    """Refuse a ``sample`` batch of ``n`` images per prompt x ``prompts`` x ``height`` x ``width`` pixels above
+    :data:`MAX_BATCH_PIXELS` (a click.UsageError naming ``--n``), before anything is allocated."""
+    total = n * prompts * height * width
+    if total > MAX_BATCH_PIXELS:
+        fits = max(1, MAX_BATCH_PIXELS // (prompts * height * width))
+        raise click.UsageError(f"--n {n} x {prompts} prompt(s) x {height}x{width} = {total} pixels in one batch is "
+                               f"above the budget of {MAX_BATCH_PIXELS} pixels; use --n {fits} or less (or fewer "
+                               "prompts / a smaller size) and run sample again for more images")
 
 
 class DeviceType(click.ParamType):

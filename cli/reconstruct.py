@@ -5,7 +5,7 @@ import click
 
 from cascadekit.cli.common import default_dtype, pick_device, pick_weights, reports_user_errors
 from cascadekit.cli.out_folder import RECONSTRUCT, claim_out_folder
-from cascadekit.cli.params import DEVICE, FINITE, OUT_FOLDER, SEED, STEPS, PixelSide
+from cascadekit.cli.params import DEVICE, FINITE, MAX_PIXELS, OUT_FOLDER, SEED, STEPS, PixelSide
 from cascadekit.cli.stage_b_options import apply_stage_b_weights, check_stage_b_flags, ema_option, stage_b_weight_options
 
 
@@ -65,7 +65,7 @@ def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_res
     else:
         click.echo(f"weights: {info['source']}", err=True)
     summary = reconstruct_files(codec, paths, out, size=size, steps=steps, guidance=guidance, seed=seed,
-                                weights_info=info)
+                                weights_info=info, max_pixels=MAX_PIXELS)
     for rec in summary["images"]:
         click.echo(f"{rec['input']} -> {out}/{rec['reconstruction']}  PSNR {rec['psnr_db']:.2f} dB")
     click.echo(f"grid: {out}/grid.png  parameters: {out}/reconstruct.json")

@@ -10,7 +10,7 @@ from cascadekit.cli.lora_options import lora_kwargs, lora_options
 from cascadekit.cli.offload_options import offload_option, picked_offload, report_peak, reset_peak
 from cascadekit.cli.out_folder import SAMPLE, claim_out_folder
 from cascadekit.cli.params import (COUNT, DEVICE, FINITE, MAX_SIDE, OUT_FOLDER, SEED, STEPS, FiniteFloat, PixelSide,
-                                   check_pixel_budget)
+                                   check_batch_pixels, check_pixel_budget)
 from cascadekit.cli.stage_b_options import apply_stage_b_weights, stage_b_weight_options
 
 SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
@@ -28,7 +28,8 @@ SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 @click.option("--decoder-steps", default=10, show_default=True, type=STEPS, help="Stage B sampling steps.")
 @click.option("--decoder-guidance", default=1.1, show_default=True, type=FINITE, help="Stage B guidance.")
 @click.option("--seed", default=None, type=SEED, help="Seed, 0 <= seed < 2**63 (default: random, written into the PNGs).")
-@click.option("--n", "n", default=1, show_default=True, type=COUNT, help="Images per prompt.")
+@click.option("--n", "n", default=1, show_default=True, type=COUNT, help="Images per prompt; all prompts x --n images are one batch, at most 64 images of 1024² "
+                   "(67 MP) in all.")
 @click.option("--height", default=1024, show_default=True, type=SIDE, help="Image height in pixels (>= 32).")
 @click.option("--width", default=1024, show_default=True, type=SIDE, help="Image width in pixels (>= 32).")
 @click.option("--image", "image", default=None, type=click.Path(exists=True, dir_okay=False), help="Image variation: condition on this image's CLIP embedding.")
@@ -62,6 +63,7 @@ def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shi
     if inpainting and ctx.get_parameter_source("strength") is ParameterSource.DEFAULT:
         strength = 1.0  # the official inpainting notebook's noise_level
     check_pixel_budget(height, width)
+    check_batch_pixels(n, max(1, len(prompts)), height, width)
     if ema and stage_c_weights is None and stage_b_weights is None:
         raise click.UsageError("--ema needs --stage-c-weights or --stage-b-weights pointing at a training run or checkpoint")
     if not prompts and image is None:

@@ -18,16 +18,30 @@ from typing import Sequence
 import torch
 
 from cascadekit.codec.codec import DECODE_DEFAULTS, DECODE_SETTINGS
+from cascadekit.codec.errors import InputError
 from cascadekit.codec.fsio import atomic_write, atomic_write_json
 from cascadekit.codec.images import center_crop, load_image, pil_to_tensor, resize_short_side, save_grid, tensor_to_pil
 
 CROP_MULTIPLE = 64
 
 
-def prepare_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
+def short_side_size(w: int, h: int, size: int | None) -> tuple[int, int]:
+    """``(width, height)`` of a ``w`` x ``h`` image after :func:`resize_short_side` to ``size`` (None: kept)."""
+    if size is None or min(w, h) == size:
+        return w, h
+    return (size, max(1, round(h * size / w))) if w <= h else (max(1, round(w * size / h)), size)
+
+
+def prepare_image(path: str | os.PathLike, size: int | None, max_pixels: int | None = None) -> torch.Tensor:
     """Load ``path`` -> (3,H,W) in [0,1]: short side resized to ``size`` (None: kept), then centre-cropped
-    so H and W are multiples of 64 (of 4 when the image is smaller than 64)."""
+    so H and W are multiples of 64 (of 4 when the image is smaller than 64). An output above ``max_pixels``
+    (None: no limit; an elongated image's long side grows with ``size``) is an InputError before resizing."""
     img = load_image(path)
+    nw, nh = short_side_size(*img.size, size)
+    if max_pixels is not None and nw * nh > max_pixels:
+        raise InputError(f"{path}: a {img.size[0]}x{img.size[1]} image resized to short side {size} (--size) is "
+                         f"{nw}x{nh} = {nw * nh} pixels, above the budget of {max_pixels} pixels per image; "
+                         "use a smaller --size or crop the image first")
     if size is not None:
         img = resize_short_side(img, size)
     w, h = img.size
@@ -60,13 +74,15 @@ def reconstruct_files(
     seed: int = 0,
     weights_info: dict | None = None,
     progress: bool | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """Reconstruct every image in ``paths`` into folder ``out``; return the summary written to
-    ``out/reconstruct.json``. All images are loaded (and validated) before any model runs."""
+    ``out/reconstruct.json``. All images are loaded (and validated, each output size against ``max_pixels``
+    pixels) before any model runs."""
+    paths = [Path(p) for p in paths]
+    originals = [prepare_image(p, size, max_pixels) for p in paths]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in paths]
-    originals = [prepare_image(p, size) for p in paths]
     tiny = bool(getattr(codec, "tiny", False))
     rows, records = [], []
     for i, (p, x) in enumerate(zip(paths, originals)):

@@ -80,6 +80,7 @@ PARSE_TIME = [
     case("sample-height-huge", f"{SMP} --height 100000", "--height"),
     case("sample-width-tiny", f"{SMP} --width 8", "--width"),
     case("sample-pixel-budget", f"{SMP} --height 16384 --width 16384", ("--height", "--width", "budget")),
+    case("sample-batch-pixel-budget", f"{SMP} --n 40 wolf", ("--n 40", "2 prompt(s)", "budget", "--n 32")),
     case("sample-strength-without-init", f"{SMP} --strength 0.5", ("--strength", "--init-image")),
     case("sample-strength-above-1", f"{SMP} --init-image {{ws}}/img.png --strength 1.5", "--strength"),
     case("sample-strength-nan", f"{SMP} --init-image {{ws}}/img.png --strength nan", "--strength"),
