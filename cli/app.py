@@ -51,12 +51,33 @@ def labelled(paths) -> dict[str, Path]:
     return out
 
 
-def _user_errors(fn):
-    """A user error (bad upload, bad setting, cancel) becomes a Gradio message, never a traceback."""
+def _request_alive():
+    """A check that is False once the Gradio event being processed was cancelled or its client disconnected
+    (Gradio marks the event dead then; its worker thread would otherwise run on), or None outside an event."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    if blocks is None or event_id is None:
+        return None
+
+    def alive() -> bool:
+        events = [e for job in blocks._queue.active_jobs if job for e in job if e._id == event_id]
+        return all(e.alive for e in events)
+    return alive
+
+
+def _user_errors(job: Job):
+    """A user error (bad upload, bad setting, cancel) becomes a Gradio message, never a traceback; the job
+    stops when its request dies (:func:`_request_alive`)."""
+    return functools.partial(_guarded, job=job)
+
+
+def _guarded(fn, job: Job):
     gr = _gradio()
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        job.alive = _request_alive()
         try:
             return fn(*args, **kwargs)
         except JobCancelled:
@@ -83,7 +104,7 @@ class App:
         return self.indexes[label]
 
 
-def _generate_tab(gr, app: App):
+def _generate_tab(gr, app: App):  # long: the tab's widgets in their visual order, then its two events
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
@@ -127,7 +148,7 @@ def _generate_tab(gr, app: App):
     inputs = [prompt, negative, height, width, n, seed, random_seed, steps, guidance, shift, dsteps, dguidance,
               sampler, variation, init, strength, run, lora, tokens, cnet, control_image, mask, cstrength]
 
-    @_user_errors
+    @_user_errors(app.job)
     def run_generate(prompt, negative, height, width, n, seed, random_seed, steps, guidance, shift, dsteps,
                      dguidance, sampler, variation, init, strength, run, lora, tokens, cnet, control_image, mask,
                      cstrength, progress=gr.Progress()):
@@ -176,7 +197,7 @@ def _reconstruct_tab(gr, app: App):
             table = gr.Dataframe(headers=["image", "decoder", "PSNR", "SSIM", "LPIPS"], label="Metrics",
                                  elem_id="recon-table")
 
-    @_user_errors
+    @_user_errors(app.job)
     def run(images, size, seed, b1, s1, two, b2, s2, progress=gr.Progress()):
         decoders = [Decoder(b1, int(s1))] + ([Decoder(b2, int(s2))] if two else [])
         shown, rows = reconstruct(list(images or []), decoders, app.models, app.config, app.job, size=int(size),
@@ -206,20 +227,20 @@ def _stores_tab(gr, app: App):
     full = gr.Image(label="Full decode", type="pil", elem_id="full-decode")
     caption = gr.Textbox(label="Key and caption")
 
-    @_user_errors
+    @_user_errors(app.job)
     def open_store(label):
         idx = app.index(label)
         pages = idx.pages
         return summary(idx.store.path) + f"\n\n{len(idx.rows)} usable samples, {pages} pages", 1, page(
             idx, 0, app.models)
 
-    @_user_errors
+    @_user_errors(app.job)
     def show_page(label, number, step):
         idx = app.index(label)
         k = min(max(1, int(number or 1) + int(step)), idx.pages)
         return k, page(idx, k - 1, app.models)
 
-    @_user_errors
+    @_user_errors(app.job)
     def decode(label, i):
         img, key, cap = full_decode(app.index(label), int(i or 0), app.models)
         return img, f"{key}: {cap}"
@@ -290,7 +311,7 @@ def launch_options(host: str, port: int, config: AppConfig) -> dict:
 @reports_user_errors
 def app(weights, stores, runs, controlnets, host, port, queue_size, max_upload_mb, device, dtype):
     """Start the local web app (Generate, Reconstruct, Stores) on http://HOST:PORT."""
-    gr = _gradio()
+    _gradio()  # a missing optional extra fails here, before any weights load
     dev = pick_device(device)
     config = AppConfig(weights=weights, stores=labelled(stores), runs=labelled(runs), device=str(dev),
                        dtype=default_dtype(dtype, dev), queue_size=queue_size, max_upload_bytes=max_upload_mb << 20,
@@ -301,4 +322,3 @@ def app(weights, stores, runs, controlnets, host, port, queue_size, max_upload_m
     if demo.cascadekit.models.tiny:
         click.echo(f"note: {BANNER}", err=True)
     demo.launch(**launch_options(host, port, config))
-    del gr

@@ -125,10 +125,13 @@ def read_upload(path: str | None, config: AppConfig, what: str = "image"):
 
 
 class Job:
-    """The running job's cancel flag (one job at a time); ``cancel()`` is called by the Cancel button."""
+    """The running job's cancel flag (one job at a time); ``cancel()`` is called by the Cancel button.
+    ``alive``: an optional check set by the caller for the job's request (False once it was cancelled or its
+    client went away); a dead request cancels the job too."""
 
     def __init__(self):
         self._flag = threading.Event()
+        self.alive: Callable[[], bool] | None = None
 
     def start(self) -> None:
         self._flag.clear()
@@ -138,7 +141,7 @@ class Job:
 
     @property
     def cancelled(self) -> bool:
-        return self._flag.is_set()
+        return self._flag.is_set() or (self.alive is not None and not self.alive())
 
 
 @contextlib.contextmanager

@@ -159,6 +159,17 @@ def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
             job.result(timeout=300)
         assert time.monotonic() - t0 < 30
         assert clients[2].predict(**generate_args(), api_name="/generate")[3]["seed"] == 7
+        # a request its client cancels (as on disconnect): Gradio marks it dead, the job stops at its next step
+        spans.clear()
+        t0 = time.monotonic()
+        job = clients[0].submit(**long, api_name="/generate")
+        while not spans and time.monotonic() - t0 < 60:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        job.cancel()
+        t1 = time.monotonic()
+        assert clients[2].predict(**generate_args(seed=9), api_name="/generate")[3]["seed"] == 9
+        assert time.monotonic() - t1 < 20  # the slot was free again: the cancelled job did not run to its end
 
 
 def test_launch_binds_localhost_without_share(monkeypatch, weights):
