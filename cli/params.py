@@ -46,6 +46,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(rv, param, ctx)
 
+    def _describe_range(self) -> str:
+        """The range in ``--help`` (``x>0``, ``0<x<=1``); nothing for an unbounded one (click writes ``x<=None``)."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 FINITE = FiniteFloat()
 
