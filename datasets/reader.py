@@ -184,7 +184,14 @@ class LatentDataset(IterableDataset):
         return [{f: st.group(grp.path).cache(f, keep=0) for f in self.fields} for grp in self._groups]
 
     def _read_block(self, arrays, gi: int, rows: np.ndarray) -> dict:
-        out = {f: arrays[gi][f].rows(rows) for f in self.fields}
+        """Fields of ``rows`` (increasing, inside one chunk). A run of consecutive rows (the usual
+        case: a whole chunk of ok rows) is a view of the decoded chunk, not a copy."""
+        c = self.chunk_rows
+        if rows[-1] - rows[0] + 1 == len(rows):
+            ci, lo = int(rows[0]) // c, int(rows[0]) % c
+            out = {f: arrays[gi][f].chunk(ci)[lo:lo + len(rows)] for f in self.fields}
+        else:
+            out = {f: arrays[gi][f].rows(rows) for f in self.fields}
         out["rows"] = rows
         return out
 
@@ -195,17 +202,21 @@ class LatentDataset(IterableDataset):
         return cache
 
     def _emit(self, gi: int, cat: dict, idx: np.ndarray) -> dict:
+        return self._tensors(gi, {f: cat[f][idx] for f in self.fields + ["rows"]})
+
+    def _tensors(self, gi: int, sub: dict) -> dict:
+        """One batch: numpy field arrays of its rows -> tensors / lists of str (no per-sample work for numbers)."""
         b = {}
         for f in self.fields:
-            x = cat[f][idx]
+            x = sub[f]
             if f in STRING_FIELDS:
-                b[f] = [str(s) for s in x.tolist()]
+                b[f] = x.tolist() if x.dtype.kind in "UT" else [str(s) for s in x.tolist()]
             elif f == "orig_size":
                 b[f] = torch.from_numpy(np.ascontiguousarray(x)).long()
             else:
                 t = torch.from_numpy(np.ascontiguousarray(x))
                 b[f] = t if self.dtype is None else t.to(self.dtype)
-        b["rows"] = torch.from_numpy(cat["rows"][idx].astype(np.int64))
+        b["rows"] = torch.from_numpy(sub["rows"].astype(np.int64))
         b["group"] = self._groups[gi].path
         return b
 
@@ -269,20 +280,36 @@ class LatentDataset(IterableDataset):
                 yield self._emit(gi, parts[0], np.arange(n))
 
     def _drain(self, carry, keys, rng):
-        """Emit every full batch of the buffer; keep the leftover rows (per group) for the next fill."""
+        """Emit every full batch of the buffer; keep the leftover rows (per group) for the next fill.
+
+        The buffer's blocks are not concatenated: each batch is gathered from them directly (the positions
+        index the blocks laid end to end, so the order is the same as over one concatenated array)."""
         for gi in list(carry):
             parts = carry[gi]
-            cat = {f: np.concatenate([p[f] for p in parts]) for f in keys} if len(parts) > 1 else parts[0]
-            n = len(cat["rows"])
+            starts = np.cumsum([0] + [len(p["rows"]) for p in parts])
+            n = int(starts[-1])
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             full = n - n % self.batch_size
             for a in range(0, full, self.batch_size):
-                yield self._emit(gi, cat, order[a:a + self.batch_size])
+                yield self._tensors(gi, _gather(parts, starts, order[a:a + self.batch_size], keys))
             if full < n:  # leftover rows stay in the buffer for the next fill
-                rest = np.sort(order[full:])
-                carry[gi] = [{f: cat[f][rest] for f in keys}]
+                carry[gi] = [_gather(parts, starts, np.sort(order[full:]), keys)]
             else:
                 del carry[gi]
+
+
+def _gather(parts: list[dict], starts: np.ndarray, pos: np.ndarray, keys: list[str]) -> dict:
+    """``{key: rows at positions pos}`` of the blocks ``parts`` laid end to end (``starts``: their offsets)."""
+    if len(parts) == 1:
+        return {f: parts[0][f][pos] for f in keys}
+    which = np.searchsorted(starts, pos, side="right") - 1
+    out = {f: np.empty((len(pos), *parts[0][f].shape[1:]), dtype=parts[0][f].dtype) for f in keys}
+    for k in np.unique(which):
+        sel = np.flatnonzero(which == k)
+        local = pos[sel] - starts[k]
+        for f in keys:
+            out[f][sel] = parts[k][f][local]
+    return out
 
 
 def _row_bytes(g, field: str) -> int:
