@@ -32,8 +32,12 @@ def embed_text(store, weights, device, batch_size, overwrite, quiet):
                    f"batches had at most {res['batch_size_used']} captions")
 
 
+def captions_phrase(res: dict) -> str:
+    """'4 captions' / '4 captions (1 empty)' / '4 empty captions' of an ``add_text_embeddings`` result."""
+    n, empty = res["embedded"], res.get("empty", 0)
+    return f"{n} empty captions" if n and empty == n else f"{n} captions" + (f" ({empty} empty)" if empty else "")
+
+
 def describe_result(res: dict, store) -> str:
     """'embedded 4 captions (1 empty) of 4 rows into STORE' / 'embedded 4 empty captions ...'."""
-    n, empty = res["embedded"], res.get("empty", 0)
-    what = f"{n} empty captions" if n and empty == n else f"{n} captions" + (f" ({empty} empty)" if empty else "")
-    return f"embedded {what} of {res['rows']} rows into {store}"
+    return f"embedded {captions_phrase(res)} of {res['rows']} rows into {store}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
+from cascadekit.cli.embed_text import captions_phrase
 from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, PixelSide
 
 
@@ -111,5 +112,5 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
 
         te = TextEncoder.from_pretrained(weights, device=dev)
         res = add_text_embeddings(out, te, overwrite=overwrite, progress=not quiet)
-        click.echo(f"text embeddings: {res['embedded']} captions embedded")
+        click.echo(f"text embeddings: {captions_phrase(res)} embedded")  # '4 empty captions' when none had text
     return summary, weights
