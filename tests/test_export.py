@@ -168,6 +168,14 @@ def test_controlnet_official_only(tmp_path):
     with pytest.raises(InputError, match="diffusers has no Stable Cascade ControlNet"):
         export_weights(src, tmp_path / "d", "diffusers")
     assert not (tmp_path / "d").exists()
+    # a ControlNet training run (generator/tasks/controlnet.py writes controlnet.safetensors + proj_blocks metadata)
+    run = tmp_path / "cn_run"
+    save_checkpoint(run, 2, weights=dict(ref.state_dict()), weights_name="controlnet.safetensors", state={},
+                    weights_metadata={"format": "pt", "proj_blocks": json.dumps(ref_info.config.proj_blocks)})
+    r = export_weights(run, tmp_path / "from_run", "official")
+    net, info = load_controlnet(r.files[0])
+    assert r.files[0].name == "canny.safetensors" and info.config == ref_info.config
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in net.state_dict().items())
 
 
 def test_refuses_other_models_and_bad_settings(tmp_path, tmp_path_factory):
