@@ -243,6 +243,21 @@ def resume_point(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def run_checkpoint(path: str | Path, what: str = "training run") -> Path:
+    """``path`` unchanged, or, when it is a run folder (it has ``checkpoints/``), the run's newest intact
+    checkpoint folder by :func:`resume_point` (the ``latest`` pointer is not trusted: a run whose ``latest`` was
+    removed, or whose newest checkpoint is damaged, still loads). What sampling, ``--stage-b-weights`` and
+    ``--controlnet`` use. InputError naming ``what`` and why each folder was passed over when there is none."""
+    p = Path(path)
+    if not (p.is_dir() and (p / "checkpoints").is_dir()):
+        return p
+    folder, skipped = resume_point(p)
+    if folder is None:
+        why = f" ({'; '.join(skipped)})" if skipped else ""
+        raise InputError(f"{what} {p} has no intact checkpoint yet{why}")
+    return folder
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The folder ``latest`` points at, or None if the run has no complete checkpoint yet."""
     root = Path(run_dir) / "checkpoints"

@@ -1,7 +1,7 @@
 """A ControlNet training run (or one of its checkpoints) as a ControlNet source for sampling.
 
 ``controlnet_file_of(source)``: a run folder -> ``controlnet.safetensors`` of its newest **intact** checkpoint (the
-``--resume`` rule of :func:`cascadekit.generator.checkpoint.resume_point`, not only the ``latest`` pointer); a
+``--resume`` rule, :func:`cascadekit.generator.checkpoint.run_checkpoint`, not only the ``latest`` pointer); a
 ``RUN/checkpoints/step_N`` folder -> its file (checked); anything else (file, weights folder, hub id) unchanged.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadekit.codec.errors import InputError
-from cascadekit.generator.checkpoint import checkpoint_problem, resume_point
+from cascadekit.generator.checkpoint import checkpoint_problem, run_checkpoint
 
 WEIGHTS_NAME = "controlnet.safetensors"
 
@@ -29,11 +29,7 @@ def controlnet_file_of(source: Any) -> Any:
         return None
     p = Path(str(source)).expanduser()
     if p.is_dir() and (p / "checkpoints").is_dir():
-        folder, skipped = resume_point(p)
-        if folder is None:
-            why = f" ({'; '.join(skipped)})" if skipped else ""
-            raise InputError(f"ControlNet run {p} has no intact checkpoint yet{why}")
-        return _file_in(folder)
+        return _file_in(run_checkpoint(p, "ControlNet run"))
     if p.is_dir() and (p / "meta.json").is_file() and not (p / "controlnet").is_dir():
         problem = checkpoint_problem(p)
         if problem is not None:

@@ -1,6 +1,6 @@
 """Fine-tuned Stage B weights for a :class:`~cascadekit.codec.codec.Codec`: ``--stage-b-weights RUN_OR_FILE [--ema]``.
 
-``RUN_OR_FILE`` is a Stage B training run (its latest checkpoint), one checkpoint folder
+``RUN_OR_FILE`` is a Stage B training run (its newest intact checkpoint), one checkpoint folder
 (``RUN/checkpoints/step_N``: its ``stage_b[_lite].safetensors``, or ``ema.safetensors`` with ``ema``), or a
 Stage B weights file in the official (or diffusers) layout. The weights must fit the codec's Stage B
 (same preset): a lite file into a big decoder is an error naming both.
@@ -18,19 +18,15 @@ from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.models.stage_b import StageB, infer_preset
 from cascadekit.codec.weights.assign import load_into
 from cascadekit.codec.weights.load import load_weights
-from cascadekit.generator.checkpoint import META, latest_checkpoint
+from cascadekit.generator.checkpoint import META, run_checkpoint
 
 
 def stage_b_weights_file(path: str | Path, ema: bool = False) -> Path:
-    """The weights file ``path`` names (run folder -> latest checkpoint -> its Stage B or EMA file)."""
+    """The weights file ``path`` names (run folder -> newest intact checkpoint -> its Stage B or EMA file)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"--stage-b-weights {p} does not exist")
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        latest = latest_checkpoint(p)
-        if latest is None:
-            raise InputError(f"training run {p} has no checkpoint yet")
-        p = latest
+    p = run_checkpoint(p)  # a run folder: its newest intact checkpoint
     if p.is_dir() and (p / META).is_file():
         meta = json.loads((p / META).read_text())
         name = str(meta.get("weights", ""))
