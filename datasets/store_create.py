@@ -80,8 +80,10 @@ def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwr
             old = root.attrs.get("settings")
             diffs = settings_diff(old, settings) if old is not None else ["settings: missing"]
             if diffs and not overwrite:
+                hint = ("\nControls are added to a finished store with `cascadekit add-controls STORE --controls ...`."
+                        if any(d.startswith("controls") for d in diffs) else "")
                 return (f"{out} was built with different settings:\n  " + "\n  ".join(diffs[:12])
-                        + "\nRerun with the same settings to resume, or pass --overwrite to rebuild from scratch.")
+                        + "\nRerun with the same settings to resume, or pass --overwrite to rebuild from scratch." + hint)
             if not diffs:
                 for p in [] if isinstance(out, RemotePath) else out.rglob("*.partial"):  # temp files of writes
                     p.unlink(missing_ok=True)  # cut off by a kill (object stores write whole objects: none)

@@ -3,6 +3,7 @@ a fake text encoder, and one process of a 2-process DDP run (importable by subpr
 from __future__ import annotations
 
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,16 @@ from generator_helpers import TINY, FixedEmpty  # noqa: E402
 SIDE = 64  # crop side: latents 16x2x2
 
 
-def block_images(folder: Path, n: int = 16, seed: int = 0) -> Path:
-    """``n`` PNGs of 2x2 uniformly coloured blocks (random colours): latents and controls differ per image."""
+def block_images(folder: Path, n: int = 16, seed: int = 0, caption: str | None = None) -> Path:
+    """``n`` PNGs of 2x2 uniformly coloured blocks (random colours): latents and controls differ per image.
+    Captions "caption <i>", or ``caption`` for all (then the text says nothing about which image it is)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         colours = rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)
         img = np.kron(colours, np.ones((SIDE // 2, SIDE // 2, 1), np.uint8))
         Image.fromarray(img).save(folder / f"img{i:03d}.png")
-        (folder / f"img{i:03d}.txt").write_text(f"caption {i}")
+        (folder / f"img{i:03d}.txt").write_text(caption if caption is not None else f"caption {i}")
     return folder
 
 
@@ -38,18 +40,30 @@ class TinyText:
     def encode(self, prompts):
         out_t, out_p = [], []
         for p in prompts:
-            g = torch.Generator().manual_seed(int(p.split()[-1]) + 1 if p.strip() else 0)
+            g = torch.Generator().manual_seed(zlib.crc32(p.strip().encode()))
             out_t.append(torch.randn(1, 8, TINY["c_text"], generator=g))
             out_p.append(torch.randn(1, 1, TINY["c_pooled"], generator=g))
         return torch.cat(out_t), torch.cat(out_p)
 
 
+class SpreadEncoder(TinyEncoder):
+    """TinyEncoder without the tanh, centred and scaled: latents vary strongly between images (std ~2), so knowing
+    the image (the control) is worth something to a noise predictor."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.nn.functional.avg_pool2d(x.float(), 32) - 0.5
+        return (p.unsqueeze(1) * self.w.view(1, 16, 3, 1, 1)).sum(2) * 4
+
+    def identity(self) -> dict:
+        return {**super().identity(), "name": "spread-test-encoder"}
+
+
 def make_store(out: Path, images: Path, controls=("canny", "sr", "inpaint")) -> Path:
-    """Encode ``images`` (TinyEncoder, chunk 4) with ``controls`` precomputed, then text embeddings."""
+    """Encode ``images`` (SpreadEncoder, chunk 4) with ``controls`` precomputed, then text embeddings."""
     from cascadekit.datasets.builder import build_latent_dataset
     from cascadekit.datasets.text_embeddings import add_text_embeddings
 
-    build_latent_dataset([str(images)], out, TinyEncoder(), resolution=SIDE, batch_size=4, chunk_rows=4,
+    build_latent_dataset([str(images)], out, SpreadEncoder(), resolution=SIDE, batch_size=4, chunk_rows=4,
                          num_workers=0, progress=False, controls=controls)
     add_text_embeddings(out, TinyText(), batch_size=4, progress=False)
     return out
@@ -66,7 +80,7 @@ def stage_c_file(folder: Path, seed: int = 0) -> Path:
     model = StageC.from_config(StageCConfig.preset("tiny"))
     with torch.no_grad():
         w = model.clf[1].weight
-        w.copy_(torch.randn_like(w) * 0.5 / w[0].numel() ** 0.5)
+        w.copy_(torch.randn_like(w) * 0.05 / w[0].numel() ** 0.5)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "stage_c.safetensors"))
     return folder / "stage_c.safetensors"

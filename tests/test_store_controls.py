@@ -43,10 +43,10 @@ def test_encode_controls_fields(stores):
 
 
 def test_add_controls_equals_encode_controls_and_resumes(stores, tmp_path):
-    from datasets_helpers import TinyEncoder
+    from controlnet_train_helpers import SpreadEncoder
 
     bare = make_store(tmp_path / "bare.zarr", stores["images"], ())
-    res = add_controls(bare, "canny,sr,inpaint", TinyEncoder(), progress=False)
+    res = add_controls(bare, "canny,sr,inpaint", SpreadEncoder(), progress=False)
     assert res["rows_done"] == 10 and res["skipped"] == {}
     want, got = _arrays(stores["with"]), _arrays(bare)
     for k in want:
