@@ -231,7 +231,7 @@ def _stores_tab(gr, app: App):
     def open_store(label):
         idx = app.index(label)
         pages = idx.pages
-        return summary(idx.store.path) + f"\n\n{len(idx.rows)} usable samples, {pages} pages", 1, page(
+        return summary(idx.store.path) + f"\n\n{len(idx)} usable samples, {pages} pages", 1, page(
             idx, 0, app.models)
 
     @_user_errors(app.job)

@@ -3,7 +3,7 @@ store's counts / statistics / skip reasons, a page of previewer decodes of its u
 and one sample's full decode (Stage B + Stage A)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +20,44 @@ PAGE = 12
 
 @dataclass
 class StoreIndex:
-    """The usable rows of one store in order: (group path, row) per sample."""
+    """The usable rows of one store in order: per group its path and row numbers (numpy, 8 bytes a row), and
+    where each group starts in the overall numbering."""
 
     store: LatentStore
-    rows: list[tuple[str, int]]
+    groups: list[tuple[str, np.ndarray]]
+    starts: np.ndarray
+    _caches: dict = field(default_factory=dict)  # (group, field) -> ChunkCache: a page reads each chunk once
 
     @classmethod
     def open(cls, path: Path) -> "StoreIndex":
         st = LatentStore(path)
-        rows = [(gv.path, int(r)) for gv in st.groups for r in gv.select(("latents",)).rows]
-        return cls(st, rows)
+        groups = [(gv.path, gv.select(("latents",)).rows) for gv in st.groups]
+        return cls(st, groups, np.cumsum([0] + [len(r) for _, r in groups]))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
 
     @property
     def pages(self) -> int:
-        return max(1, -(-len(self.rows) // PAGE))
+        return max(1, -(-len(self) // PAGE))
 
     def sample(self, i: int) -> dict:
         """{"key", "caption", "latents" (1,16,h,w) float32} of usable sample ``i``."""
-        if not 0 <= i < len(self.rows):
-            raise InputError(f"sample {i} is outside the store's {len(self.rows)} usable rows")
-        path, row = self.rows[i]
+        if not 0 <= i < len(self):
+            raise InputError(f"sample {i} is outside the store's {len(self)} usable rows")
+        g = int(np.searchsorted(self.starts, i, side="right")) - 1
+        path, rows = self.groups[g]
+        row = rows[i - self.starts[g]: i - self.starts[g] + 1]
         gv = self.store.group(path)
-        text = {f: str(gv.cache(f, keep=1).rows(np.array([row]))[0]) if gv.has(f) else ""
-                for f in ("keys", "captions")}
-        lat = gv.cache("latents", keep=1).rows(np.array([row]))
+        text = {f: str(self._cache(gv, f).rows(row)[0]) if gv.has(f) else "" for f in ("keys", "captions")}
+        lat = self._cache(gv, "latents").rows(row)
         return {"key": text["keys"], "caption": text["captions"],
                 "latents": torch.from_numpy(np.asarray(lat, np.float32))}
+
+    def _cache(self, gv, name: str):
+        if (gv.path, name) not in self._caches:
+            self._caches[(gv.path, name)] = gv.cache(name, keep=2)
+        return self._caches[(gv.path, name)]
 
 
 def store_of(label: str | None, config: AppConfig) -> Path:
@@ -66,7 +78,7 @@ def page(index: StoreIndex, number: int, models: Models) -> list[tuple]:
         raise InputError(f"page {number + 1} does not exist; the store has {index.pages} pages")
     codec = models.previewer()
     items = []
-    for i in range(number * PAGE, min(len(index.rows), (number + 1) * PAGE)):
+    for i in range(number * PAGE, min(len(index), (number + 1) * PAGE)):
         s = index.sample(i)
         img = codec.preview(s["latents"])[0].float().cpu()
         items.append((tensor_to_pil(img), f"{i} · {s['key']} · {s['caption'][:80]}"))
