@@ -47,13 +47,15 @@ SIDE = PixelSide(multiple=1, minimum=32, max_side=MAX_SIDE)
 @click.option("--stage-b", "stage_b", default="lite", show_default=True, type=click.Choice(["lite", "big"]))
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16", "fp16"]), help="Precision (default: bf16 on CUDA, fp32 on CPU; Stage C never runs in fp16).")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda if available).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile Stage C (checked against eager on its first call; pays off on a GPU).")
 @offload_option
 @click.pass_context
 @reports_user_errors
 def sample(ctx, prompts, weights, out, overwrite, negative, steps, guidance, shift, decoder_steps, decoder_guidance,
            seed, n, height, width, image, init_image, strength, lora, stage_c_weights, ema, stage_c, stage_b, dtype,
            device, lora_scale=1.0, lora_token=(), control=None, control_image=None, mask=None, outpaint=False,
-           paste_back=False, control_strength=1.0, controlnet=None, stage_b_weights=None):
+           paste_back=False, control_strength=1.0, controlnet=None, stage_b_weights=None, compile_=False):
     """Generate images for PROMPT... and write them as PNGs to --out."""
     lora = lora_kwargs(lora, lora_scale, lora_token)  # from_pretrained keywords
     ctl = control_settings(control, control_image, mask, outpaint, paste_back, control_strength)
@@ -95,6 +97,9 @@ def _run(prompts, weights, out, overwrite, negative, steps, guidance, shift, dec
         apply_stage_b_weights(pipe.codec, stage_b_weights, ema)
         if control[0] is not None:
             pipe.load_controlnet(controlnet_source(control[1], weights), control[0].control)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("compile_"):
+        pipe.enable_compile()
     from cascadekit.codec.images import load_image
 
     warn_truncated(pipe.text_encoder, {"PROMPT": list(prompts), "--negative": [negative] if negative else []})

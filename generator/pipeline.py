@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from cascadekit.codec.compile import CheckedCompile, CompileSettings, compile_checked
 from cascadekit.codec.errors import InputError, PrecisionError
 from cascadekit.generator.control_sampling import ControlSettings, paste_back, prepare_control
 from cascadekit.generator.offload import Offload, check_mode, move_module, retarget
@@ -142,6 +143,7 @@ class TextToImagePipeline:
         self.controlnet: torch.nn.Module | None = None
         self.controlnet_info: Any = None  # ControlNetInfo of the loaded ControlNet
         self.offload = Offload(device=self.device)  # "none": see enable_offload
+        self.compiled_stage_c: CheckedCompile | None = None  # see enable_compile
         if empty is None:
             t, p = text_encoder.encode([""])
             empty = (t[:1], p[:1])
@@ -200,6 +202,12 @@ class TextToImagePipeline:
         if offload != "none":
             pipe.enable_offload(offload)
         return pipe
+
+    def enable_compile(self, settings: CompileSettings | None = None) -> None:
+        """Sample with a ``torch.compile``-d Stage C, checked against eager on its first call
+        (:mod:`cascadekit.codec.compile`; eager with a warning when compilation fails). ``self.stage_c``
+        stays the eager network (loading, LoRA and export use it)."""
+        self.compiled_stage_c = compile_checked(self.stage_c, settings, name="Stage C")
 
     def enable_offload(self, mode: str = "model", move: Any = None, home: str | torch.device = "cpu") -> None:
         """Keep the networks on the CPU and move them to ``self.device`` only while they run:
@@ -423,7 +431,8 @@ class TextToImagePipeline:
             noise = torch.randn(z.shape, generator=gen).to(dev)
             x_init = GDF().diffuse(z, torch.full((n,), t_start), noise).x_t  # official: shift 1 here
         with self.offload.stage("stage_c"):
-            last = sample_final(self.stage_c, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
+            prior = self.stage_c if self.compiled_stage_c is None else self.compiled_stage_c
+            last = sample_final(prior, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
                                 shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
                                 unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=dev)
         latents = last.x0.float()
