@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascadekit.codec import distributed as D
+from cascadekit.codec.compile import CompileSettings, compile_checked
 from cascadekit.codec.diffusion.gdf import GDF
 from cascadekit.codec.errors import CascadeKitError, InputError, OutputError
 from cascadekit.codec.fsio import AdvisoryLock, atomic_write_json, describe_os_error
@@ -76,12 +77,15 @@ class TrainingLoop:
 
     Everything that can be wrong (config, store, an existing run without ``resume``, an unusable
     checkpoint, an unwritable ``run_dir``, a second process on the same run) raises before any step.
+    ``compile``: run the forward through ``torch.compile`` (:mod:`cascadekit.codec.compile`, checked
+    against eager on the first step); a runtime choice like ``device``, not part of the run's config.
     """
 
     def __init__(self, task: TrainTask, data: TrainData, cfg: CoreConfig, run_dir: str | Path, *,
                  resume: bool = False, device: str | torch.device | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, compile: CompileSettings | None = None):
         self.task, self.data, self.cfg = task, data, cfg.validate()
+        self.compile_settings = compile
         self.run_dir = Path(run_dir)
         self.log_fn = log
         info = D.from_env()
@@ -149,6 +153,9 @@ class TrainingLoop:
         self.model = model
         self.trainable = self.task.trainable(model)
         self.wrapped = parallel.wrap(model, self.info, self.device, fsdp=cfg.fsdp, units=self.task.fsdp_units)
+        # the training forward: the wrapped model, or it compiled (checked against eager on the first step)
+        cs = self.compile_settings
+        self.forward = self.wrapped if cs is None else compile_checked(self.wrapped, cs, "training forward")
         params = [p for p in self.wrapped.parameters() if p.requires_grad] if self._fsdp else \
             [p for _, p in self.trainable]
         self.optimizer, self.scheduler = make_optimizer(params, cfg)
@@ -265,7 +272,7 @@ class TrainingLoop:
             sync = contextlib.nullcontext() if (last or not self.info.active) else self.wrapped.no_sync()
             with sync:
                 with self._autocast():
-                    pred = self.wrapped(noised, r, **cond)
+                    pred = self.forward(noised, r, **cond)
                 loss_per = F.mse_loss(pred.float(), target, reduction="none").mean(dim=tuple(range(1, target.dim())))
                 loss = (loss_per * weight).mean() / cfg.grad_accum_steps
                 if not D.all_finite(loss, self.info):
