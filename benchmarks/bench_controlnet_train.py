@@ -9,8 +9,9 @@ frozen tiny Stage C, the ControlNet trained); they differ only in where the cont
   the official ``train_c_controlnet.py`` does (it also runs the image encoder for the latents every step, which the
   stored mode never does and this benchmark does not count: the ratio is a lower bound).
 
-Timing: ``samples_per_s`` of the core's log, median over the steps after the first (warm-up) of each run; the two
-runs alternate ``--repeats`` times. Bytes per sample: the control arrays' files on disk / ok rows.
+Timing: ``samples_per_s`` of the core's log for every step after the first (warm-up) of each run; the two modes'
+runs alternate ``--repeats`` times; the fastest step of each mode gives the ratio (the machine's load from other
+jobs only ever slows a step down), medians are reported too. Bytes per sample: the control arrays' files on disk / ok rows.
 
     python benchmarks/bench_controlnet_train.py --control canny --resolution 256 --batch 4 --steps 6
 """
@@ -112,11 +113,14 @@ def main() -> None:  # over 60 lines: argument parsing, two stores, alternating 
         for mode, store in (("stored", stored), ("on_the_fly", bare)):
             speeds[mode] += run_mode(store, cfg, init, codec, tmp / f"run_{mode}_{r}")
     med = {m: statistics.median(v) for m, v in speeds.items()}
+    best = {m: max(v) for m, v in speeds.items()}
     result = {
         "control": args.control, "bottleneck": cfg.bottleneck, "resolution": args.resolution, "batch": args.batch,
         "steps_per_run": args.steps, "repeats": args.repeats, "threads": args.threads,
-        "samples_per_s": {m: round(v, 3) for m, v in med.items()},
-        "ratio_stored_over_on_the_fly": round(med["stored"] / med["on_the_fly"], 3),
+        "samples_per_s_fastest_step": {m: round(v, 3) for m, v in best.items()},
+        "samples_per_s_median": {m: round(v, 3) for m, v in med.items()},
+        "ratio_stored_over_on_the_fly": round(best["stored"] / best["on_the_fly"], 3),
+        "ratio_of_medians": round(med["stored"] / med["on_the_fly"], 3),
         "control_bytes": control_bytes(stored),
         "machine": "shared 2-core CPU development machine under heavy load from other jobs (CPU only)",
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -17,14 +17,15 @@ from generator_helpers import TINY, FixedEmpty  # noqa: E402
 SIDE = 64  # crop side: latents 16x2x2
 
 
-def block_images(folder: Path, n: int = 16, seed: int = 0, caption: str | None = None) -> Path:
+def block_images(folder: Path, n: int = 16, seed: int = 0, caption: str | None = None, blocks: int = 2) -> Path:
     """``n`` PNGs of 2x2 uniformly coloured blocks (random colours): latents and controls differ per image.
-    Captions "caption <i>", or ``caption`` for all (then the text says nothing about which image it is)."""
+    Captions "caption <i>", or ``caption`` for all (then the text says nothing about which image it is);
+    ``blocks=1``: one colour per image."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        colours = rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)
-        img = np.kron(colours, np.ones((SIDE // 2, SIDE // 2, 1), np.uint8))
+        colours = rng.integers(0, 256, (blocks, blocks, 3), dtype=np.uint8)
+        img = np.kron(colours, np.ones((SIDE // blocks, SIDE // blocks, 1), np.uint8))
         Image.fromarray(img).save(folder / f"img{i:03d}.png")
         (folder / f"img{i:03d}.txt").write_text(caption if caption is not None else f"caption {i}")
     return folder

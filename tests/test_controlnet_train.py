@@ -49,16 +49,30 @@ def _eval_losses(loop) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _learns_to_use_its_control(world, tmp_path):
-    cfg = config("inpainting", steps=60, lr=3e-3, save_every=60, caption_dropout=0.0)
-    loop = controlnet_loop(world["store"], cfg, tmp_path / "run", init=world["init"], device="cpu",
-                           text_encoder=FixedEmpty(), log=lambda m: None)
+def test_learns_to_use_its_control(tmp_path):
+    """A ControlNet for a (briefly trained, frozen) tiny Stage C learns to use its control: at the end its loss
+    with each sample's own control is clearly below its loss with the controls shuffled across samples.
+
+    Set-up where the control carries what the text does not: one colour per image, one caption for all, the sr
+    control (the EfficientNet latents of the x0.5 image: here exactly the image's latents)."""
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.train import train
+
+    store = make_store(tmp_path / "s.zarr", block_images(tmp_path / "img", caption="a photo", blocks=1))
+    prior = train(store, TrainConfig.from_dict(dict(model="tiny", steps=120, batch_size=8, lr=3e-3, warmup_steps=1,
+                                                    save_every=1000, log_every=1000, caption_dropout=0.0,
+                                                    precision="fp32")),
+                  tmp_path / "prior", text_encoder=FixedEmpty(), log=lambda m: None)
+    cfg = config("sr", steps=80, lr=1e-2, save_every=1000, caption_dropout=0.0, large_widths=[64, 64, 64],
+                 controlnet_blocks=[0, 7])
+    loop = controlnet_loop(store, cfg, tmp_path / "run", init=prior.last_checkpoint / "model.safetensors",
+                           device="cpu", text_encoder=FixedEmpty(), log=lambda m: None)
     before = _eval_losses(loop)
     loop.model.train()
     loop.run()
     true, shuffled = _eval_losses(loop)
-    assert abs(before[0] - before[1]) < 1e-6  # the zero-initialised projections: the control does nothing yet
-    assert true < 0.9 * shuffled, (before, true, shuffled)
+    assert before[0] == pytest.approx(before[1], abs=1e-6)  # zero-initialised projections: no effect yet
+    assert true < 0.97 * shuffled and true < before[0], (before, true, shuffled)
 
 
 def test_resume_is_exact_and_checkpoint_is_official(world, tmp_path):
