@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cascadekit.codec.errors import InputError, WeightsError
-from cascadekit.codec.models.controlnet import ControlNet, resblock_call_channels
+from cascadekit.codec.models.controlnet import ControlNet, ControlNetConfig, resblock_call_channels
 from cascadekit.codec.weights.assign import build
 from cascadekit.codec.weights.controlnet import check_fits_stage_c
 from cascadekit.generator.batches import Group
@@ -92,8 +92,8 @@ class ControlNetTask(StageCTask):
             meta = StageC.from_config(self.model_cfg)
         try:
             self.blocks, self.c_proj = resolve_blocks(self.cfg.controlnet_blocks, resblock_call_channels(meta))
-            cfg_like = type("Fit", (), {"c_proj": self.c_proj, "proj_blocks": self.blocks})
-            check_fits_stage_c(cfg_like, meta, "controlnet_blocks")
+            check_fits_stage_c(ControlNetConfig(c_in=C_IN[self.cfg.control], c_proj=self.c_proj,
+                                                proj_blocks=self.blocks), meta, "controlnet_blocks")
         except (InputError, WeightsError) as e:
             errs.append(str(e))
         errs += control_source_problems(data, self.cfg.control, self.image_encoder)
