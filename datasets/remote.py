@@ -16,6 +16,7 @@ wherever a store path is accepted.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tempfile
 import uuid
@@ -27,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import fsspec
 
-from cascadekit.codec.errors import InputError
+from cascadekit.codec.errors import DependencyError, InputError
 from cascadekit.codec.fsio import AdvisoryLock
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -57,6 +58,18 @@ def redact(url: str) -> str:
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1***@", url)
 
 
+def _url_to_fs(url: str, storage_options: dict):
+    """fsspec's (file system, path) for ``url``; a missing backend package is a DependencyError saying what to
+    install (``cascadekit[s3]`` for s3://)."""
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as e:
+        hint = "pip install 'cascadekit[s3]'" if url.startswith("s3") else "install the fsspec backend it names"
+        raise DependencyError(f"{redact(url)}: {e} ({hint})") from None
+    except ValueError as e:  # an unknown protocol
+        raise InputError(f"{redact(url)}: {e}") from None
+
+
 class RemotePath:
     """A file or folder in an fsspec file system, with the part of :class:`pathlib.Path` the store code uses.
 
@@ -67,7 +80,8 @@ class RemotePath:
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = str(url).rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self.path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._fs, self.path = _url_to_fs(self.url, self.storage_options)
+        self._pid = os.getpid()
         self.protocol = self.url.split("://", 1)[0]
 
     # ------------------------------------------------------------------ naming
@@ -90,7 +104,8 @@ class RemotePath:
     def on(cls, fs, path: str, protocol: str, storage_options: dict | None = None) -> RemotePath:
         """The object / prefix ``path`` of an existing fsspec file system ``fs`` (no new client)."""
         p = cls.__new__(cls)
-        p.fs, p.path, p.protocol, p.storage_options = fs, path.rstrip("/"), protocol, dict(storage_options or {})
+        p._fs, p._pid, p.path, p.protocol = fs, os.getpid(), path.rstrip("/"), protocol
+        p.storage_options = dict(storage_options or {})
         p.url = f"{protocol}://{p.path}"
         return p
 
@@ -108,6 +123,18 @@ class RemotePath:
         p = RemotePath.on(self.fs, self.path.rsplit("/", 1)[0], self.protocol, self.storage_options)
         p.url = self.url.rsplit("/", 1)[0]
         return p
+
+    @property
+    def fs(self):
+        """The fsspec file system, made again in a forked or unpickled process (s3fs clients are not fork-safe;
+        fsspec's instance cache is per process), e.g. in ``LatentDataset``'s DataLoader workers."""
+        if self._fs is None or self._pid != os.getpid():
+            self._fs = _url_to_fs(self.url, self.storage_options)[0]
+            self._pid = os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fs": None}
 
     # ------------------------------------------------------------------ queries (never from a stale listing)
     def _fresh(self) -> None:
@@ -295,7 +322,8 @@ def chunk_location(zstore, key: str):
         return Path(root) / key
     fs = zstore.fs
     sync_fs = type(fs)(**{**fs.storage_options, "asynchronous": False})  # fsspec caches the instance
-    return RemotePath.on(sync_fs, f"{zstore.path}/{key}", store_label(zstore).split("://", 1)[0])
+    options = {k: v for k, v in fs.storage_options.items() if k != "asynchronous"}
+    return RemotePath.on(sync_fs, f"{zstore.path}/{key}", store_label(zstore).split("://", 1)[0], options)
 
 
 __all__ = ["RemotePath", "check_writable", "chunk_location", "is_url", "redact", "rmtree", "store_label",
