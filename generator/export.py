@@ -1,6 +1,6 @@
 """Export trained (or any) Stage C, Stage B and ControlNet weights for the other ecosystems.
 
-``export_weights(source, out, to)``: ``source`` is a ``cascadekit train`` run (its latest checkpoint), one
+``export_weights(source, out, to)``: ``source`` is a ``cascadekit train`` run (its newest intact checkpoint), one
 checkpoint folder (``RUN/checkpoints/step_N``; ``ema=True`` takes its ``ema.safetensors``), a weights file in
 the official or diffusers layout, or a diffusers model folder. ``to``:
 
@@ -33,7 +33,7 @@ from cascadekit.codec.weights.controlnet import CONTROLNET_FILES, load_controlne
 from cascadekit.codec.weights.io import read_state_dict, sha256_file
 from cascadekit.codec.weights.keys import official_to_diffusers, to_official
 from cascadekit.codec.weights.load import diffusers_weights_file
-from cascadekit.generator.checkpoint import META, latest_checkpoint
+from cascadekit.generator.checkpoint import META, run_checkpoint
 from cascadekit.generator.diffusers_unet_config import diffusers_unet_config
 from cascadekit.generator.training.tensorfile import write_safetensors
 
@@ -87,15 +87,11 @@ class ExportResult:
 
 # ------------------------------------------------------------------------------------------- the source
 def weights_file(source: str | Path, ema: bool = False) -> Path:
-    """The weights file or diffusers folder ``source`` names (a run -> its latest checkpoint -> its weights)."""
+    """The weights file or diffusers folder ``source`` names (a run -> its newest intact checkpoint -> its weights)."""
     p = Path(source)
     if not p.exists():
         raise InputError(f"{p} does not exist; give a training run, a checkpoint folder or a weights file")
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        latest = latest_checkpoint(p)
-        if latest is None:
-            raise InputError(f"training run {p} has no checkpoint yet")
-        p = latest
+    p = run_checkpoint(p)  # a run -> its newest intact checkpoint (as sampling and --stage-b-weights)
     if p.is_dir() and (p / META).is_file():
         meta = json.loads((p / META).read_text())
         name = str(meta.get("weights", ""))

@@ -151,7 +151,7 @@ def test_training_run_latest_and_ema(tmp_path, stage_c, stage_b):
     save_checkpoint(lora, 1, weights={"a": torch.zeros(1)}, weights_name="lora.safetensors", state={})
     with pytest.raises(InputError, match="LoRA checkpoint"):
         export_weights(lora, tmp_path / "l", "official")
-    with pytest.raises(InputError, match="no checkpoint yet"):
+    with pytest.raises(InputError, match="no intact checkpoint yet"):
         (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
         export_weights(tmp_path / "empty", tmp_path / "x", "official")
     assert not (tmp_path / "x").exists() and not (tmp_path / "l").exists()
