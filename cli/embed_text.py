@@ -32,10 +32,13 @@ def embed_text(store, weights, device, batch_size, overwrite, quiet):
                    f"batches had at most {res['batch_size_used']} captions")
 
 
-def captions_phrase(res: dict) -> str:
-    """'4 captions' / '4 captions (1 empty)' / '4 empty captions' of an ``add_text_embeddings`` result."""
+def captions_phrase(res: dict, verb: str = "") -> str:
+    """'4 captions<verb>' / '4 captions<verb> (1 empty)' / '4 empty captions<verb>' of an ``add_text_embeddings``
+    result."""
     n, empty = res["embedded"], res.get("empty", 0)
-    return f"{n} empty captions" if n and empty == n else f"{n} captions" + (f" ({empty} empty)" if empty else "")
+    if n and empty == n:
+        return f"{n} empty captions{verb}"
+    return f"{n} captions{verb}" + (f" ({empty} empty)" if empty else "")
 
 
 def describe_result(res: dict, store) -> str:

@@ -112,5 +112,5 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
 
         te = TextEncoder.from_pretrained(weights, device=dev)
         res = add_text_embeddings(out, te, overwrite=overwrite, progress=not quiet)
-        click.echo(f"text embeddings: {captions_phrase(res)} embedded")  # '4 empty captions' when none had text
+        click.echo(f"text embeddings: {captions_phrase(res, ' embedded')}")  # '4 empty captions' when none had text
     return summary, weights

@@ -17,6 +17,8 @@ def test_captions_phrase():
     assert captions_phrase({"embedded": 8, "empty": 8}) == "8 empty captions"
     assert captions_phrase({"embedded": 8, "empty": 3}) == "8 captions (3 empty)"
     assert captions_phrase({"embedded": 0, "empty": 0}) == "0 captions"
+    assert captions_phrase({"embedded": 8, "empty": 2}, " embedded") == "8 captions embedded (2 empty)"
+    assert captions_phrase({"embedded": 8, "empty": 8}, " embedded") == "8 empty captions embedded"
 
 
 @pytest.mark.filterwarnings("ignore:.*TINY RANDOM")
