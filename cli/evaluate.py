@@ -132,11 +132,14 @@ def _expand(paths, out, skipped: list) -> list[tuple[str, Path]]:
 
 
 def _mode_note(path) -> str | None:
-    """'converted from L' etc. when the file is not RGB (the codec's loader converts it to RGB)."""
+    """'converted from L' etc. when the file is not RGB (the codec's loader converts it to RGB). Opened through the
+    regular-file guard (a FIFO or device is never opened)."""
     from PIL import Image
 
+    from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES, open_regular
+
     try:
-        with Image.open(path) as im:
+        with open_regular(path, DEFAULT_MAX_INPUT_BYTES) as f, Image.open(f) as im:
             return None if im.mode == "RGB" else f"converted from {im.mode} to RGB"
     except Exception:  # noqa: BLE001 - the loader itself reports unreadable files
         return None

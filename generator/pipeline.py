@@ -98,10 +98,13 @@ class PipelineOutput:
 
 
 def read_png_parameters(path: str | Path) -> dict[str, Any]:
-    """The generation parameters stored in a PNG written by :meth:`PipelineOutput.save`."""
+    """The generation parameters stored in a PNG written by :meth:`PipelineOutput.save` (a regular file of at most
+    the input byte cap: a FIFO or device is refused, never opened)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES, open_regular
+
+    with open_regular(path, DEFAULT_MAX_INPUT_BYTES) as f, Image.open(f) as im:
         text = getattr(im, "text", None) or im.info
         if "parameters" not in text:
             raise InputError(f"{path} carries no cascadekit generation parameters")
@@ -251,21 +254,16 @@ class TextToImagePipeline:
 
         path: a Stage C weights file (official or diffusers keys), a diffusers ``prior/`` folder, a
         training checkpoint folder (``RUN/checkpoints/step_N``: its ``model.safetensors``, or its
-        ``ema.safetensors`` with ``ema=True``) or a run folder (its latest checkpoint). The weights must
+        ``ema.safetensors`` with ``ema=True``) or a run folder (its newest intact checkpoint). The weights must
         fit the Stage C that was loaded (same preset); a LoRA-only checkpoint is refused (use ``load_lora``).
         """
         from cascadekit.codec.errors import WeightsError
         from cascadekit.codec.weights.assign import load_into
         from cascadekit.codec.weights.load import load_weights
 
-        p = Path(path)
-        if p.is_dir() and (p / "checkpoints").is_dir():
-            from cascadekit.generator.checkpoint import latest_checkpoint
+        from cascadekit.generator.checkpoint import run_checkpoint
 
-            latest = latest_checkpoint(p)
-            if latest is None:
-                raise InputError(f"training run {p} has no checkpoint yet")
-            p = latest
+        p = run_checkpoint(path)  # a run folder: its newest intact checkpoint (not only `latest`)
         if p.is_dir() and (p / "meta.json").is_file():
             meta = json.loads((p / "meta.json").read_text())
             if meta.get("weights") == "lora.safetensors":

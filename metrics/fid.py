@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from .errors import BadWeightsError, MetricInputError
-from .images import iter_folder, pil_to_tensor, read_image
+from .images import iter_folder, pil_to_tensor, read_file_bytes, read_image
 from .weights import INCEPTION, find_weights, load_state
 
 FEATURE_DIM = 2048
 FEATURE_NAME = "torch-fidelity inception-v3-compat pool3 (2048)"
+STATS_MAX_BYTES = 256 * 1024 * 1024  # most bytes read from one .npz of statistics (a 2048-D float64 sigma: 34 MB)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -170,8 +171,9 @@ def save_stats(stats: FeatureStats, path: str | os.PathLike) -> Path:
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Read (mu (D,), sigma (D,D), n or None) from an .npz written by `save_stats` or pytorch-fid."""
     path = Path(path)
+    data = read_file_bytes(path, STATS_MAX_BYTES)  # a regular file within the cap: a FIFO or device is never opened
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if "mu" not in z or "sigma" not in z:
                 raise MetricInputError(f"{path}: FID statistics need arrays 'mu' and 'sigma', found {list(z.keys())}")
             mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)

@@ -50,3 +50,24 @@ def test_controlnet_of_a_run_without_latest(tmp_path):
     run = _run(tmp_path, "controlnet.safetensors")
     (run / "checkpoints" / ckpt.LATEST).unlink()
     assert controlnet_file_of(run) == run / "checkpoints" / "step_000004" / "controlnet.safetensors"
+
+
+def test_pipeline_load_stage_c_of_a_run_without_latest(tmp_path_factory, tmp_path):
+    import warnings
+
+    from _tiny_weights import tiny_weights_dir
+
+    from cascadekit.generator.pipeline import TextToImagePipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = TextToImagePipeline.from_pretrained(tiny_weights_dir(tmp_path_factory))
+    sd = {k: v.detach().clone() + 0.5 for k, v in pipe.stage_c.state_dict().items()}
+    run = tmp_path / "run"
+    for s in (2, 4):
+        ckpt.save_checkpoint(run, s, weights=sd, state={"step": s}, keep=5)
+    (run / "checkpoints" / ckpt.LATEST).unlink()
+    pipe.load_stage_c(run)
+    assert pipe.stage_c_weights == str(run / "checkpoints" / "step_000004" / "model.safetensors")
+    k = next(iter(sd))
+    assert torch.equal(pipe.stage_c.state_dict()[k].float(), sd[k].float())
