@@ -101,6 +101,7 @@ def _summary(values: list[float]) -> dict:
             "finite_mean": (math.fsum(finite.tolist()) / finite.size) if finite.size else None}
 
 
+# long only by its docstring (the report contract); the steps are _Evaluation's methods
 def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_dir: str | os.PathLike, *,
              seed: int = 0, metrics: str | Iterable[str] = METRICS, batch_size: int = 4,
              weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -134,105 +135,25 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
         raise MetricInputError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid_dir = out / "grids"
-    # Build the backbones first: a missing weight file fails before any reconstruction work.
-    lpips_model = LPIPSMetric(lpips_net, weights_dir=weights_dir, device=device) if "lpips" in names else None
-    inception = InceptionFeatures(weights_dir=weights_dir, device=device) if "fid" in names else None
-    stats_orig, stats_rec = FeatureStats(), FeatureStats()
-
-    skipped: list[dict] = list(extra_skipped or [])  # inputs the caller already ruled out ({"key", "reason"})
-    converted: list[dict] = []
-    rows: list[dict] = []
-    grids: list[dict] = []
-    per_image = tuple(m for m in PER_IMAGE if m in names)
-    worst = plots.WorstK(worst_k, per_image, heatmap_scale)
-
-    def readable():
-        n = 0
-        for key, item in images:
-            if max_images is not None and n >= max_images:
-                return
-            key = str(key)
-            try:
-                x, note = load_item(key, item)
-            except MetricInputError as e:
-                skipped.append({"key": key, "reason": str(e)})
-                bar.update(1)
-                continue
-            if note:
-                converted.append({"key": key, "note": note})
-            n += 1
-            yield key, x
-
+    run = _Evaluation(names, out, weights_dir, device, lpips_net, grid_samples, heatmap_scale, worst_k,
+                      list(extra_skipped or []))
     from tqdm.auto import tqdm
 
     total = len(images) if hasattr(images, "__len__") else None
     if total is not None and max_images is not None:
         total = min(total, max_images)
-    bar = tqdm(desc="evaluate", unit="img", total=total, disable=not progress)
+    run.bar = tqdm(desc="evaluate", unit="img", total=total, disable=not progress)
     t0 = time.perf_counter()
     index = 0
-    for keys, batch in batches_by_size(readable(), batch_size):
-        batch_seed = seed + index
-        try:
-            rec = _call_reconstruct(reconstruct, batch, keys, batch_seed)
-        except Exception as e:  # the codec refused these images (size, memory, ...): list them, go on
-            reason = f"reconstruct failed on its batch: {type(e).__name__}: {e}"
-            skipped.extend({"key": k, "reason": reason} for k in keys)
-            bar.update(len(keys))
-            continue
-        if not isinstance(rec, torch.Tensor) or tuple(rec.shape) != tuple(batch.shape):
-            got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
-            raise MetricInputError(f"reconstruct returned {got} for a batch of shape {tuple(batch.shape)} "
-                                   f"(keys {keys[:3]}...); it must return reconstructions of the same shape")
-        rec = rec.detach().to("cpu", torch.float32)
-        if not torch.isfinite(rec).all():
-            raise MetricInputError(f"reconstruct returned NaN/inf for keys {keys}")
-        rec = rec.clamp(0, 1)  # decoders overshoot slightly; an image file would clamp the same way
-        try:
-            values = {}
-            if "psnr" in names:
-                values["psnr"] = psnr_per_image(rec, batch, data_range=1.0).tolist()
-            if "ssim" in names:
-                values["ssim"] = ssim_per_image(rec, batch, data_range=1.0).tolist()
-            if lpips_model is not None:
-                values["lpips"] = lpips_model(rec, batch).tolist()
-            feats = (inception(batch), inception(rec)) if inception is not None else None
-        except MetricInputError as e:  # e.g. images too small for the SSIM window or the LPIPS network
-            skipped.extend({"key": k, "reason": f"cannot be measured: {e}"} for k in keys)
-            bar.update(len(keys))
-            continue
-        if feats is not None:
-            stats_orig.update(feats[0])
-            stats_rec.update(feats[1])
-        for i, key in enumerate(keys):
-            row = {"index": index + i, "key": key, "width": batch.shape[-1], "height": batch.shape[-2],
-                   "seed": batch_seed}
-            row.update({m: values[m][i] for m in values})
-            rows.append(row)
-            worst.offer(key, batch[i], rec[i], row)
-            if len(grids) < grid_samples:
-                grid_dir.mkdir(exist_ok=True)
-                name = report.safe_name(key, index + i)
-                report.grid_image(batch[i], rec[i], heatmap_scale).save(grid_dir / name)
-                grids.append({"file": f"grids/{name}", **row})
-        index += len(keys)
-        bar.update(len(keys))
-    bar.close()
+    for keys, batch in batches_by_size(run.readable(images, max_images), batch_size):
+        if run.batch(reconstruct, keys, batch, index, seed + index):
+            index += len(keys)
+        run.bar.update(len(keys))
+    run.bar.close()
     elapsed = time.perf_counter() - t0
-
-    aggregate = {m: _summary([r[m] for r in rows]) for m in PER_IMAGE if m in names}
-    fid_note = None
-    if "fid" in names:
-        if stats_orig.n >= 2:
-            aggregate["fid"] = frechet_distance(stats_orig.mu, stats_orig.sigma, stats_rec.mu, stats_rec.sigma)
-            stats_orig.save(out / "fid_stats_original.npz")
-            stats_rec.save(out / "fid_stats_reconstruction.npz")
-        else:
-            aggregate["fid"] = None
-            fid_note = f"FID needs at least 2 images, got {stats_orig.n}"
+    aggregate, fid_note = run.aggregate()
     result = {
-        "n_images": len(rows),
+        "n_images": len(run.rows),
         "notice": notice,
         "aggregate": aggregate,
         "settings": {
@@ -244,16 +165,132 @@ def evaluate(images: Iterable[tuple[str, object]], reconstruct: Callable, out_di
             "seconds": elapsed, "torch": torch.__version__, "python": platform.python_version(),
             **(settings or {}),
         },
-        "skipped": skipped,
-        "converted": converted,
+        "skipped": run.skipped,
+        "converted": run.converted,
         "per_image_csv": "per_image.csv",
     }
-    report.write_json(out / "metrics.json", result)
-    report.write_csv(out / "per_image.csv", rows, ["index", "key", "width", "height", "seed", *[
-        m for m in PER_IMAGE if m in names]])
-    extra = plots.plots_html(plots.make_plots(rows, per_image), worst.ranked(), rows, per_image)
-    report.write_index_html(out / "index.html", result, grids, extra)
-    if not rows:
-        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:5]) or "the input was empty"
-        raise MetricInputError(f"no image could be evaluated ({reasons}); report written to {out}")
+    run.write_report(result)
     return result
+
+
+class _Evaluation:
+    """One :func:`evaluate` run's backbones and accumulators (rows, skipped, grids, FID statistics) and its steps."""
+
+    def __init__(self, names, out: Path, weights_dir, device, lpips_net: str, grid_samples: int,
+                 heatmap_scale: float, worst_k: int, skipped: list[dict]):
+        self.names, self.out, self.grid_dir = names, out, out / "grids"
+        self.grid_samples, self.heatmap_scale = grid_samples, heatmap_scale
+        # Build the backbones first: a missing weight file fails before any reconstruction work.
+        self.lpips = LPIPSMetric(lpips_net, weights_dir=weights_dir, device=device) if "lpips" in names else None
+        self.inception = InceptionFeatures(weights_dir=weights_dir, device=device) if "fid" in names else None
+        self.stats_orig, self.stats_rec = FeatureStats(), FeatureStats()
+        self.skipped = skipped  # inputs the caller already ruled out ({"key", "reason"}) and those found here
+        self.converted: list[dict] = []
+        self.rows: list[dict] = []
+        self.grids: list[dict] = []
+        self.per_image = tuple(m for m in PER_IMAGE if m in names)
+        self.worst = plots.WorstK(worst_k, self.per_image, heatmap_scale)
+        self.bar = None
+
+    def readable(self, images, max_images: int | None):
+        """(key, (C,H,W) tensor) of the loadable items, at most ``max_images``; others are listed as skipped."""
+        n = 0
+        for key, item in images:
+            if max_images is not None and n >= max_images:
+                return
+            key = str(key)
+            try:
+                x, note = load_item(key, item)
+            except MetricInputError as e:
+                self.skipped.append({"key": key, "reason": str(e)})
+                self.bar.update(1)
+                continue
+            if note:
+                self.converted.append({"key": key, "note": note})
+            n += 1
+            yield key, x
+
+    def batch(self, reconstruct: Callable, keys: list[str], batch: torch.Tensor, index: int, batch_seed: int) -> bool:
+        """Reconstruct, measure and record one batch; False when its images were skipped (listed with why)."""
+        try:
+            rec = _call_reconstruct(reconstruct, batch, keys, batch_seed)
+        except Exception as e:  # the codec refused these images (size, memory, ...): list them, go on
+            reason = f"reconstruct failed on its batch: {type(e).__name__}: {e}"
+            self.skipped.extend({"key": k, "reason": reason} for k in keys)
+            return False
+        rec = _checked_reconstruction(rec, batch, keys)
+        try:
+            values, feats = self._measure(rec, batch)
+        except MetricInputError as e:  # e.g. images too small for the SSIM window or the LPIPS network
+            self.skipped.extend({"key": k, "reason": f"cannot be measured: {e}"} for k in keys)
+            return False
+        if feats is not None:
+            self.stats_orig.update(feats[0])
+            self.stats_rec.update(feats[1])
+        self._record(keys, batch, rec, values, index, batch_seed)
+        return True
+
+    def _measure(self, rec: torch.Tensor, batch: torch.Tensor):
+        """({metric: per-image values}, (Inception features of originals, of reconstructions) or None)."""
+        values = {}
+        if "psnr" in self.names:
+            values["psnr"] = psnr_per_image(rec, batch, data_range=1.0).tolist()
+        if "ssim" in self.names:
+            values["ssim"] = ssim_per_image(rec, batch, data_range=1.0).tolist()
+        if self.lpips is not None:
+            values["lpips"] = self.lpips(rec, batch).tolist()
+        feats = (self.inception(batch), self.inception(rec)) if self.inception is not None else None
+        return values, feats
+
+    def _record(self, keys, batch, rec, values, index: int, batch_seed: int) -> None:
+        """One per-image row each, the worst-k candidates and the first ``grid_samples`` grids."""
+        for i, key in enumerate(keys):
+            row = {"index": index + i, "key": key, "width": batch.shape[-1], "height": batch.shape[-2],
+                   "seed": batch_seed}
+            row.update({m: values[m][i] for m in values})
+            self.rows.append(row)
+            self.worst.offer(key, batch[i], rec[i], row)
+            if len(self.grids) < self.grid_samples:
+                self.grid_dir.mkdir(exist_ok=True)
+                name = report.safe_name(key, index + i)
+                report.grid_image(batch[i], rec[i], self.heatmap_scale).save(self.grid_dir / name)
+                self.grids.append({"file": f"grids/{name}", **row})
+
+    def aggregate(self) -> tuple[dict, str | None]:
+        """(the per-metric summaries and FID, why FID is missing or None); writes the two FID .npz files."""
+        aggregate = {m: _summary([r[m] for r in self.rows]) for m in PER_IMAGE if m in self.names}
+        fid_note = None
+        if "fid" in self.names:
+            if self.stats_orig.n >= 2:
+                so, sr = self.stats_orig, self.stats_rec
+                aggregate["fid"] = frechet_distance(so.mu, so.sigma, sr.mu, sr.sigma)
+                so.save(self.out / "fid_stats_original.npz")
+                sr.save(self.out / "fid_stats_reconstruction.npz")
+            else:
+                aggregate["fid"] = None
+                fid_note = f"FID needs at least 2 images, got {self.stats_orig.n}"
+        return aggregate, fid_note
+
+    def write_report(self, result: dict) -> None:
+        """metrics.json, per_image.csv and index.html; MetricInputError (after writing) when no image was evaluated."""
+        out, rows = self.out, self.rows
+        report.write_json(out / "metrics.json", result)
+        report.write_csv(out / "per_image.csv", rows, ["index", "key", "width", "height", "seed", *[
+            m for m in PER_IMAGE if m in self.names]])
+        extra = plots.plots_html(plots.make_plots(rows, self.per_image), self.worst.ranked(), rows, self.per_image)
+        report.write_index_html(out / "index.html", result, self.grids, extra)
+        if not rows:
+            reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in self.skipped[:5]) or "the input was empty"
+            raise MetricInputError(f"no image could be evaluated ({reasons}); report written to {out}")
+
+
+def _checked_reconstruction(rec, batch: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """``rec`` as float32 on the CPU clamped to [0, 1]; MetricInputError for a wrong shape or NaN/inf."""
+    if not isinstance(rec, torch.Tensor) or tuple(rec.shape) != tuple(batch.shape):
+        got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
+        raise MetricInputError(f"reconstruct returned {got} for a batch of shape {tuple(batch.shape)} "
+                               f"(keys {keys[:3]}...); it must return reconstructions of the same shape")
+    rec = rec.detach().to("cpu", torch.float32)
+    if not torch.isfinite(rec).all():
+        raise MetricInputError(f"reconstruct returned NaN/inf for keys {keys}")
+    return rec.clamp(0, 1)  # decoders overshoot slightly; an image file would clamp the same way
