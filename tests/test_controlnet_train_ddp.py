@@ -2,22 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
-
 import torch
-import torch.multiprocessing as mp
 from controlnet_train_helpers import block_images, config, ddp_worker, make_store, stage_c_file
 from generator_helpers import FixedEmpty, assert_same_training_log
+from ranks import run_ranks
 from safetensors.torch import load_file
 
 from cascadekit.generator.checkpoint import latest_checkpoint
 from cascadekit.generator.train_controlnet import train_controlnet
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
@@ -28,9 +20,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
                               log=lambda m: None)
     ddp_cfg = {**dataclasses.asdict(cfg), "grad_accum_steps": 2}
     ddp_cfg["adam_betas"] = list(ddp_cfg["adam_betas"])
-    # spawn: the parent has zarr's I/O thread running, which a forked child would lack
-    mp.start_processes(ddp_worker, args=(2, _free_port(), str(store), str(tmp_path / "ddp"), ddp_cfg, str(init)),
-                       nprocs=2, join=True, start_method="spawn")
+    run_ranks(ddp_worker, 2, (str(store), str(tmp_path / "ddp"), ddp_cfg, str(init)))
     a = load_file(str(single.last_checkpoint / "controlnet.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "ddp") / "controlnet.safetensors"))
     assert a.keys() == b.keys()

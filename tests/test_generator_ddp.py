@@ -2,21 +2,13 @@
 single-process full-batch result (within float tolerance)."""
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.multiprocessing as mp
 from generator_helpers import FixedEmpty, assert_same_training_log, ddp_worker, tiny_store
+from ranks import run_ranks
 
 from cascadekit.generator.checkpoint import latest_checkpoint, load_checkpoint
 from cascadekit.generator.config import TrainConfig
 from cascadekit.generator.train import train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _in_memory(store):
@@ -40,13 +32,12 @@ def test_ddp_two_processes_match_single_process(tmp_path):
                        model_overrides=overrides, log=lambda m: None)
     finally:
         torch.set_num_threads(n)
-    # fork (no re-import of torch in the children: seconds instead of a minute on a busy CPU); the children
-    # get the store's contents in memory, read through the same planner, so no zarr I/O thread is forked
+    # the children (from the preloaded forkserver, see ranks.py) get the store's contents in memory, read
+    # through the same planner
     data = _in_memory(store)
     # the 2 processes also accumulate 2 micro-batches (no_sync path): still the one-process full-batch result
     ddp_cfg = {**cfg, "grad_accum_steps": 2}
-    mp.start_processes(ddp_worker, args=(2, _free_port(), data, str(tmp_path / "ddp"), ddp_cfg, overrides), nprocs=2,
-                       join=True, start_method="fork")
+    run_ranks(ddp_worker, 2, (data, str(tmp_path / "ddp"), ddp_cfg, overrides))
     a = load_checkpoint(single.last_checkpoint)
     b = load_checkpoint(latest_checkpoint(tmp_path / "ddp"))
     assert b["meta"]["step"] == 3

@@ -7,10 +7,10 @@ from __future__ import annotations
 import shutil
 
 import torch
-import torch.multiprocessing as mp
 import pytest
 from generator_helpers import FixedEmpty, assert_same_training_log, tiny_store
-from test_generator_ddp import _free_port, _in_memory
+from ranks import context, run_ranks
+from test_generator_ddp import _in_memory
 
 from cascadekit.generator.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from cascadekit.generator.config import TrainConfig
@@ -54,8 +54,7 @@ def _fsdp_worker(rank: int, world: int, port: int, data, out: str, cfg: dict, ru
 
 
 def _spawn(data, out, cfg, runs, report=None):
-    mp.start_processes(_fsdp_worker, args=(2, _free_port(), data, str(out), cfg, runs, report), nprocs=2, join=True,
-                       start_method="fork")
+    run_ranks(_fsdp_worker, 2, (data, str(out), cfg, runs, report))
 
 
 def _one_process(*args, **kwargs):
@@ -81,9 +80,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     store = tiny_store(tmp / "s.zarr", n=8)
     single = _one_process(store, TrainConfig.from_dict({**CFG, "grad_accum_steps": 1}), tmp / "single")
-    data = _in_memory(store)  # fork-safe in-memory copy (see the DDP test)
+    data = _in_memory(store)  # in-memory copy (see the DDP test)
     fsdp_cfg = {**CFG, "fsdp": True, "gradient_checkpointing": True}
-    report = mp.get_context("fork").SimpleQueue()
+    report = context().SimpleQueue()
     _spawn(data, tmp / "fsdp", fsdp_cfg, [(False, None)], report)
     return dict(tmp=tmp, data=data, cfg=fsdp_cfg, report=sorted(report.get() for _ in range(2)),
                 a=load_checkpoint(single.last_checkpoint), b=load_checkpoint(latest_checkpoint(tmp / "fsdp")))

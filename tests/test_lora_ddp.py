@@ -3,13 +3,12 @@ including micro-batches without any trained token (their token deltas get a zero
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 
 import torch
-import torch.multiprocessing as mp
 from _tiny_weights import tiny_weights_dir
 from generator_helpers import assert_same_training_log
+from ranks import run_ranks
 from safetensors.torch import load_file
 
 from cascadekit.codec.text import TextEncoder
@@ -22,12 +21,6 @@ CAPTIONS = ["a photo of [fernando]", "a cat on a table", "a red car at night", "
 CFG = dict(model="tiny", batch_size=4, grad_accum_steps=1, steps=3, lr=1e-2, warmup_steps=1, save_every=3,
            log_every=1, caption_dropout=0.25, lora_rank=2, train_tokens=[["[fernando]", "^dog"]])
 OVERRIDES = {"dropout": [0.0, 0.0]}  # dropout masks depend on the per-process batch shape
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(weights, data, out, cfg):
@@ -58,8 +51,7 @@ def test_ddp_two_processes_match_single_process(tmp_path_factory, tmp_path):
     finally:
         torch.set_num_threads(n)
     ddp_cfg = {**CFG, "grad_accum_steps": 2}  # micro-batches of one sample: some without [fernando]
-    mp.start_processes(_worker, args=(2, _free_port(), weights, data, str(tmp_path / "ddp"), ddp_cfg), nprocs=2,
-                       join=True, start_method="fork")
+    run_ranks(_worker, 2, (weights, data, str(tmp_path / "ddp"), ddp_cfg))
     a = load_file(str(single.last_checkpoint / "lora.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "ddp") / "lora.safetensors"))
     assert a.keys() == b.keys()

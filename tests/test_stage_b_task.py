@@ -1,11 +1,8 @@
 """The Stage B task on the training core: exact resume, DDP = one process, stored scales, streaming, bad input."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from cascadekit.codec.errors import InputError, WeightsError
@@ -13,6 +10,7 @@ from cascadekit.generator.stage_b_data import STAGE_A_KEEP, StageBData
 from cascadekit.generator.tasks.stage_b import StageBTask
 from cascadekit.generator.tasks.stage_b_config import StageBTrainConfig
 from cascadekit.generator.train_stage_b import train_stage_b
+from ranks import run_ranks
 from stage_b_helpers import C_CLIP_TINY, SMALL_B, ddp_worker, learnable_stage_a, simple_store, write_b_store
 
 EMPTY = torch.zeros(1, 1, C_CLIP_TINY)
@@ -61,12 +59,6 @@ def test_resume_is_bit_identical(tmp_path):
         assert a == b, name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_equals_one_process(tmp_path):
     from generator_helpers import assert_same_training_log
 
@@ -74,7 +66,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     cfg = {"preset": "tiny", "batch_size": 4, "steps": 3, "save_every": 3, "log_every": 1, "caption_dropout": 0.5,
            "effnet_dropout": 0.3}
     _train(store, tmp_path / "one", cfg=StageBTrainConfig.from_dict(cfg))
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(store), str(tmp_path / "two"), cfg, SMALL_B), nprocs=2, join=True)
+    run_ranks(ddp_worker, 2, (str(store), str(tmp_path / "two"), cfg, SMALL_B))
     assert_same_training_log(tmp_path / "one", tmp_path / "two", steps=3)
     a = load_file(str(tmp_path / "one/checkpoints/step_000003/stage_b_lite.safetensors"))
     b = load_file(str(tmp_path / "two/checkpoints/step_000003/stage_b_lite.safetensors"))

@@ -182,9 +182,9 @@ def _toy_worker(rank: int, world: int, port: int, data, out: str, cfg: dict) -> 
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_toy_task_under_ddp_and_fsdp_matches_one_process(tmp_path, data, fsdp):
     """The core's DDP / FSDP path (FSDP units from the task's ``fsdp_units``) is not Stage C specific."""
-    import torch.multiprocessing as mp
     from generator_helpers import assert_same_training_log
-    from test_generator_ddp import _free_port, _in_memory
+    from ranks import run_ranks
+    from test_generator_ddp import _in_memory
 
     mem = _in_memory(data.path)
     plain = dict(batch_size=4, grad_accum_steps=1, steps=3, lr=5e-3, warmup_steps=1, log_every=1, save_every=3,
@@ -196,8 +196,7 @@ def test_toy_task_under_ddp_and_fsdp_matches_one_process(tmp_path, data, fsdp):
     finally:
         torch.set_num_threads(n)
     multi = {**plain, "grad_accum_steps": 2, "fsdp": fsdp}
-    mp.start_processes(_toy_worker, args=(2, _free_port(), mem, str(tmp_path / "multi"), multi), nprocs=2,
-                       join=True, start_method="fork")
+    run_ranks(_toy_worker, 2, (mem, str(tmp_path / "multi"), multi))
     a = load_checkpoint(single.last_checkpoint)["weights"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "multi"))["weights"]
     assert a.keys() == b.keys()
