@@ -111,6 +111,29 @@ def read_png_parameters(path: str | Path) -> dict[str, Any]:
         return json.loads(text["parameters"])
 
 
+def _expand_prompts(prompts, negative_prompt, per_prompt: int, height: int, width: int,
+                    strength: float) -> tuple[list[str], list[str] | None]:
+    """The checked call arguments of :meth:`TextToImagePipeline.__call__`: ``(caption per image, negative per image
+    or None)``, each prompt repeated ``per_prompt`` times; InputError for an empty prompt list, a count below 1,
+    a side below 32 pixels, a strength outside (0, 1] or a negative-prompt list of another length."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise InputError("give at least one prompt")
+    if per_prompt < 1:
+        raise InputError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
+    if height < 32 or width < 32:
+        raise InputError(f"height and width must be >= 32 pixels, got {height}x{width}")
+    if not 0 < strength <= 1:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    caps = [p for p in prompts for _ in range(per_prompt)]
+    if negative_prompt is None:
+        return caps, None
+    negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negs) != len(prompts):
+        raise InputError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
+    return caps, [q for q in negs for _ in range(per_prompt)]
+
+
 def _prior_dtype(requested: torch.dtype, device: torch.device) -> torch.dtype:
     if requested != torch.float16:
         return requested
@@ -364,36 +387,51 @@ class TextToImagePipeline:
         noise level of the image's latents, as the official notebook's ``noise_level``).
         """
         prior_dt = self._check_prior_dtype()
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise InputError("give at least one prompt")
-        if num_images_per_prompt < 1:
-            raise InputError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if height < 32 or width < 32:
-            raise InputError(f"height and width must be >= 32 pixels, got {height}x{width}")
-        if not 0 < strength <= 1:
-            raise InputError(f"strength must be in (0, 1], got {strength}")
-        caps = [p for p in prompts for _ in range(num_images_per_prompt)]
+        caps, negs = _expand_prompts(prompts, negative_prompt, num_images_per_prompt, height, width, strength)
         n = len(caps)
-        if negative_prompt is None:
-            negs = None
-        else:
-            negs = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negs) != len(prompts):
-                raise InputError(f"got {len(negs)} negative prompts for {len(prompts)} prompts")
-            negs = [q for q in negs for _ in range(num_images_per_prompt)]
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         h, w = stage_c_latent_size(height, width)
-        dev = self.device
-        prepared = None
-        if control is not None:  # every control input is checked here, before the text encoder runs
-            if init_image is not None and control.check() == "inpainting":
-                raise InputError("inpainting starts from its own control image; do not also give init_image")
-            with self.offload.stage("effnet"):
-                prepared = prepare_control(control, self.controlnet, getattr(self.controlnet_info, "control", None),
-                                           self._images, self.codec.effnet, n, height, width)
+        prepared = self._prepare_control(control, init_image, n, height, width)
+        cond, uncond = self._conditioning(caps, negs, image, prepared)
+        gen = torch.Generator().manual_seed(seed)
+        init = prepared.init_images if prepared is not None and prepared.init_images is not None else (
+            self._images(init_image, n, "init_image") if init_image is not None else None)
+        steps, t_start, x_init = self._prior_start(init, gen, prior_steps, strength, n, (h, w))
+        from cascadekit.codec.diffusion.samplers import sample_final
 
+        with self.offload.stage("stage_c"):
+            prior = self.stage_c if self.compiled_stage_c is None else self.compiled_stage_c
+            last = sample_final(prior, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
+                                shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
+                                unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=self.device)
+        latents = last.x0.float()
+        from cascadekit.codec.precision import check_finite
+
+        check_finite(latents, "Stage C sampling", prior_dt)
+        if return_latents:
+            images = torch.zeros(n, 3, 0, 0)
+        else:
+            with self.offload.stage("decoder"):
+                images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
+                                           size=(height, width), captions=caps).float().cpu()
+            if prepared is not None and control.paste_back:
+                images = paste_back(images, prepared)
+        run = {  # the settings every image of the batch shares, in the record's order
+            "batch_size": n, "height": height, "width": width, "prior_steps": steps,
+            "prior_guidance": prior_guidance, "prior_shift": prior_shift, "prior_cfg_rho": prior_cfg_rho,
+            "prior_sampler": prior_sampler, "decoder_steps": decoder_steps, "decoder_guidance": decoder_guidance,
+            "image_variation": image is not None, "init_image": init_image is not None,
+            "strength": strength if init is not None else None,
+        }
+        params = self._parameters(caps, negs, seed, run, control, prior_dt)
+        return PipelineOutput(images=images, latents=latents.cpu(), parameters=params,
+                              control_images=prepared.preview if prepared is not None else None)
+
+    def _conditioning(self, caps: list[str], negs: list[str] | None, image: Any, prepared) -> tuple[dict, dict]:
+        """Stage C's conditional and unconditional inputs for ``caps`` (negatives: ``negs`` or the empty caption;
+        CLIP image embeddings of ``image`` for a variation, else zeros; the ControlNet's inputs in both)."""
+        n, dev = len(caps), self.device
         with self.offload.stage("text"):
             clip_text, pooled = self.text_encoder.encode(caps)
             if negs is None:
@@ -413,55 +451,45 @@ class TextToImagePipeline:
                   "clip_img": torch.zeros_like(clip_img)}
         if prepared is not None:  # official notebook: cnet_uncond = cnet (both scaled by the strength)
             cond["cnet"] = uncond["cnet"] = prepared.cnet
+        return cond, uncond
 
+    def _prepare_control(self, control: ControlSettings | None, init_image: Any, n: int, height: int, width: int):
+        """The prepared ControlNet inputs (None without ``control``); every control input is checked here, before
+        the text encoder runs."""
+        if control is None:
+            return None
+        if init_image is not None and control.check() == "inpainting":
+            raise InputError("inpainting starts from its own control image; do not also give init_image")
+        with self.offload.stage("effnet"):
+            return prepare_control(control, self.controlnet, getattr(self.controlnet_info, "control", None),
+                                   self._images, self.codec.effnet, n, height, width)
+
+    def _prior_start(self, init, gen: torch.Generator, prior_steps: int, strength: float, n: int,
+                     hw: tuple[int, int]):
+        """``(steps, t_start, x_init)`` of Stage C sampling: from noise, or (image-to-image) ``init``'s latents
+        noised to ``strength`` with ``prior_steps * strength`` steps."""
+        if init is None:
+            return prior_steps, 1.0, None
         from cascadekit.codec.diffusion.gdf import GDF
-        from cascadekit.codec.diffusion.samplers import sample_final
 
-        gen = torch.Generator().manual_seed(seed)
-        steps, t_start, x_init = prior_steps, 1.0, None
-        init = prepared.init_images if prepared is not None and prepared.init_images is not None else (
-            self._images(init_image, n, "init_image") if init_image is not None else None)
-        if init is not None:
-            with self.offload.stage("effnet"):
-                z = self._encode_init(init, h, w)
-            t_start = float(strength)
-            steps = max(1, int(prior_steps * strength))
-            noise = torch.randn(z.shape, generator=gen).to(dev)
-            x_init = GDF().diffuse(z, torch.full((n,), t_start), noise).x_t  # official: shift 1 here
-        with self.offload.stage("stage_c"):
-            prior = self.stage_c if self.compiled_stage_c is None else self.compiled_stage_c
-            last = sample_final(prior, x_init, steps=steps, cfg=prior_guidance, cfg_rho=prior_cfg_rho,
-                                shift=prior_shift, t_start=t_start, sampler=prior_sampler, model_inputs=cond,
-                                unconditional_inputs=uncond, generator=gen, shape=(n, 16, h, w), device=dev)
-        latents = last.x0.float()
-        from cascadekit.codec.precision import check_finite
+        with self.offload.stage("effnet"):
+            z = self._encode_init(init, *hw)
+        noise = torch.randn(z.shape, generator=gen).to(self.device)
+        x_init = GDF().diffuse(z, torch.full((n,), float(strength)), noise).x_t  # official: shift 1 here
+        return max(1, int(prior_steps * strength)), float(strength), x_init
 
-        check_finite(latents, "Stage C sampling", prior_dt)
-        if return_latents:
-            images = torch.zeros(n, 3, 0, 0)
-        else:
-            with self.offload.stage("decoder"):
-                images = self.codec.decode(latents, steps=decoder_steps, guidance=decoder_guidance, seed=seed,
-                                           size=(height, width), captions=caps).float().cpu()
-            if prepared is not None and control.paste_back:
-                images = paste_back(images, prepared)
-        params = []
-        for i in range(n):
-            params.append({
-                "prompt": caps[i], "negative_prompt": negs[i] if negs else "", "seed": seed, "index": i,
-                "batch_size": n, "height": height, "width": width, "prior_steps": steps,
-                "prior_guidance": prior_guidance, "prior_shift": prior_shift, "prior_cfg_rho": prior_cfg_rho,
-                "prior_sampler": prior_sampler, "decoder_steps": decoder_steps, "decoder_guidance": decoder_guidance,
-                "image_variation": image is not None, "init_image": init_image is not None,
-                "strength": strength if init is not None else None,
-                "lora": self.lora, "lora_scale": self.lora_scale,
-                **self._control_parameters(control),
-                "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
-                "tiny_weights": bool(self.tiny), "stage_c_weights": self.stage_c_weights,
-                "prior_dtype": str(prior_dt).removeprefix("torch."), "software": "cascadekit",
-            })
-        return PipelineOutput(images=images, latents=latents.cpu(), parameters=params,
-                              control_images=prepared.preview if prepared is not None else None)
+    def _parameters(self, caps: list[str], negs: list[str] | None, seed: int, run: dict, control,
+                    prior_dt: torch.dtype) -> list[dict[str, Any]]:
+        """One record per image (what PNGs and samples.json carry): prompt, seed, index, ``run``, LoRA, control,
+        weights."""
+        return [{
+            "prompt": caps[i], "negative_prompt": negs[i] if negs else "", "seed": seed, "index": i, **run,
+            "lora": self.lora, "lora_scale": self.lora_scale,
+            **self._control_parameters(control),
+            "weights": ("TINY RANDOM WEIGHTS " if self.tiny else "") + str(self.source),
+            "tiny_weights": bool(self.tiny), "stage_c_weights": self.stage_c_weights,
+            "prior_dtype": str(prior_dt).removeprefix("torch."), "software": "cascadekit",
+        } for i in range(len(caps))]
 
     def _control_parameters(self, control: ControlSettings | None) -> dict[str, Any]:
         if control is None:
