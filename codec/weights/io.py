@@ -75,6 +75,13 @@ def safetensors_header(path: str | os.PathLike) -> dict:
     path = Path(path)
     _check_path(path)
     size = path.stat().st_size
+    header, n = _read_header(path, size)
+    _check_spans(path, header, size - 8 - n, size, n)
+    return header
+
+
+def _read_header(path: Path, size: int) -> tuple[dict, int]:
+    """(the parsed JSON header, its length n) of the safetensors file ``path`` of ``size`` bytes."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -93,6 +100,11 @@ def safetensors_header(path: str | os.PathLike) -> dict:
         raise WeightsError(f"{path}: the safetensors JSON header is not valid ({e}); the file is corrupt") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    return header, n
+
+
+def _check_spans(path: Path, header: dict, data: int, size: int, n: int) -> None:
+    """Every tensor's byte range fits its dtype and shape, the ranges tile the ``data`` bytes after the header."""
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
@@ -122,7 +134,6 @@ def safetensors_header(path: str | os.PathLike) -> dict:
                 "(overlapping or gapped offsets); the file is corrupt"
             )
         end = stop
-    data = size - 8 - n
     if data < end:
         raise WeightsError(
             f"{path}: truncated: the header describes {end} bytes of tensor data but only {data} are present "
@@ -130,7 +141,6 @@ def safetensors_header(path: str | os.PathLike) -> dict:
         )
     if data > end:
         raise WeightsError(f"{path}: {data - end} unexpected trailing bytes after the tensor data; the file is corrupt")
-    return header
 
 
 def _read_into(f, buf, path: Path, name: str) -> None:
