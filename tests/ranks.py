@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 START_METHOD = "forkserver"
 # imported once in the forkserver (a missing module is skipped by multiprocessing); importing starts no threads
 PRELOAD = ["torch", "torch.distributed", "cascadekit.generator.train", "cascadekit.generator.training.parallel",
-           "cascadekit.generator.train_controlnet", "cascadekit.generator.train_stage_b"]
+           "cascadekit.generator.train_controlnet", "cascadekit.generator.train_stage_b", "cascadekit.codec.text",
+           "transformers.models.clip.modeling_clip"]
 
 
 def context():
