@@ -111,3 +111,21 @@ def assert_same_training_log(single_dir: Path, other_dir: Path, steps: int = 3) 
     for ra, rb in zip(la, lb):
         assert abs(ra["loss"] - rb["loss"]) < 1e-5 and abs(ra["grad_norm"] - rb["grad_norm"]) < 1e-4 * ra["grad_norm"]
         assert ra["grad_norm"] > 0
+
+
+def tiny_stage_c(seed: int = 0, **overrides):
+    """A tiny Stage C (config overrides allowed) in eval mode with a non-zero output conv (seeded)."""
+    from cascadekit.generator.stage_c import StageC, StageCConfig
+
+    torch.manual_seed(seed)
+    m = StageC.from_config(StageCConfig(**{**StageCConfig.preset("tiny").kwargs(), **overrides})).eval()
+    with torch.no_grad():
+        m.clf[1].weight.normal_(0, 0.1)  # official init zeroes the output conv: make outputs non-trivial
+    return m
+
+
+def stage_c_inputs(seed: int = 1):
+    """(x (2,16,4,4), r (2,), clip_text (2,8,32), clip_text_pooled (2,1,32), clip_img (2,1,24)) for tiny_stage_c."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 16, 4, 4, generator=g), torch.rand(2, generator=g), torch.randn(2, 8, 32, generator=g),
+            torch.randn(2, 1, 32, generator=g), torch.randn(2, 1, 24, generator=g))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 from generator_helpers import FixedEmpty, tiny_store
+from generator_helpers import stage_c_inputs as _inputs
+from generator_helpers import tiny_stage_c as _model
 from safetensors.torch import save_file
 
 from cascadekit.codec.errors import InputError, WeightsError
@@ -13,20 +15,6 @@ from cascadekit.generator.lora import (apply_lora, base_state_dict, load_lora, l
                                        merged_state_dict, save_lora)
 from cascadekit.generator.stage_c import StageC, StageCConfig
 from cascadekit.generator.train import train
-
-
-def _model(seed=0) -> StageC:
-    torch.manual_seed(seed)
-    m = StageC.from_config(StageCConfig.preset("tiny")).eval()
-    with torch.no_grad():
-        m.clf[1].weight.normal_(0, 0.1)  # official init zeroes the output conv: make outputs non-trivial
-    return m
-
-
-def _inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 16, 4, 4, generator=g), torch.rand(2, generator=g), torch.randn(2, 8, 32, generator=g),
-            torch.randn(2, 1, 32, generator=g), torch.randn(2, 1, 24, generator=g))
 
 
 def _perturb(model):

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 from _tiny_weights import tiny_weights_dir
+from generator_helpers import stage_c_inputs as _inputs
+from generator_helpers import tiny_stage_c as _stage_c
 from safetensors.torch import load_file, save_file
 
 from cascadekit.codec.errors import InputError, WeightsError
@@ -15,7 +17,6 @@ from cascadekit.codec.text import TextEncoder
 from cascadekit.generator.lora import load_lora, read_lora, read_lora_file, save_lora
 from cascadekit.generator.lora_layers import apply_lora, lora_layers
 from cascadekit.generator.retoken import find_retoken, setup_train_tokens
-from cascadekit.generator.stage_c import StageC, StageCConfig
 
 TOKENS = [["[fernando]", "^dog"], ["^fox</w>", None]]  # a new token and an existing row
 PROMPT = "a dog [fernando] with a fox"
@@ -25,19 +26,6 @@ PROMPT = "a dog [fernando] with a fox"
 def weights(tmp_path_factory):
     return tiny_weights_dir(tmp_path_factory)
 
-
-def _stage_c(seed=0, **overrides) -> StageC:
-    torch.manual_seed(seed)
-    m = StageC.from_config(StageCConfig(**{**StageCConfig.preset("tiny").kwargs(), **overrides})).eval()
-    with torch.no_grad():
-        m.clf[1].weight.normal_(0, 0.1)  # official init zeroes the output conv: make outputs non-trivial
-    return m
-
-
-def _inputs(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 16, 4, 4, generator=g), torch.rand(2, generator=g), torch.randn(2, 8, 32, generator=g),
-            torch.randn(2, 1, 32, generator=g), torch.randn(2, 1, 24, generator=g))
 
 
 def _trained(weights, rank=2, alpha=1.0, tokens=TOKENS):
