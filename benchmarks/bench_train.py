@@ -56,6 +56,8 @@ def worker(args) -> dict:
     import torch.nn.functional as F
 
     from cascadekit.codec.diffusion.gdf import GDF
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.training.optim import make_optimizer
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
@@ -108,7 +110,7 @@ def worker(args) -> dict:
     runners = {}
     for mode in modes:
         model = base if len(modes) == 1 else copy.deepcopy(base)
-        runners[mode] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), source(mode))
+        runners[mode] = (model, make_optimizer(model.parameters(), TrainConfig())[0], source(mode))  # the trainer's AdamW
 
     def step(mode, i) -> tuple[float, float, float]:
         """One training step; returns seconds (data: latents + noising, forward+backward, optimizer:
