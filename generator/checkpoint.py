@@ -30,6 +30,7 @@ import random
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,20 @@ def run_checkpoint(path: str | Path, what: str = "training run") -> Path:
         why = f" ({'; '.join(skipped)})" if skipped else ""
         raise InputError(f"{what} {p} has no intact checkpoint yet{why}")
     return folder
+
+
+def checkpoint_weights(folder: Path, ema: bool = False, refuse: Callable[[str], str | None] | None = None) -> Path:
+    """The file to load from a checkpoint folder: the EMA file with ``ema`` (InputError when the run kept none),
+    else the weights file recorded in meta.json. ``refuse(name)`` (checked first) may return why a checkpoint
+    holding ``name`` is the wrong kind for the caller (raised as InputError)."""
+    meta = json.loads((folder / META).read_text())
+    name = str(meta.get("weights", ""))
+    why = refuse(name) if refuse is not None else None
+    if why:
+        raise InputError(why)
+    if ema and not meta.get("ema"):
+        raise InputError(f"checkpoint {folder} has no EMA weights (the run had ema_decay unset)")
+    return folder / ("ema.safetensors" if ema else name)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

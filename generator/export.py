@@ -33,7 +33,7 @@ from cascadekit.codec.weights.controlnet import CONTROLNET_FILES, load_controlne
 from cascadekit.codec.weights.io import read_state_dict, sha256_file
 from cascadekit.codec.weights.keys import official_to_diffusers, to_official
 from cascadekit.codec.weights.load import diffusers_weights_file
-from cascadekit.generator.checkpoint import META, run_checkpoint
+from cascadekit.generator.checkpoint import META, checkpoint_weights, run_checkpoint
 from cascadekit.generator.diffusers_unet_config import diffusers_unet_config
 from cascadekit.generator.training.tensorfile import write_safetensors
 
@@ -93,13 +93,8 @@ def weights_file(source: str | Path, ema: bool = False) -> Path:
         raise InputError(f"{p} does not exist; give a training run, a checkpoint folder or a weights file")
     p = run_checkpoint(p)  # a run -> its newest intact checkpoint (as sampling and --stage-b-weights)
     if p.is_dir() and (p / META).is_file():
-        meta = json.loads((p / META).read_text())
-        name = str(meta.get("weights", ""))
-        if name == "lora.safetensors":
-            raise InputError(f"{p} is a LoRA checkpoint; export needs full weights (Stage C, Stage B or ControlNet)")
-        if ema and not meta.get("ema"):
-            raise InputError(f"checkpoint {p} has no EMA weights (the run had ema_decay unset)")
-        return p / ("ema.safetensors" if ema else name)
+        lora = f"{p} is a LoRA checkpoint; export needs full weights (Stage C, Stage B or ControlNet)"
+        return checkpoint_weights(p, ema, refuse=lambda name: lora if name == "lora.safetensors" else None)
     if ema:
         raise InputError("--ema needs a training run or checkpoint folder (with ema.safetensors)")
     if p.is_dir() and not (p / "config.json").is_file():

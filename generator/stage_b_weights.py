@@ -8,7 +8,6 @@ Stage B weights file in the official (or diffusers) layout. The weights must fit
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from cascadekit.codec.errors import InputError, WeightsError
 from cascadekit.codec.models.stage_b import StageB, infer_preset
 from cascadekit.codec.weights.assign import load_into
 from cascadekit.codec.weights.load import load_weights
-from cascadekit.generator.checkpoint import META, run_checkpoint
+from cascadekit.generator.checkpoint import META, checkpoint_weights, run_checkpoint
 
 
 def stage_b_weights_file(path: str | Path, ema: bool = False) -> Path:
@@ -28,13 +27,8 @@ def stage_b_weights_file(path: str | Path, ema: bool = False) -> Path:
         raise InputError(f"--stage-b-weights {p} does not exist")
     p = run_checkpoint(p)  # a run folder: its newest intact checkpoint
     if p.is_dir() and (p / META).is_file():
-        meta = json.loads((p / META).read_text())
-        name = str(meta.get("weights", ""))
-        if not name.startswith("stage_b"):
-            raise InputError(f"{p} is not a Stage B checkpoint (it holds {name or 'no weights'})")
-        if ema and not meta.get("ema"):
-            raise InputError(f"checkpoint {p} has no EMA weights (the run had ema_decay unset)")
-        return p / ("ema.safetensors" if ema else name)
+        return checkpoint_weights(p, ema, refuse=lambda name: None if name.startswith("stage_b") else
+                                  f"{p} is not a Stage B checkpoint (it holds {name or 'no weights'})")
     if ema:
         raise InputError("--ema needs a training run or checkpoint folder (with ema.safetensors)")
     if p.is_dir():
