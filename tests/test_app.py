@@ -2,6 +2,7 @@
 queue, cancel, and the launch settings (127.0.0.1, no share link)."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -135,9 +136,16 @@ def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
     with running_app(weights, files, queue_size=1) as (demo, url):
         clients = [Client(url, verbose=False) for _ in range(3)]
         long = generate_args(steps=60, dsteps=40, height=128, width=128)
+        # the first job holds the slot until the other two were submitted (on a fast machine it would otherwise
+        # finish before they arrive, and the queue would never be full)
+        gate, real_start = threading.Event(), demo.cascadekit.job.start
+        demo.cascadekit.job.start = lambda: (gate.wait(60), real_start())[1]
         jobs = [clients[0].submit(**long, api_name="/generate")]
         time.sleep(1.5)  # the first one runs
         jobs += [c.submit(**generate_args(), api_name="/generate") for c in clients[1:]]
+        time.sleep(1.5)  # both reached the server: one queued, one refused
+        gate.set()
+        demo.cascadekit.job.start = real_start
         errors = []
         for j in jobs[1:]:
             try:
