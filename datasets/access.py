@@ -83,6 +83,19 @@ class Selection:
             lines.append(f"... and {len(self.problems) - limit} more")
         return "; ".join(lines)
 
+    def require_complete(self, where: str, group: str) -> None:
+        """InputError for a trainer, which needs every ok row: text or controls still pending, or rows behind
+        missing chunk files (``where`` names the store, ``group`` the group)."""
+        if self.text_pending:
+            raise InputError(f"{where}: {self.text_pending} samples of group {group!r} have no text embedding yet; "
+                             "rerun `cascadekit embed-text` to finish it")
+        if self.control_pending:
+            raise InputError(f"{where}: {self.control_pending} samples of group {group!r} have no stored control "
+                             "yet; rerun `cascadekit add-controls` to finish it")
+        if self.problems:
+            raise InputError(f"{where}: {self.lost_rows} samples of group {group!r} have missing chunk files "
+                             f"({self.describe_problems()}); {REPAIR_HINT}")
+
 
 class GroupView:
     """One sample group of an open store (``path`` ``""`` is the root group)."""

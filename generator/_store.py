@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cascadekit.codec.errors import InputError
-from cascadekit.datasets.access import REPAIR_HINT, LatentStore
+from cascadekit.datasets.access import LatentStore
 from cascadekit.generator.batches import Group
 from cascadekit.generator.conditioning import EmptyCaption
 
@@ -73,15 +73,7 @@ def open_groups(path: Path, extra: tuple[str, ...] = ()):
 
 
 def _refuse_incomplete(path, gv, sel) -> None:
-    if sel.text_pending:
-        raise InputError(f"{path}: {sel.text_pending} samples of group {gv.path or 'root'!r} have "
-                         "no text embedding yet; rerun `cascadekit embed-text` to finish it")
-    if sel.control_pending:
-        raise InputError(f"{path}: {sel.control_pending} samples of group {gv.path or 'root'!r} have no stored "
-                         "control yet; rerun `cascadekit add-controls` to finish it")
-    if sel.problems:
-        raise InputError(f"{path}: {sel.lost_rows} samples of group {gv.path or 'root'!r} have missing chunk files "
-                         f"({sel.describe_problems()}); {REPAIR_HINT}")
+    sel.require_complete(str(path), gv.path or 'root')
 
 
 def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:

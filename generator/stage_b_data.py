@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cascadekit.codec.errors import InputError
-from cascadekit.datasets.access import REPAIR_HINT, GroupView, LatentStore
+from cascadekit.datasets.access import GroupView, LatentStore
 from cascadekit.datasets.remote import store_path
 from cascadekit.generator.batches import Group
 
@@ -93,12 +93,7 @@ class StageBData:
                              "--encoder-resolution 768 --stage-a)")
         wanted = ["stage_a", "latents"] + [f for f in ("clip_text_pooled", SCALES_FIELD) if gv.has(f)]
         sel = gv.select(wanted)
-        if sel.text_pending:
-            raise InputError(f"{self.path}: {sel.text_pending} samples of group {gv.name!r} have no text embedding "
-                             "yet; rerun `cascadekit embed-text` to finish it")
-        if sel.problems:
-            raise InputError(f"{self.path}: {sel.lost_rows} samples of group {gv.name!r} have missing chunk files "
-                             f"({sel.describe_problems()}); {REPAIR_HINT}")
+        sel.require_complete(str(self.path), gv.name)
         if len(sel.rows) == 0:
             return None
         fields = set(wanted) | {"effnet"}
