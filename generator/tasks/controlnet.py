@@ -71,6 +71,9 @@ class ControlNetTask(StageCTask):
     """
 
     preview_caption = "ControlNet"
+    #: FSDP: the frozen Stage C sharded block by block (the official policy) and the trained ControlNet as one
+    #: unit of its own (its parameters never share a flat parameter with frozen Stage C ones)
+    fsdp_units = (*StageCTask.fsdp_units, ControlNet)
 
     def __init__(self, cfg: ControlNetTrainConfig, *, init: str | Path | None = None, text_encoder: Any = None,
                  image_encoder: Any = None, model_overrides: dict[str, Any] | None = None,
