@@ -5,6 +5,7 @@ import click
 
 from cascadekit.cli.common import default_dtype, open_previewer, pick_device, pick_weights, reports_user_errors
 from cascadekit.cli.embed_text import captions_phrase
+from cascadekit.cli.effnet_scales_option import effnet_scales_option
 from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, PixelSide
 
 
@@ -20,6 +21,7 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @click.option("--controls", "controls", default=None, callback=lambda c, p, v: _controls(v), metavar="LIST",
               help="ControlNet controls stored with the latents, comma-separated: canny (224² uint8 edge map), sr "
                    "(effnet latents of the x0.5 crop), inpaint (the crop's pixels, lossless). See docs/controlnet.md.")
+@effnet_scales_option
 @click.option("--buckets", is_flag=True, help="Aspect-ratio buckets (official multi-aspect list), one group per bucket.")
 @click.option("--min-size", default=None, type=COUNT, help="Skip images whose shorter side is below this (reason too_small).")
 @click.option("--max-input-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
@@ -37,7 +39,7 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
            num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir, max_input_bytes,
-           controls):
+           controls, effnet_scales):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
     --weights it encodes the built-in sample photographs with the tiny default weights.
@@ -52,7 +54,8 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     info = D.from_env()
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,
-                          tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls)
+                          tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls,
+                          effnet_scales=effnet_scales)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
@@ -78,7 +81,7 @@ def _controls(value):
 
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
          num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None,
-         max_input_bytes=256 * 1024 * 1024, controls=()):
+         max_input_bytes=256 * 1024 * 1024, controls=(), effnet_scales=()):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -105,7 +108,8 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
                                    chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info,
-                                   tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls)
+                                   tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls,
+                                   effnet_scales=effnet_scales)
     if text_embeddings and info.is_main:
         from cascadekit.codec.text import TextEncoder
         from cascadekit.datasets.text_embeddings import add_text_embeddings

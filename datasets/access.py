@@ -43,7 +43,8 @@ FIELDS: dict[str, Field] = {
     "clip_text": Field("clip_text", "tensor", "text_status"),
     "clip_text_pooled": Field("clip_text_pooled", "tensor", "text_status"),
     "clip_img": Field("clip_img", "tensor"),
-    "effnet_scales": Field("effnet_scales", "tensor"),  # (S,16,h,w) per row: `encode --effnet-scales`
+    # (S,16,h,w) per row: `encode / add-controls --effnet-scales` (datasets/effnet_scales.py), with its own status
+    "effnet_scales": Field("effnet_scales", "tensor", "effnet_scales_status"),
     # ControlNet controls (`encode --controls`, `add-controls`; datasets/controls.py), each with its own status
     "control_canny": Field("control_canny", "int", "control_canny_status"),  # (224,224) uint8 edge map
     "control_sr": Field("control_sr", "tensor", "control_sr_status"),  # (16,h/2,w/2) effnet latents of the x0.5 crop

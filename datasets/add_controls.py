@@ -25,10 +25,11 @@ from cascadekit.datasets.controls import ControlMaker, create_control_arrays, is
 from cascadekit.datasets.remote import store_lock, store_path
 
 
-def _check(view: LatentStore, controls: tuple[str, ...]) -> None:
-    """Before any work: the store is complete and its sources can be read again."""
-    if not controls:
-        raise InputError("give the controls to add, e.g. --controls canny (canny, sr, inpaint)")
+def _check(view: LatentStore, arrays: list[str]) -> None:
+    """Before any work: something to add, the store is complete and its sources can be read again."""
+    if not arrays:
+        raise InputError("give the controls to add, e.g. --controls canny (canny, sr, inpaint), and/or "
+                         "--effnet-scales 0.5,0.75,1.0")
     if not view.attrs.get("complete", False):
         raise InputError(f"{view.path} is not complete; finish `cascadekit encode` (rerun it to resume) first")
     for gv in view.groups:
@@ -75,26 +76,30 @@ def _do_chunk(gv, g, a: int, b: int, maker: ControlMaker, cfg, arrays: list[str]
     return len(good)
 
 
-def add_controls(store, controls: str | Iterable[str], encoder: Any = None, *, progress: bool = True) -> dict:
-    """Add ``controls`` (``canny``, ``sr``, ``inpaint``; :mod:`.controls`) to every sample group of a complete store.
+def add_controls(store, controls: str | Iterable[str], encoder: Any = None, *,
+                 effnet_scales: str | Iterable[float] = (), progress: bool = True) -> dict:
+    """Add ``controls`` (``canny``, ``sr``, ``inpaint``; :mod:`.controls`) and/or the ``effnet_scales`` array of
+    the downscale factors ``effnet_scales`` (:mod:`.effnet_scales`) to every sample group of a complete store.
+    Scales stored with other factors are replaced.
 
-    encoder: the EfficientNet encoder (a ``Codec``) for ``sr``. Returns ``{"rows_done": n this run, "chunks": k,
-    "skipped": {reason: count}, "controls": [...]}``. Raises :class:`InputError` before any work for an unknown
-    control, an incomplete store, sources that cannot be read again, or another process holding the store.
+    encoder: the EfficientNet encoder (a ``Codec``) for ``sr`` and the scales. Returns ``{"rows_done": n this
+    run, "chunks": k, "skipped": {reason: count}, "controls": [...arrays' kinds]}``. Raises :class:`InputError`
+    before any work for an unknown control, a bad factor, an incomplete store, sources that cannot be read
+    again, or another process holding the store.
     """
     controls = parse_controls(controls)
     view = LatentStore(store)
-    _check(view, controls)
-    maker = ControlMaker(controls, encoder, str(view.attrs.get("dtype", "float16")))
+    maker = ControlMaker(controls, encoder, str(view.attrs.get("dtype", "float16")), effnet_scales)
+    _check(view, maker.arrays)
     cfg = preprocess_of(view.attrs)
     chunk = int(view.attrs["chunk_rows"])
     done, chunks, reasons = 0, 0, Counter()
+    all_specs = [maker.specs(group_hw(gv.path, cfg)) for gv in view.groups]  # bad scales fail before any write
     with store_lock(store_path(store)):
         w = S.open_store(store, mode="r+")
         plans = []
-        for gv in view.groups:
+        for gv, specs in zip(view.groups, all_specs):
             g = S.sample_group(w, gv.path)
-            specs = maker.specs(group_hw(gv.path, cfg))
             create_control_arrays(g, specs, chunk)
             plans.append((gv, g, [sp.array for sp in specs]))
         plans = [(gv, g, arrays, _todo(g, arrays, chunk)) for gv, g, arrays in plans]
@@ -107,7 +112,8 @@ def add_controls(store, controls: str | Iterable[str], encoder: Any = None, *, p
                     chunks += 1
                     bar.update(b - a)
         S.consolidate(store)
-    return {"rows_done": done, "chunks": chunks, "skipped": dict(reasons), "controls": list(controls)}
+    return {"rows_done": done, "chunks": chunks, "skipped": dict(reasons),
+            "controls": list(controls) + (["effnet_scales"] if maker.scales else [])}
 
 
 __all__ = ["add_controls"]

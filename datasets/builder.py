@@ -171,6 +171,7 @@ def build_latent_dataset(
     dist_info: D.DistInfo | None = None,
     tmp_dir: str | os.PathLike | None = None,
     controls: Sequence[str] | str = (),
+    effnet_scales: Sequence[float] | str = (),
 ) -> Summary:
     """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
 
@@ -200,6 +201,8 @@ def build_latent_dataset(
             does not grow with the corpus; nothing is left there after the job, even a killed one.
         controls: ControlNet controls stored with the latents (``canny``, ``sr``, ``inpaint``; see
             :mod:`cascadekit.datasets.controls`), written in the same chunks, before ``status``.
+        effnet_scales: downscale factors in (0, 1] whose EfficientNet latents are stored per sample in
+            ``effnet_scales`` (Stage B's condition; :mod:`cascadekit.datasets.effnet_scales`), like a control.
 
     Returns:
         :class:`Summary` (on every rank; counts cover the whole store).
@@ -209,7 +212,7 @@ def build_latent_dataset(
     out = store_path(out)
     spaces = _check_arguments(codec, dtype, spaces, chunk_rows, batch_size)
     controls = parse_controls(controls)
-    maker = ControlMaker(controls, codec, dtype) if controls else None
+    maker = ControlMaker(controls, codec, dtype, effnet_scales) if controls or effnet_scales else None
     cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
                            max_input_bytes=max_input_bytes)
     check_output(out)
@@ -225,7 +228,7 @@ def build_latent_dataset(
         layouts = [S.GroupLayout(gp, len(idx), *_probe(codec, group_hw(gp, cfg), job.device, job.want_a))
                    for gp, idx in groups.items()]
         settings = store_settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint,
-                                  len(plan), controls)
+                                  len(plan), controls, maker.scales if maker else ())
         attrs = {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}
         specs = {gp: maker.specs(group_hw(gp, cfg)) for gp in groups} if maker else None
         store = _StorePlan(layouts, settings, attrs, fingerprint, overwrite, specs)

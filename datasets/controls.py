@@ -13,11 +13,16 @@ half-written control and a control can be added to a finished store later (:mod:
 * ``control_inpaint`` (N, 3, H, W) uint8: the crop's pixels exactly as the encoder got them, stored
   **lossless** (zstd), so inpainting masks are drawn at training time on the true pixels.
 
-Control names on the command line: ``canny``, ``sr``, ``inpaint``.
+* ``effnet_scales``  (N, S, 16, h_max, w_max) latent dtype: the EfficientNet latents of the crop nearest-downscaled
+  by each factor of ``--effnet-scales`` (Stage B's condition, :mod:`.effnet_scales`); the group attributes
+  ``effnet_scales`` / ``effnet_scale_sizes`` describe the slots. Same machinery, status and resume as the others.
+
+Control names on the command line: ``canny``, ``sr``, ``inpaint`` (``--controls``); the scales have their own
+option, ``--effnet-scales 0.5,0.75,1.0``, because they take factors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -25,13 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import InputError
+from cascadekit.datasets import effnet_scales as ES
 from cascadekit.datasets import store as S
 
 if TYPE_CHECKING:
     from cascadekit.datasets.preprocess import PreprocessConfig
 
 CONTROLS = ("canny", "sr", "inpaint")
-ARRAY_OF = {"canny": "control_canny", "sr": "control_sr", "inpaint": "control_inpaint"}
+ARRAY_OF = {"canny": "control_canny", "sr": "control_sr", "inpaint": "control_inpaint", ES.FIELD: ES.FIELD}
+KINDS = (*CONTROLS, ES.FIELD)  # every kind of array this module writes (the scales: --effnet-scales)
 CHUNK_BYTES = 8 << 20  # most raw bytes per control chunk (a divisor of chunk_rows rows)
 
 
@@ -54,11 +61,12 @@ def control_chunk_rows(chunk_rows: int, row_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class ControlSpec:
-    """One control array of a group: per-row shape and dtype."""
+    """One control array of a group: per-row shape and dtype (+ group attributes describing it)."""
 
     array: str
     shape: tuple[int, ...]
     dtype: str
+    attrs: dict = field(default_factory=dict, hash=False)
 
 
 def _sr_latents(encoder: Any, x: torch.Tensor) -> torch.Tensor:
@@ -79,15 +87,25 @@ def _sr_latents(encoder: Any, x: torch.Tensor) -> torch.Tensor:
 class ControlMaker:
     """Computes the requested controls of decoded crops (what ``encode --controls`` and ``add-controls`` store).
 
-    controls: names of :data:`CONTROLS`; encoder: needed for ``sr`` (a ``Codec``, or any object whose
-    ``encode`` maps images to latents); dtype: the store's latent dtype (``sr``).
+    controls: names of :data:`CONTROLS`; encoder: needed for ``sr`` and the scales (a ``Codec``, or any object
+    whose ``encode`` maps images to latents); dtype: the store's latent dtype (``sr``, scales); effnet_scales:
+    downscale factors in (0, 1] of the ``effnet_scales`` array (:mod:`.effnet_scales`; none: not made).
     """
 
-    def __init__(self, controls: Iterable[str], encoder: Any = None, dtype: str = "float16"):
+    def __init__(self, controls: Iterable[str], encoder: Any = None, dtype: str = "float16",
+                 effnet_scales: Iterable[float] | str = ()):
         self.controls = parse_controls(list(controls))
+        self.scales = ES.parse_effnet_scales(effnet_scales) if effnet_scales else ()
         self.encoder, self.dtype = encoder, dtype
         if "sr" in self.controls and encoder is None:
             raise InputError("the sr control needs the EfficientNet encoder (pass the weights / a codec)")
+        if self.scales and encoder is None:
+            raise InputError("--effnet-scales needs the EfficientNet encoder (pass the weights / a codec)")
+
+    @property
+    def arrays(self) -> list[str]:
+        """The arrays this maker writes, in store order."""
+        return [ARRAY_OF[c] for c in self.controls] + ([ES.FIELD] if self.scales else [])
 
     def compute(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 crops (n, 3, H, W) -> ``{array: (n, *shape)}`` for every requested control."""
@@ -104,12 +122,24 @@ class ControlMaker:
                     out[ARRAY_OF[c]] = _sr_latents(self.encoder, x.to(dev)).float().cpu().numpy()
             else:
                 out[ARRAY_OF[c]] = images.cpu().numpy().astype(np.uint8)
+        if self.scales:
+            out[ES.FIELD] = ES.pad_slots(self._scale_slots(x))
         return out
 
+    def _scale_slots(self, x: torch.Tensor) -> list[torch.Tensor]:
+        dev = getattr(self.encoder, "device", None) or "cpu"
+        return ES.scale_slots(x.to(dev), self.encoder, self.scales)
+
     def specs(self, hw: tuple[int, int]) -> list[ControlSpec]:
-        """Array specs of the controls of ``hw`` crops (found by computing them on a grey probe crop)."""
-        probe = self.compute(torch.full((1, 3, *hw), 128, dtype=torch.uint8))
-        return [ControlSpec(a, tuple(v.shape[1:]), "uint8" if v.dtype == np.uint8 else self.dtype)
+        """Array specs of the controls of ``hw`` crops (found by computing them on a grey probe crop).
+        InputError when a scale leaves a side of such a crop below 32 px."""
+        if self.scales:
+            ES.check_fits(self.scales, hw)
+        grey = torch.full((1, 3, *hw), 128, dtype=torch.uint8)
+        probe = self.compute(grey)
+        attrs = {ES.FIELD: ES.group_attrs(self.scales, self._scale_slots(grey.float().div(255.0)))} \
+            if self.scales else {}
+        return [ControlSpec(a, tuple(v.shape[1:]), "uint8" if v.dtype == np.uint8 else self.dtype, attrs.get(a, {}))
                 for a, v in probe.items()]
 
 
@@ -120,8 +150,9 @@ def create_control_arrays(g, specs: Iterable[ControlSpec], chunk_rows: int, repl
     version = S.FORMAT_VERSION
     names = set(g.array_keys())
     for sp in specs:
+        same_attrs = all(g.attrs.get(k) == v for k, v in sp.attrs.items())  # e.g. other --effnet-scales
         if not replace and sp.array in names and tuple(g[sp.array].shape[1:]) == sp.shape \
-                and str(g[sp.array].dtype) == sp.dtype and S.status_of(sp.array) in names:
+                and str(g[sp.array].dtype) == sp.dtype and S.status_of(sp.array) in names and same_attrs:
             continue
         for name in (sp.array, S.status_of(sp.array)):
             if name in names:
@@ -130,6 +161,7 @@ def create_control_arrays(g, specs: Iterable[ControlSpec], chunk_rows: int, repl
         cr = control_chunk_rows(chunk_rows, row_bytes)
         S.create_row_array(g, sp.array, (n, *sp.shape), (cr, *sp.shape), sp.dtype, 0, version)
         S.create_row_array(g, S.status_of(sp.array), (n,), (chunk_rows,), "uint8", S.STATUS_PENDING, version)
+        g.attrs.update(sp.attrs)
     g.attrs["controls"] = sorted({*g.attrs.get("controls", []), *(sp.array for sp in specs)})
 
 
@@ -171,10 +203,11 @@ def load_crops(sources: list[str], cfg: "PreprocessConfig") -> tuple[torch.Tenso
 
 
 def stored_controls(g) -> list[str]:
-    """Control names (of :data:`CONTROLS`) whose array and status exist in sample group ``g``."""
+    """Control names (of :data:`KINDS`: the controls and ``effnet_scales``) whose array and status exist in
+    sample group ``g``."""
     names = set(g.array_keys())
-    return [c for c in CONTROLS if ARRAY_OF[c] in names and S.status_of(ARRAY_OF[c]) in names]
+    return [c for c in KINDS if ARRAY_OF[c] in names and S.status_of(ARRAY_OF[c]) in names]
 
 
-__all__ = ["ARRAY_OF", "CONTROLS", "ControlMaker", "ControlSpec", "create_control_arrays", "is_file_source",
+__all__ = ["ARRAY_OF", "CONTROLS", "KINDS", "ControlMaker", "ControlSpec", "create_control_arrays", "is_file_source",
            "load_crops", "parse_controls", "preprocess_of", "stored_controls"]

@@ -39,6 +39,7 @@ DIMENSIONS = {
     "control_canny": ("sample", "canny_y", "canny_x"),
     "control_sr": ("sample", "sr_channel", "sr_y", "sr_x"),
     "control_inpaint": ("sample", "pixel_channel", "pixel_y", "pixel_x"),
+    "effnet_scales": ("sample", "scale_slot", "scale_channel", "scale_y", "scale_x"),
 }
 #: Version 1 reused ``channel``/``y``/``x`` with different sizes (xarray refuses such a store).
 DIMENSIONS_V1 = {
@@ -301,9 +302,10 @@ def read_status(g, start: int = 0, stop: int | None = None, name: str = "status"
 
 #: Per-row arrays whose rows are valid where ``text_status`` (not ``status``) is ok.
 TEXT_ARRAYS = ("clip_text", "clip_text_pooled")
-#: ControlNet controls (``encode --controls`` / ``add-controls``, :mod:`.controls`): each array has its own
-#: status array ``<array>_status`` (ok where the row's control was written), so controls can be added later.
-CONTROL_ARRAYS = ("control_canny", "control_sr", "control_inpaint")
+#: ControlNet controls (``encode --controls`` / ``add-controls``, :mod:`.controls`) and Stage B's stored EfficientNet
+#: scales (``--effnet-scales``, :mod:`.effnet_scales`): each array has its own status array ``<array>_status`` (ok
+#: where the row's control was written), so they can be added later.
+CONTROL_ARRAYS = ("control_canny", "control_sr", "control_inpaint", "effnet_scales")
 
 
 def status_of(array: str) -> str:

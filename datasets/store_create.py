@@ -31,11 +31,14 @@ def check_output(out: Path | RemotePath) -> None:
         raise InputError(f"{out} exists and is a file, not a store folder; choose another --out")
 
 
-def store_settings(cfg, dtype, spaces, chunk_rows, batch_rows, identity, fingerprint, n, controls=()) -> dict:
+def store_settings(cfg, dtype, spaces, chunk_rows, batch_rows, identity, fingerprint, n, controls=(),
+                   effnet_scales=()) -> dict:
     """Everything the stored bytes depend on. ``batch_rows`` (the effective encoder batch) is part of
     it: an encoder's kernels may round differently for other batch sizes (cuDNN/oneDNN pick
     algorithms by shape), so a resume with another batch could change the latents' last bits."""
     extra = {"controls": list(controls)} if controls else {}  # only when asked: older stores still resume
+    if effnet_scales:
+        extra["effnet_scales"] = [float(f) for f in effnet_scales]
     return {
         **extra,
         "preprocess": cfg.to_dict(),
@@ -80,8 +83,9 @@ def prepare_store(out: Path, layouts, chunk_rows, dtype, settings, attrs, overwr
             old = root.attrs.get("settings")
             diffs = settings_diff(old, settings) if old is not None else ["settings: missing"]
             if diffs and not overwrite:
-                hint = ("\nControls are added to a finished store with `cascadekit add-controls STORE --controls ...`."
-                        if any(d.startswith("controls") for d in diffs) else "")
+                hint = ("\nControls are added to a finished store with `cascadekit add-controls STORE --controls ...`"
+                        " (EfficientNet scales: --effnet-scales ...)."
+                        if any(d.startswith(("controls", "effnet_scales")) for d in diffs) else "")
                 return (f"{out} was built with different settings:\n  " + "\n  ".join(diffs[:12])
                         + "\nRerun with the same settings to resume, or pass --overwrite to rebuild from scratch." + hint)
             if not diffs:

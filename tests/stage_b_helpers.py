@@ -68,6 +68,8 @@ def _write_scales(g, scales: dict[float, torch.Tensor], n: int, chunk_rows: int)
     from cascadekit.datasets.store import writable
 
     writable(g["effnet_scales"])[:] = arr
+    g.create_array("effnet_scales_status", shape=(n,), chunks=(chunk_rows,), dtype="uint8", fill_value=0)
+    writable(g["effnet_scales_status"])[:] = np.full(n, 1, np.uint8)  # its own status, as the store writes it
     g.attrs.update({"effnet_scales": factors, "effnet_scale_sizes": [list(scales[f].shape[-2:]) for f in factors]})
 
 
