@@ -21,7 +21,7 @@ from cascadekit.datasets.access import LatentStore
 from cascadekit.datasets.controls import _sr_latents, is_file_source, load_crops, preprocess_of
 from cascadekit.generator.controls import canny_from_map, canny_map, inpaint_control, sr_from_latents
 from cascadekit.generator.tasks.controlnet_config import STORE_FIELD
-from cascadekit.generator.saliency import load_saliency_model, saliency_masks
+from cascadekit.generator.saliency import MicroResNet, saliency_masks
 from cascadekit.generator.train_masks import random_masks
 
 
@@ -52,9 +52,11 @@ def control_source_problems(data: Any, control: str, image_encoder: Any) -> list
 class ControlInputs:
     """Makes the (B, c_in, H, W) control of a store batch (module docstring)."""
 
-    def __init__(self, data: Any, control: str, image_encoder: Any = None, saliency_model: str | None = None):
+    def __init__(self, data: Any, control: str, image_encoder: Any = None, saliency: MicroResNet | None = None):
+        """saliency: the official saliency model (:func:`~cascadekit.generator.saliency.load_saliency_model`)
+        for the official inpainting masks; None: geometric masks."""
         self.kind, self.encoder = control, image_encoder
-        self.saliency = load_saliency_model(saliency_model) if saliency_model else None
+        self.saliency = saliency
         self.field = STORE_FIELD[control]
         self.stored = self.field in data.fields
         self.preprocess = None if self.stored else preprocess_of(LatentStore(data.path).attrs)

@@ -34,6 +34,7 @@ from cascadekit.generator.batches import Group
 from cascadekit.generator.control_inputs import ControlInputs, control_source_problems
 from cascadekit.generator.controlnet_init import init_backbone, resolve_blocks
 from cascadekit.generator.data import TrainData
+from cascadekit.generator.saliency import MicroResNet, load_saliency_model
 from cascadekit.generator.stage_c import StageC
 from cascadekit.generator.tasks.controlnet_config import C_IN, ControlNetTrainConfig
 from cascadekit.generator.tasks.stage_c import StageCTask, load_init_state
@@ -86,6 +87,7 @@ class ControlNetTask(StageCTask):
         self.blocks: list[int] = []
         self.c_proj = 0
         self.controls: ControlInputs | None = None
+        self.saliency: MicroResNet | None = None  # the official saliency model (inpainting), read by check()
         self.backbone_start = "n/a"
 
     # ------------------------------------------------------------------ before training
@@ -100,6 +102,11 @@ class ControlNetTask(StageCTask):
         except (InputError, WeightsError) as e:
             errs.append(str(e))
         errs += control_source_problems(data, self.cfg.control, self.image_encoder)
+        if self.cfg.saliency_model:  # read now: a bad file is refused before anything is built or written
+            try:
+                self.saliency = load_saliency_model(self.cfg.saliency_model)
+            except (InputError, WeightsError) as e:
+                errs.append(f"saliency_model: {e}")
         return errs
 
     def build(self, data: TrainData, resume_from: Path | None, recorded: dict[str, Any] | None) -> nn.Module:
@@ -108,9 +115,19 @@ class ControlNetTask(StageCTask):
         if self.init is None and recorded is not None:
             self.init = recorded.get("init")
         self.conditioner = self._conditioner(data)
-        self.controls = ControlInputs(data, self.cfg.control, self.image_encoder, self.cfg.saliency_model or None)
+        self.controls = ControlInputs(data, self.cfg.control, self.image_encoder, self.saliency)
         self.log(f"control {self.cfg.control}: {self.controls.describe()}")
+        if self.cfg.control == "inpainting":
+            self.log(f"inpainting masks: {self.mask_source()}")
         return ControlledStageC(self._controlnet(resume_from), self._stage_c())
+
+    def mask_source(self) -> str:
+        """Which inpainting training masks this run draws (for the log and run.json)."""
+        if self.saliency is not None:
+            return (f"the official saliency masks ({self.cfg.saliency_model}: thresholds U(0.04, 0.4), "
+                    f"blur 141, > 0.5; inverted with p {self.cfg.p_outpaint})")
+        return (f"geometric (rectangles / brush strokes / borders, inverted with p {self.cfg.p_outpaint}); "
+                "set saliency_model to the official saliency_model.pt for the official masks")
 
     def _stage_c(self) -> nn.Module:
         if self.init is None:
@@ -153,7 +170,9 @@ class ControlNetTask(StageCTask):
                                                    "c_proj": self.c_proj, "proj_blocks": self.blocks,
                                                    "bottleneck_mode": self.cfg.bottleneck,
                                                    "backbone_start": self.backbone_start,
-                                                   "control_source": self.controls.describe() if self.controls else None}}
+                                                   "control_source": self.controls.describe() if self.controls else None,
+                                                   "masks": self.mask_source() if self.cfg.control == "inpainting"
+                                                   else None}}
 
     # ------------------------------------------------------------------ each update
     def draws(self, generator: torch.Generator, n: int, group: Group) -> dict[str, torch.Tensor]:

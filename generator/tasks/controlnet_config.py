@@ -70,6 +70,8 @@ class ControlNetTrainConfig(TrainConfig):
             need(errs, is_num(v) and 0 <= v <= 1, f"{name} must be a number in [0, 1], got {v!r}")
         need(errs, self.backbone_init in BACKBONE_INITS,
              f"backbone_init must be one of {BACKBONE_INITS}, got {self.backbone_init!r}")
+        need(errs, not self.saliency_model or self.control == "inpainting",
+             f"saliency_model is for the inpainting control (its training masks), not {self.control!r}")
         need(errs, self.lora_rank == 0 and not self.train_tokens,
              "a ControlNet run trains the ControlNet only: lora_rank must be 0 and train_tokens empty")
         return errs
