@@ -4,21 +4,20 @@
   scaled to another Stage C's ResBlock-call count (:func:`scaled_proj_blocks`), keeping the slots whose width is
   the widest among them (one ``c_proj`` per ControlNet: lite and 3.6B have one width, the tiny test model two).
 * :func:`init_backbone`: the official ControlNet starts its EfficientNetV2-S backbone from torchvision's ImageNet
-  weights. cascadekit never downloads here: it uses them when they are in torch's hub cache, else the Stable
+  weights: cascadekit uses them when they are in torch's hub cache or can be downloaded into it
+  (:mod:`cascadekit.generator.controlnet_imagenet`: short timeouts, never offline, hash-checked), else the Stable
   Cascade EfficientNet encoder's backbone (the image encoder given, or ``effnet_encoder.safetensors`` of the Stage C
-  weights folder); the run log says which.
+  weights folder); the run log says which, and why not ImageNet.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
-import torchvision
 
 from cascadekit.codec.errors import InputError
 from cascadekit.codec.models.controlnet import ControlNet, init_effnet_backbone, scaled_proj_blocks
+from cascadekit.generator.controlnet_imagenet import ImageNetWeights, imagenet_features
 
 
 def resolve_blocks(blocks: Any, channels: list[int]) -> tuple[list[int], int]:
@@ -32,16 +31,6 @@ def resolve_blocks(blocks: Any, channels: list[int]) -> tuple[list[int], int]:
     if beyond:
         raise InputError(f"controlnet_blocks {beyond} are beyond this Stage C's {len(channels)} ResBlock calls")
     return blocks, channels[blocks[0]]
-
-
-def imagenet_features_cached() -> dict[str, torch.Tensor] | None:
-    """torchvision's ImageNet EfficientNetV2-S ``features`` weights if the file is in torch's hub cache (no download)."""
-    weights = torchvision.models.EfficientNet_V2_S_Weights.DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
 
 
 def stable_cascade_features(image_encoder: Any, init: str | None) -> tuple[dict[str, torch.Tensor], str] | None:
@@ -63,28 +52,31 @@ def stable_cascade_features(image_encoder: Any, init: str | None) -> tuple[dict[
     return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, str(path)
 
 
-def init_backbone(net: ControlNet, mode: str, image_encoder: Any = None, init: str | None = None) -> str:
-    """Start ``net``'s effnet backbone (``mode``: auto | imagenet | stable_cascade | random); returns what it did."""
+def init_backbone(net: ControlNet, mode: str, image_encoder: Any = None, init: str | None = None,
+                  imagenet: ImageNetWeights | None = None) -> str:
+    """Start ``net``'s effnet backbone (``mode``: auto | imagenet | stable_cascade | random); returns what it did
+    (for the run log). imagenet: where torchvision's weights come from (default: torchvision's own file)."""
     if net.bottleneck_mode != "effnet":
         return f"{net.bottleneck_mode} bottleneck, random start (official init)"
     if mode == "random":
         return "effnet backbone, random start (backbone_init: random)"
+    why_not = "not asked for (backbone_init: stable_cascade)"
     if mode in ("auto", "imagenet"):
-        features = imagenet_features_cached()
+        features, where = imagenet_features(imagenet)
         if features is not None:
             init_effnet_backbone(net, features)
-            return "effnet backbone from torchvision's ImageNet EfficientNetV2-S (torch hub cache), as the official"
+            return f"effnet backbone from torchvision's ImageNet EfficientNetV2-S weights ({where}), as the official"
         if mode == "imagenet":
-            raise InputError("backbone_init: imagenet, but torchvision's EfficientNetV2-S ImageNet weights are not in "
-                             f"the torch hub cache ({torch.hub.get_dir()}/checkpoints); cascadekit does not download "
-                             "them here")
+            raise InputError(f"backbone_init: imagenet, but torchvision's EfficientNetV2-S ImageNet weights: {where}")
+        why_not = where
     found = stable_cascade_features(image_encoder, init)
     if found is None:
-        raise InputError("no start for the ControlNet's EfficientNet backbone: torchvision's ImageNet weights are not "
-                         "cached and no Stable Cascade EfficientNet encoder was given (pass --init with a weights "
+        raise InputError(f"no start for the ControlNet's EfficientNet backbone: torchvision's ImageNet weights: "
+                         f"{why_not}; and no Stable Cascade EfficientNet encoder was given (pass --init with a weights "
                          "folder holding effnet_encoder.safetensors, or --image-encoder), or set backbone_init: random")
     init_effnet_backbone(net, found[0])
-    return f"effnet backbone from the Stable Cascade EfficientNet encoder's backbone ({found[1]})"
+    return (f"effnet backbone from the Stable Cascade EfficientNet encoder's backbone ({found[1]}), not from "
+            f"ImageNet (torchvision's ImageNet EfficientNetV2-S weights: {why_not})")
 
 
-__all__ = ["imagenet_features_cached", "init_backbone", "resolve_blocks", "stable_cascade_features"]
+__all__ = ["init_backbone", "resolve_blocks", "stable_cascade_features"]
