@@ -22,16 +22,26 @@ from cascadekit.cli.params import DEVICE, OUT_FOLDER, STORE_DATA
 @click.option("--image-encoder", "image_encoder", default=None,
               help="ControlNet runs: weights with the EfficientNet encoder, for an sr control the store lacks (computed "
                    "on the fly) and the Stable Cascade start of an effnet backbone.")
+@click.option("--on-the-fly-effnet", "on_the_fly_effnet", is_flag=True,
+              help="Stage B runs: recompute the EfficientNet condition every step at f ~ U(0.5, 1) per sample (official "
+                   "train_b) from the store's crop pixels (--controls inpaint), with the EfficientNet of --image-encoder "
+                   "(default: --init); instead of the stored latents / scales.")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (YAML syntax), e.g. --set steps=100.")
 @reports_user_errors
-def train(data, config, out, init, resume, text_encoder, previewer, image_encoder, device, overrides):
+def train(data, config, out, init, resume, text_encoder, previewer, image_encoder, on_the_fly_effnet, device, overrides):
     """Train the Stage C prior on precomputed latents (no image encoder in the loop).
 
     Multi-GPU: torchrun --nproc-per-node N -m cascadekit.cli train ...
     """
+    from cascadekit.cli.train_stage_b import is_stage_b, run_stage_b
     from cascadekit.generator.tasks.controlnet_config import controlnet_config_of
 
+    if is_stage_b(config):  # Stage B fine-tuning: its own task and config (cli/train_stage_b.py)
+        return run_stage_b(data, config, out, init, resume, text_encoder, device, overrides,
+                           image_encoder=image_encoder, on_the_fly_effnet=on_the_fly_effnet)
+    if on_the_fly_effnet:
+        raise click.UsageError("--on-the-fly-effnet is a Stage B option (--config finetune_b_* or a task: stage_b file)")
     cn = controlnet_config_of(config)
     if cn is not None:  # a ControlNet for a frozen Stage C: its own task and config (cli/train_controlnet.py)
         from cascadekit.cli.train_controlnet import run_controlnet
@@ -47,10 +57,6 @@ def _run(data, config, out, init, resume, text_encoder, previewer, device, overr
     from cascadekit.generator.train import train as run_training
     from cascadekit.generator.training.settings import parse_overrides
 
-    from cascadekit.cli.train_stage_b import is_stage_b, run_stage_b
-
-    if is_stage_b(config):  # Stage B fine-tuning: its own task and config (cli/train_stage_b.py)
-        return run_stage_b(data, config, out, init, resume, text_encoder, device, overrides)
     cfg = TrainConfig.from_file(config)
     if overrides:
         cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **parse_overrides(overrides, "--set")})

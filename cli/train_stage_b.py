@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from cascadekit.cli.common import pick_device
+from cascadekit.cli.common import default_dtype, pick_device
 
 
 def is_stage_b(config: str) -> bool:
@@ -19,8 +19,10 @@ def is_stage_b(config: str) -> bool:
     return p.is_file() and is_stage_b_config(_parse_file(p))
 
 
-def run_stage_b(data, config, out, init, resume, text_encoder, device, overrides) -> None:
-    """Load the Stage B config (+ ``--set``), train, say where the checkpoint is."""
+def run_stage_b(data, config, out, init, resume, text_encoder, device, overrides, *, image_encoder=None,
+                on_the_fly_effnet: bool = False) -> None:
+    """Load the Stage B config (+ ``--set``, ``--on-the-fly-effnet``), the encoders it needs, train, say where the
+    checkpoint is."""
     import dataclasses
 
     from cascadekit.generator.tasks.stage_b_config import StageBTrainConfig
@@ -30,11 +32,26 @@ def run_stage_b(data, config, out, init, resume, text_encoder, device, overrides
     cfg = StageBTrainConfig.from_file(config)
     if overrides:
         cfg = StageBTrainConfig.from_dict({**dataclasses.asdict(cfg), **parse_overrides(overrides, "--set")})
+    if on_the_fly_effnet:
+        cfg = StageBTrainConfig.from_dict({**dataclasses.asdict(cfg), "on_the_fly_effnet": True})
     te = None
     if text_encoder is not None:
         from cascadekit.codec.text import TextEncoder
 
         te = TextEncoder.from_pretrained(text_encoder, device=pick_device(device))
-    res = train_stage_b(data, cfg, out, init=init, resume=resume, device=device, text_encoder=te, log=click.echo)
+    enc = _effnet(image_encoder or init, device) if cfg.on_the_fly_effnet else None
+    res = train_stage_b(data, cfg, out, init=init, resume=resume, device=device, text_encoder=te, image_encoder=enc,
+                        log=click.echo)
     click.echo(f"done: step {res.step}, last checkpoint {res.last_checkpoint} "
                f"(use it with --stage-b-weights {Path(out)})")
+
+
+def _effnet(weights, device):
+    """The EfficientNet of ``weights`` (--image-encoder, else --init) as the ControlNet runs load it; None without
+    weights (the task then says what to pass)."""
+    if weights is None:
+        return None
+    from cascadekit.codec.codec import Codec
+
+    dev = pick_device(device)
+    return Codec.from_pretrained(weights, device=dev, dtype=default_dtype(None, dev), components=("effnet",))

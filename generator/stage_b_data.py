@@ -5,7 +5,10 @@ Stage A latents / 0.43, 512 KB in float16 for a 1024² crop), ``latents`` (16, h
 of the crop at ``--encoder-resolution``) and, with ``--effnet-scales``, ``effnet_scales`` (S, 16, h_max, w_max:
 the EfficientNet latents of the crop nearest-downscaled by each stored factor, zero-padded to the largest;
 the group attributes ``effnet_scales`` / ``effnet_scale_sizes`` say which factor and size each slot is).
-Text: ``clip_text_pooled`` (1, P) from ``cascadekit embed-text`` when stored, else the captions.
+The slots are written by :mod:`cascadekit.datasets.effnet_scales` (a control kind with its own
+``effnet_scales_status``). Text: ``clip_text_pooled`` (1, P) from ``cascadekit embed-text`` when stored, else the
+captions. With ``pixels=True`` (``--on-the-fly-effnet``) also ``control_inpaint`` (3, H, W) uint8: the crop's exact
+pixels (``--controls inpaint``), from which the task recomputes the EfficientNet condition.
 
 Streaming: the Stage A rows are read through a :class:`~cascadekit.datasets.access.ChunkCache` that keeps
 at most :data:`STAGE_A_KEEP` decoded chunks (two shuffle windows of the batch plan, whatever the store's
@@ -28,6 +31,7 @@ from cascadekit.generator.batches import Group
 WINDOW = 8  # BatchPlan's shuffle window (chunks)
 STAGE_A_KEEP = 2 * WINDOW  # a batch lies in one window or straddles two
 SCALES_FIELD = "effnet_scales"
+PIXELS_FIELD = "control_inpaint"  # the crop's uint8 pixels, lossless (`--controls inpaint`)
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,16 @@ class StageBData:
     (``latents``, ``stage_a``, ``clip_text_pooled`` per-sample shapes), ``scales`` (group -> StoredScales
     or None), ``effnet_shape`` (group -> (16, h, w) of the stored latents).
 
+    pixels: also read the crops' stored pixels (:data:`PIXELS_FIELD`) where the store has them (then in
+    ``fields``); the task says what to do when it lacks them.
+
     Raises :class:`InputError` when the store cannot train Stage B (no ``stage_a``, text pending, missing
     chunk files, no complete sample) — before any work.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, pixels: bool = False):
         self.path = store_path(path)  # a folder or an fsspec URL (s3://...)
+        self.pixels = bool(pixels)
         store = LatentStore(self.path)
         self.groups: list[Group] = []
         self.scales: dict[str, StoredScales | None] = {}
@@ -91,7 +99,8 @@ class StageBData:
             raise InputError(f"latent store {self.path} has no Stage A latents (group {gv.name!r}): Stage B trains on "
                              "them; encode the store with `cascadekit encode ... --stage-a` (e.g. --resolution 1024 "
                              "--encoder-resolution 768 --stage-a)")
-        wanted = ["stage_a", "latents"] + [f for f in ("clip_text_pooled", SCALES_FIELD) if gv.has(f)]
+        optional = ("clip_text_pooled", SCALES_FIELD) + ((PIXELS_FIELD,) if self.pixels else ())
+        wanted = ["stage_a", "latents"] + [f for f in optional if gv.has(f)]
         sel = gv.select(wanted)
         sel.require_complete(str(self.path), gv.name)
         if len(sel.rows) == 0:
@@ -114,8 +123,8 @@ class StageBData:
     def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
         """Samples ``indices`` of ``group`` (positions among its usable rows): ``stage_a`` (B,4,H,W),
         ``effnet`` (B,16,h,w: the stored latents), optional ``effnet_scales`` (B,S,16,h_max,w_max),
-        ``effnet_scale_sizes`` (S,2) (valid h, w per slot), ``clip_text_pooled`` (B,1,P), ``captions`` (B str);
-        float32 tensors in ``indices`` order."""
+        ``effnet_scale_sizes`` (S,2) (valid h, w per slot), ``clip_text_pooled`` (B,1,P), ``captions`` (B str),
+        ``control_inpaint`` (B,3,H,W) uint8 (``pixels``); other tensors float32; in ``indices`` order."""
         return self._readers[group].read(list(indices))
 
     def cached_chunks(self, group: str) -> int:
@@ -133,10 +142,15 @@ class _GroupReader:
     def read(self, indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
         sel = self.rows[idx]
-        out: dict[str, Any] = {name: torch.from_numpy(c.rows(sel).astype(np.float32)) for name, c in self.caches.items()}
+        out: dict[str, Any] = {name: _tensor(c.rows(sel)) for name, c in self.caches.items()}
         out["effnet"] = out.pop("latents")
         if self.sizes is not None:
             out["effnet_scale_sizes"] = self.sizes  # (S, 2): the valid (h, w) of each slot
         if self.captions is not None:
             out["captions"] = [self.captions[i] for i in idx.tolist()]
         return out
+
+
+def _tensor(rows: np.ndarray) -> torch.Tensor:
+    """uint8 rows (pixels) as they are, any other dtype as float32."""
+    return torch.from_numpy(rows if rows.dtype == np.uint8 else rows.astype(np.float32))

@@ -5,12 +5,14 @@
 * ε is pyramid noise (:mod:`cascadekit.generator.pyramid_noise`, official size range [1, 16]).
 * Conditions: ``effnet`` = the stored EfficientNet latents; with ``encode --effnet-scales`` one stored scale
   is drawn per sample (the store's approximation of the official f ~ U(0.5, 1) nearest downscale, whose
-  factor the official trainer draws once per batch); zeros for ``effnet_dropout`` (10 %) of the samples.
+  factor the official trainer draws once per batch); with ``on_the_fly_effnet`` recomputed per sample at
+  f ~ U(0.5, 1) from the stored crop pixels (:mod:`cascadekit.generator.effnet_on_the_fly`); zeros for
+  ``effnet_dropout`` (10 %) of the samples.
   ``clip`` = the pooled CLIP text embedding (stored, or from the text encoder); the empty caption's for
   ``caption_dropout`` (5 %) of the samples, and for every sample of a store without text. ``pixels``: Stage B's
   own default, zeros (3, 8, 8), as released.
 * Draws per global batch, after ``t``, in this order: ε (then its pyramid offsets), caption dropout,
-  effnet dropout, scale slot.
+  effnet dropout, scale slot, and (``on_the_fly_effnet`` only) the effnet factor f per sample.
 * Checkpoints hold the official Stage B keys under the release name (``stage_b_lite.safetensors`` /
   ``stage_b.safetensors``): the file loads wherever an official Stage B file does.
 """
@@ -32,8 +34,9 @@ from cascadekit.codec.weights.assign import build
 from cascadekit.codec.weights.load import load_weights
 from cascadekit.codec.weights.sources import resolve_source
 from cascadekit.generator.batches import Group
+from cascadekit.generator.effnet_on_the_fly import OnTheFlyEffnet
 from cascadekit.generator.pyramid_noise import pyramid_noise
-from cascadekit.generator.stage_b_data import StageBData
+from cascadekit.generator.stage_b_data import PIXELS_FIELD, StageBData
 from cascadekit.generator.tasks.stage_b_config import StageBTrainConfig
 from cascadekit.generator.training.loop import init_seed
 from cascadekit.generator.training.task import TrainTask
@@ -90,14 +93,17 @@ class StageBTask(TrainTask):
     ``text_encoder``, else the empty-caption cache / text encoder of the ``init`` weights folder.
     text_encoder: ``encode(captions) -> (clip_text, clip_text_pooled)`` for stores with captions but no
     stored embeddings. model_overrides: StageB constructor arguments replacing the preset's.
+    image_encoder: the EfficientNet (a ``Codec`` with ``effnet``) for ``on_the_fly_effnet``.
     """
 
     preview_caption = "none"
 
     def __init__(self, cfg: StageBTrainConfig, *, init: str | Path | None = None, text_encoder: Any = None,
                  empty_pooled: torch.Tensor | None = None, model_overrides: dict[str, Any] | None = None,
-                 log: Callable[[str], None] = print):
+                 image_encoder: Any = None, log: Callable[[str], None] = print):
         self.cfg = cfg.validate()
+        self.on_the_fly = OnTheFlyEffnet(image_encoder) if cfg.on_the_fly_effnet else None
+        self.effnet_source = "stored latents"
         self.init = str(init) if init is not None else None
         self.text_encoder = text_encoder
         self.empty = empty_pooled
@@ -114,7 +120,14 @@ class StageBTask(TrainTask):
         errs = self._init_problems()
         errs += self._shape_problems(data)
         errs += self._text_problems(data)
-        errs += self._scale_problems(data)
+        errs += self._scale_problems(data) if self.on_the_fly is None else self._on_the_fly_problems(data)
+        return errs
+
+    def _on_the_fly_problems(self, data: StageBData) -> list[str]:
+        errs = self.on_the_fly.problems(data)
+        if not errs:
+            self.effnet_source = self.on_the_fly.describe()
+            self.log(f"EfficientNet condition: {self.effnet_source}")
         return errs
 
     def _init_problems(self) -> list[str]:
@@ -205,6 +218,9 @@ class StageBTask(TrainTask):
                 errs.append(f"group {g.name!r}: effnet_scales {missing} are not stored (stored: {list(st.factors)})")
             use = wanted or list(st.factors)
             self.slots[g.name] = [st.factors.index(s) for s in use if s in st.factors]
+            self.effnet_source = "stored scales (encode --effnet-scales)"
+            self.log(f"group {g.name!r}: EfficientNet condition drawn per sample from the stored scales {use} (the "
+                     "store's approximation of the official f ~ U(0.5, 1); --on-the-fly-effnet recomputes it)")
         return errs
 
     def build(self, data: StageBData, resume_from: Path | None, recorded: dict[str, Any] | None) -> nn.Module:
@@ -227,7 +243,7 @@ class StageBTask(TrainTask):
 
     def record(self) -> dict[str, Any]:
         return {"init": self.init, "model_config": self.model_cfg.kwargs(), "text": self.text_source,
-                "effnet_scale_slots": self.slots}
+                "effnet_scale_slots": self.slots, "effnet_source": self.effnet_source}
 
     # ------------------------------------------------------------------ each update
     def draws(self, generator: torch.Generator, n: int, group: Group) -> dict[str, torch.Tensor]:
@@ -235,27 +251,34 @@ class StageBTask(TrainTask):
         if self.cfg.pyramid_noise:
             eps = pyramid_noise(eps, generator)
         slots = self.slots.get(group.name) or [0]
-        return {"noise": eps,
-                "drop_caption": torch.rand(n, generator=generator) < self.cfg.caption_dropout,
-                "drop_effnet": torch.rand(n, generator=generator) < self.cfg.effnet_dropout,
-                "slot": torch.tensor(slots)[torch.randint(0, len(slots), (n,), generator=generator)]}
+        out = {"noise": eps,
+               "drop_caption": torch.rand(n, generator=generator) < self.cfg.caption_dropout,
+               "drop_effnet": torch.rand(n, generator=generator) < self.cfg.effnet_dropout,
+               "slot": torch.tensor(slots)[torch.randint(0, len(slots), (n,), generator=generator)]}
+        if self.on_the_fly is not None:
+            out["effnet_factor"] = self.on_the_fly.draw(generator, n)
+        return out
 
     def inputs(self, batch: dict[str, Any], draws: dict[str, torch.Tensor],
                device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0 = batch["stage_a"].to(device, torch.float32)  # (b,4,H,W)
-        effnet = self._effnet(batch, draws["slot"], x0.shape[-2:])
         keep = ~draws["drop_effnet"]
+        effnet = self._effnet(batch, draws, x0.shape[-2:])
         effnet = (effnet * keep[:, None, None, None].to(effnet.dtype)).to(device)
         return x0, {"effnet": effnet, "clip": self._clip(batch, draws["drop_caption"], device)}
 
-    def _effnet(self, batch: dict[str, Any], slot: torch.Tensor, hw) -> torch.Tensor:
-        """(b,16,h,w): the stored latents, or per sample its drawn scale resized as Stage B itself resizes it
-        (bilinear, align_corners, to the patch grid H/p x W/p; Stage B's own resize is then the identity), so
-        samples of different scales share a batch and each sees exactly what Stage B alone would make of it."""
+    def _effnet(self, batch: dict[str, Any], draws: dict[str, torch.Tensor], hw) -> torch.Tensor:
+        """(b,16,h,w): the stored latents, or per sample its drawn scale (stored, or recomputed on the fly)
+        resized as Stage B itself resizes it (bilinear, align_corners, to the patch grid H/p x W/p; Stage B's
+        own resize is then the identity), so samples of different scales share a batch and each sees exactly
+        what Stage B alone would make of it."""
+        grid = tuple(int(s) // int(self.model_cfg.patch_size) for s in hw)
+        if self.on_the_fly is not None:
+            return self.on_the_fly.condition(batch[PIXELS_FIELD], draws["effnet_factor"], ~draws["drop_effnet"],
+                                             grid, self.model_cfg.c_effnet)
         if "effnet_scales" not in batch:
             return batch["effnet"].float()
-        scales, sizes = batch["effnet_scales"].float(), batch["effnet_scale_sizes"]
-        grid = tuple(int(s) // int(self.model_cfg.patch_size) for s in hw)
+        scales, sizes, slot = batch["effnet_scales"].float(), batch["effnet_scale_sizes"], draws["slot"]
         out = torch.empty(scales.shape[0], scales.shape[2], *grid)
         for s in torch.unique(slot).tolist():
             rows = torch.nonzero(slot == s).flatten()
