@@ -25,6 +25,7 @@ import numpy as np
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets import integrity
 from cascadekit.datasets import store as S
+from cascadekit.datasets.chunk_decode import ChunkError, decoder_for
 from cascadekit.datasets.remote import store_path
 
 
@@ -287,6 +288,7 @@ class ChunkCache:
         self.arr, self.keep, self.presence = arr, max(0, int(keep)), presence
         self.label = label or arr.path
         self.rows_per_chunk = int(arr.chunks[0])
+        self._decoder = decoder_for(arr, presence)  # None: zarr reads the chunks (strings, object storage, ...)
         self.chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -307,6 +309,11 @@ class ChunkCache:
 
     def _load(self, i: int) -> np.ndarray:
         a, b = integrity.chunk_span(self.arr, i)
+        if self._decoder is not None:  # the hot path: one file read, crc32c, decompression (chunk_decode)
+            try:
+                return self._decoder.read(i)[:b - a]
+            except ChunkError as e:
+                raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) {e.state}; {REPAIR_HINT}") from None
         st = integrity.chunk_state(self.arr, i, deep=False) if self.presence else None
         if st is not None:
             raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) is {st[0]} ({st[1]}); {REPAIR_HINT}")
