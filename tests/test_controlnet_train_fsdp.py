@@ -2,7 +2,8 @@
 
 FSDP shards the frozen Stage C block by block and puts the (trained) ControlNet in its own unit; only the
 ControlNet's parameters reach the optimizer; the checkpoint's ``controlnet.safetensors`` is the gathered full state
-dict in the official key layout; a run stopped and resumed under FSDP continues exactly.
+dict in the official key layout (the large bottleneck of sr, and the effnet one of canny with its BatchNorm
+buffers, checked against the released file's manifest); a run stopped and resumed under FSDP continues exactly.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 import torch
 from controlnet_train_helpers import block_images, config, make_store, stage_c_file
 from generator_helpers import FixedEmpty, assert_same_training_log
+from conftest import load_manifest
 from ranks import context, run_ranks
 from safetensors.torch import load_file
 
@@ -37,8 +39,10 @@ def _units(loop) -> dict:
             "optimized": sum(p.numel() for p in opt), "optimizer_all_trainable": all(p.requires_grad for p in opt)}
 
 
-def _fsdp_worker(rank: int, world: int, port: int, store: str, out: str, cfg: dict, init: str, report) -> None:
-    """One process: 2 updates, stopped, then resumed to the end, in one process group."""
+def _fsdp_worker(rank: int, world: int, port: int, store: str, out: str, cfg: dict, init: str, report,
+                 runs=((False, 2), (True, None))) -> None:
+    """One process: the training calls ``runs`` ([(resume, stop_after), ...], default: 2 updates, stopped, then
+    resumed to the end) in one process group; what FSDP wrapped goes to ``report``."""
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -50,7 +54,7 @@ def _fsdp_worker(rank: int, world: int, port: int, store: str, out: str, cfg: di
 
     dist.init_process_group("gloo")
     try:
-        for resume, stop_after in ((False, 2), (True, None)):
+        for resume, stop_after in runs:
             loop = controlnet_loop(store, ControlNetTrainConfig.from_dict(cfg), out, init=init, resume=resume,
                                    device="cpu", text_encoder=FixedEmpty(), log=lambda m: None)
             if not resume:
@@ -102,3 +106,39 @@ def test_fsdp_two_processes_match_single_process(tmp_path):
     assert info.config.proj_blocks == [0, 7] and info.config.bottleneck_mode == "large"
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, b[k], rtol=0, atol=0)
+
+
+def _as_dict(cfg) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["adam_betas"] = list(d["adam_betas"])
+    return d
+
+
+def test_fsdp_effnet_controlnet_checkpoint_is_the_official_layout(tmp_path):
+    """The canny ControlNet (effnet bottleneck: BatchNorm buffers, frozen statistics) under FSDP: the gathered file
+    has the official keys and shapes of ``controlnet/canny.safetensors`` (the projections for this Stage C's slots)
+    and the single-process values, buffers included."""
+    control = "canny"
+    store = make_store(tmp_path / "s.zarr", block_images(tmp_path / "img", n=4), controls=("canny",))
+    init = stage_c_file(tmp_path / "w")
+    cfg = config(control, batch_size=4, steps=1, save_every=1, bottleneck_mode="effnet", backbone_init="random")
+    single = train_controlnet(store, cfg, tmp_path / "single", init=init, device="cpu", text_encoder=FixedEmpty(),
+                              log=lambda m: None)
+    report = context().SimpleQueue()
+    run_ranks(_fsdp_worker, 2, (str(store), str(tmp_path / "fsdp"), {**_as_dict(cfg), "grad_accum_steps": 2,
+                                                                      "fsdp": True}, str(init), report,
+                                ((False, None),)))
+    assert all(u["kinds"].get("ControlNet") == 1 for _, u in (report.get() for _ in range(2)))
+    a = load_file(str(single.last_checkpoint / "controlnet.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "fsdp") / "controlnet.safetensors"))
+    official = dict((k, v) for k, v in load_manifest(f"controlnet_{control}")["state_dict"])
+    backbone = {k: v for k, v in official.items() if k.startswith("backbone.")}
+    assert {k: list(v.shape) for k, v in b.items() if k.startswith("backbone.")} == backbone
+    assert sorted(k for k in b if not k.startswith("backbone.")) == \
+        sorted(k for k in official if k.startswith(("projections.0.", "projections.1.")))
+    assert list(b) == list(a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+    # eval-mode BatchNorm: one update leaves the running statistics where they started (0 / 1: random start)
+    assert all(torch.equal(b[k], torch.zeros_like(b[k])) for k in b if k.endswith("running_mean"))
+    assert all(torch.equal(b[k], torch.ones_like(b[k])) for k in b if k.endswith("running_var"))
