@@ -75,7 +75,8 @@ class ControlInputs:
             return torch.randint(0, 2**62, (n,), generator=generator)
         return random_masks(n, h, w, generator, p_outpaint)
 
-    def _saliency_masks(self, pixels: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    def _saliency_masks(self, pixels: torch.Tensor, seeds: torch.Tensor, device: torch.device) -> torch.Tensor:
+        self.saliency.to(device)  # the saliency net and its 141² blur run on the training device (in place, once)
         return torch.cat([saliency_masks(pixels[i:i + 1], self.saliency, torch.Generator().manual_seed(int(s)),
                                          p_outpaint=self.p_outpaint) for i, s in enumerate(seeds.tolist())])
 
@@ -87,8 +88,10 @@ class ControlInputs:
                              f"precompute it with {_add_controls_hint(self.kind)}")
         return crops
 
-    def control(self, batch: dict[str, Any], size: tuple[int, int], mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The float32 control of ``batch`` for images of ``size`` (H, W); ``mask`` (B,1,H,W) for inpainting."""
+    def control(self, batch: dict[str, Any], size: tuple[int, int], mask: torch.Tensor | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+        """The float32 control (CPU) of ``batch`` for images of ``size`` (H, W); ``mask`` (B,1,H,W) for inpainting
+        (with the saliency model: the per-sample seeds; its masks are drawn on ``device``)."""
         if self.kind == "canny":
             edges = batch[self.field] if self.stored else canny_map(self._crops(batch).float().div(255))
             return canny_from_map(edges, size)
@@ -100,7 +103,7 @@ class ControlInputs:
         if tuple(pixels.shape[-2:]) != tuple(size):  # crop != encoder input: resize as the encoder did
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
         if self.saliency is not None:
-            mask = self._saliency_masks(pixels, mask)
+            mask = self._saliency_masks(pixels, mask, torch.device(device))
         return inpaint_control(pixels, mask)
 
 

@@ -77,16 +77,20 @@ def load_saliency_model(path: str | Path, device: str | torch.device = "cpu") ->
 
 def saliency_masks(images: torch.Tensor, model: MicroResNet, generator: torch.Generator,
                    thresholds: tuple[float, float] = THRESHOLDS, p_outpaint: float = P_OUTPAINT) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) bool repaint masks (module docstring)."""
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W) bool repaint masks on the CPU (module docstring).
+
+    Computed on the model's device (the blur's 141² kernel is costly at training resolutions on a CPU: keep the
+    model on the accelerator when there is one); ``generator`` is a CPU generator (the draws are the same anywhere).
+    """
     b, _, h, w = images.shape
     weight = next(model.parameters())
     with torch.no_grad():
-        sal = model(TF.resize(images.to(weight.device, weight.dtype), SALIENCY_SIZE, antialias=True)).float().cpu()
+        sal = model(TF.resize(images.to(weight.device, weight.dtype), SALIENCY_SIZE, antialias=True)).float()
     lo, hi = thresholds
-    t = lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=generator)
-    invert = torch.rand(b, 1, 1, 1, generator=generator) < p_outpaint
+    t = (lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=generator)).to(sal.device)
+    invert = (torch.rand(b, 1, 1, 1, generator=generator) < p_outpaint).to(sal.device)
     masks = (sal > t) ^ invert
     masks = F.interpolate(masks.float(), size=(h, w), mode="nearest")
     k = min(BLUR_KERNEL, 2 * min(h, w) - 1)
     k -= 1 - k % 2  # odd
-    return TF.gaussian_blur(masks, k) > 0.5
+    return (TF.gaussian_blur(masks, k) > 0.5).cpu()

@@ -189,7 +189,7 @@ class ControlNetTask(StageCTask):
                device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, cond = super().inputs(batch, draws, device)
         size = tuple(32 * s for s in x0.shape[-2:])  # the image the latents were encoded from
-        cond["control"] = self.controls.control(batch, size, draws.get("mask")).to(device)
+        cond["control"] = self.controls.control(batch, size, draws.get("mask"), device).to(device)
         return x0, cond
 
     def checkpoint_weights(self, module: nn.Module, full_state: Callable[[], dict[str, torch.Tensor]]
