@@ -15,6 +15,8 @@
   ``saliency_model``), so they are part of the exact-resume guarantee.
 * Checkpoints hold ``controlnet.safetensors`` in the official key layout (loads in the official code, ComfyUI and
   :func:`cascadekit.codec.weights.controlnet.load_controlnet`), with ``proj_blocks`` in its metadata.
+* FSDP (``fsdp: true``): the frozen Stage C's blocks are units as for Stage C, the ControlNet one unit of its own
+  (:attr:`ControlNetTask.fsdp_units`); the checkpoint is cut from the gathered full state dict.
 """
 from __future__ import annotations
 
