@@ -172,8 +172,9 @@ def format_report(r: dict) -> str:
         lines.append("  mean     " + " ".join(f"{m:+.3f}" for m in g["latent_mean"]))
         lines.append("  std      " + " ".join(f"{s:.3f}" for s in g["latent_std"]))
         for c, ci in (g.get("controls") or {}).items():
-            lines.append(f"  control  {c:<8}{ci['shape']} {ci['dtype']}, ok {ci['ok']}, pending {ci['pending']}, "
-                         f"{ci['bytes_per_sample']:.0f} B/sample on disk")
+            lines.append(f"  control  {c:<8}{' ' if len(c) >= 8 else ''}{ci['shape']} {ci['dtype']}, ok {ci['ok']}, "
+                         f"pending {ci['pending']}, {ci['bytes_per_sample']:.0f} B/sample on disk"
+                         + (f", factors {ci['factors']}" if "factors" in ci else ""))
         lines.append(f"  captions missing: {g['missing_captions']}")
         if g.get("missing_chunks"):
             lines.append(f"  MISSING  {len(g['missing_chunks'])} chunk file(s) behind ok rows, e.g. "

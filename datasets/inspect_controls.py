@@ -20,7 +20,8 @@ def _disk_bytes(path) -> int:
 
 
 def control_report(gv) -> dict:
-    """``{control: {array, shape, dtype, ok, pending, bytes_per_sample}}`` of one sample group (``GroupView``)."""
+    """``{control: {array, shape, dtype, ok, pending, bytes_per_sample}}`` of one sample group (``GroupView``);
+    ``effnet_scales`` also has ``factors``."""
     out = {}
     for c in stored_controls(gv.g):
         arr = ARRAY_OF[c]
@@ -30,6 +31,8 @@ def control_report(gv) -> dict:
         out[c] = {"array": arr, "shape": list(gv.shape(arr)), "dtype": str(gv.array(arr).dtype), "ok": ok,
                   "pending": int((st == S.STATUS_PENDING).sum()),
                   "bytes_per_sample": _disk_bytes(folder) / max(1, ok)}
+        if arr == "effnet_scales":  # what the slots are (datasets/effnet_scales.py)
+            out[c]["factors"] = list(gv.g.attrs.get("effnet_scales", []))
     return out
 
 

@@ -76,7 +76,8 @@ def test_encode_effnet_scales_then_train_stage_b_from_them(weights, tmp_path):
     assert torch.allclose(torch.from_numpy(scales[:, 2]), torch.from_numpy(gv.cache("latents").rows(np.arange(4))),
                           atol=1e-5)  # f = 1 at encoder resolution = crop: the latents themselves
     out = _cli(["inspect", store])
-    assert "control  effnet_scales[3, 16, 4, 4] float32, ok 4, pending 0" in out and "B/sample on disk" in out
+    assert "control  effnet_scales [3, 16, 4, 4] float32, ok 4, pending 0" in out
+    assert "B/sample on disk, factors [0.5, 0.75, 1.0]" in out
     # a rerun resumes (nothing to do); other factors are refused with the add-controls hint
     assert "4 rows were already done" in _cli(_encode_args(imgs, store, weights, "--effnet-scales", "0.5,0.75,1",
                                                          "--controls", "inpaint"))
