@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cascadekit.codec.models.fused import attention_heads, fused_ok, linear_onto, res_block_mlp, tokens_last, tokens_to_image
+
 
 def r_embedding(r: torch.Tensor, c_r: int, max_positions: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding of the noise condition ``r`` (B,) -> (B, c_r), float32.
@@ -118,6 +120,10 @@ class ResBlock(nn.Module):
         x = self.norm.channels_last(self.depthwise(x).permute(0, 2, 3, 1))  # (B,H,W,c)
         if x_skip is not None:
             x = torch.cat([x, x_skip.permute(0, 2, 3, 1)], dim=-1)  # (B,H,W,c+c_skip)
+        if fused_ok(self, x_res):  # inference: same values, fewer passes (see codec.models.fused)
+            b, _, h, w = x_res.shape
+            lin1, _, grn, _, lin2 = self.channelwise
+            return tokens_to_image(res_block_mlp(x.reshape(b, h * w, -1), tokens_last(x_res), lin1, grn, lin2), h, w)
         x = self.channelwise(x).permute(0, 3, 1, 2)  # (B,c,H,W)
         return x + x_res
 
@@ -190,6 +196,11 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         kv = self.kv_mapper(kv)  # (B,S,c)
         tokens = self.norm.channels_last(x.permute(0, 2, 3, 1)).reshape(b, h * w, c)  # (B,HW,c)
+        if fused_ok(self, x):  # inference: same values, fewer passes (see codec.models.fused)
+            attn = self.attention.attn
+            kv = torch.cat([tokens, kv], dim=1) if self.self_attn else kv  # (B, N+S, c)
+            o = attention_heads(tokens, kv, attn.in_proj_weight, attn.in_proj_bias, attn.nhead)  # (B,HW,c)
+            return tokens_to_image(linear_onto(tokens_last(x), o, attn.out_proj), h, w)
         out = self.attention(tokens, kv, self_attn=self.self_attn)  # (B,HW,c)
         return x + out.transpose(1, 2).unflatten(2, (h, w))
 
