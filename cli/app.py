@@ -1,12 +1,14 @@
 """`cascadekit app`: a local Gradio web app over the library — Generate (text-to-image, variation, img2img, LoRA,
-Stage C weights of a training run, ControlNet), Reconstruct (one or two decoders side by side) and Stores (counts,
-statistics, skip reasons, a paged previewer grid, a sample's full decode).
+Stage C weights of a training run or its EMA, ControlNet), Reconstruct (one or two decoders side by side: the Stage B
+variants of the weights and fine-tuned Stage B runs / files) and Stores (counts, statistics, skip reasons, a paged
+previewer grid, a sample's full decode).
 
-The jobs live in ``app_generate`` / ``app_reconstruct`` / ``app_stores`` (callable from Python); this module only
-lays out the page. Gradio is imported lazily (an optional extra: ``pip install cascadekit[app]``). One job runs at
-a time (every job shares one concurrency slot); the queue holds ``--queue-size`` more, beyond that a request is
-refused as busy. The app binds 127.0.0.1 unless ``--host`` says otherwise, never makes share links, and opens only
-the weights, stores, runs and ControlNets given at launch.
+The jobs live in ``app_generate`` / ``app_reconstruct`` / ``app_stores`` (callable from Python), the choices a
+launch offers in ``app_choices``, how an event runs its job (per-session cancel, disconnect) in ``app_events``;
+this module only lays out the page. Gradio is imported lazily (an optional extra: ``pip install cascadekit[app]``).
+One job runs at a time (every job shares one concurrency slot); the queue holds ``--queue-size`` more, beyond that
+a request is refused as busy. The app binds 127.0.0.1 unless ``--host`` says otherwise, never makes share links,
+and opens only the weights, stores, runs and ControlNets given at launch.
 """
 from __future__ import annotations
 
@@ -17,26 +19,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cascadekit.cli.app_generate import CONTROLS, SAMPLERS, SIZES, GenerateRequest, generate
-from cascadekit.cli.app_jobs import AppConfig, Job, JobCancelled, Models
+from cascadekit.cli.app_choices import stage_c_choices
+from cascadekit.cli.app_events import cancel_event, gradio, job_event
+from cascadekit.cli.app_generate import SAMPLERS, SIZES, GenerateRequest, generate
+from cascadekit.cli.app_jobs import AppConfig, Models, Sessions
 from cascadekit.cli.app_reconstruct import Decoder, reconstruct
-from cascadekit.cli.app_stores import PAGE, StoreIndex, full_decode, page, store_of, summary
+from cascadekit.cli.app_stores import PAGE, StoreIndex, full_decode, page, report, store_of
 from cascadekit.cli.common import default_dtype, pick_device, reports_user_errors
 from cascadekit.cli.params import COUNT, DEVICE
-from cascadekit.codec.errors import CascadeKitError, DependencyError
-from cascadekit.metrics.errors import MetricsError
 
 SLOT = "cascadekit-job"  # the one concurrency slot every job shares
 BANNER = ("TINY RANDOM WEIGHTS in use: every network is random noise and every picture is meaningless. "
           "Start the app with --weights DIR (the official Stable Cascade files) for real results.")
-
-
-def _gradio():
-    try:
-        import gradio as gr  # lazy: optional extra
-    except ImportError:
-        raise DependencyError("the app needs Gradio: pip install 'cascadekit[app]'") from None
-    return gr
 
 
 def labelled(paths) -> dict[str, Path]:
@@ -51,52 +45,18 @@ def labelled(paths) -> dict[str, Path]:
     return out
 
 
-def _request_alive():
-    """A check that is False once the Gradio event being processed was cancelled or its client disconnected
-    (Gradio marks the event dead then; its worker thread would otherwise run on), or None outside an event."""
-    from gradio.context import LocalContext
-
-    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
-    if blocks is None or event_id is None:
-        return None
-
-    def alive() -> bool:
-        events = [e for job in blocks._queue.active_jobs if job for e in job if e._id == event_id]
-        return all(e.alive for e in events)
-    return alive
-
-
-def _user_errors(job: Job):
-    """A user error (bad upload, bad setting, cancel) becomes a Gradio message, never a traceback; the job
-    stops when its request dies (:func:`_request_alive`)."""
-    return functools.partial(_guarded, job=job)
-
-
-def _guarded(fn, job: Job):
-    gr = _gradio()
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        job.alive = _request_alive()
-        try:
-            return fn(*args, **kwargs)
-        except JobCancelled:
-            raise gr.Error("cancelled: the job stopped at its next step") from None
-        except (CascadeKitError, MetricsError) as e:
-            raise gr.Error(str(e)) from None
-    return wrapper
-
-
 def _reporter(progress):
     return lambda stage, i, n: progress((i, n), desc=stage)
 
 
 class App:
-    """The app's state: settings, models, the running job, opened store indexes."""
+    """The app's state: settings, models, the running jobs of each session, opened store indexes, and the
+    weights choices of the launch (read once here: a bad --run / --stage-b-weights fails before the page)."""
 
     def __init__(self, config: AppConfig, controlnets: dict[str, Path] | None = None):
         self.config, self.controlnets = config, dict(controlnets or {})
-        self.models, self.job, self.indexes = Models(config), Job(), {}
+        self.models, self.sessions, self.indexes = Models(config), Sessions(), {}
+        self.runs, self.decoders = stage_c_choices(config.runs), self.models.decoders
 
     def index(self, label: str) -> StoreIndex:
         if label not in self.indexes:
@@ -131,7 +91,7 @@ def _generate_tab(gr, app: App):  # long: the tab's widgets in their visual orde
                 lora = gr.File(label="LoRA files (.safetensors)", file_count="multiple", file_types=[".safetensors"],
                                type="filepath")
                 tokens = gr.Textbox(label="LoRA tokens of official files (TOKEN=INIT_REGEX, comma separated)")
-                run = gr.Dropdown([None, *app.config.runs], value=None, label="Stage C weights of a run (--run)")
+                run = gr.Dropdown([None, *app.runs], value=None, label="Stage C weights of a run (--run)")
             with gr.Accordion("ControlNet", open=False):
                 cnet = gr.Dropdown([None, *app.controlnets], value=None, label="ControlNet (--controlnet)")
                 control_image = gr.File(label="Control image", type="filepath")
@@ -148,8 +108,8 @@ def _generate_tab(gr, app: App):  # long: the tab's widgets in their visual orde
     inputs = [prompt, negative, height, width, n, seed, random_seed, steps, guidance, shift, dsteps, dguidance,
               sampler, variation, init, strength, run, lora, tokens, cnet, control_image, mask, cstrength]
 
-    @_user_errors(app.job)
-    def run_generate(prompt, negative, height, width, n, seed, random_seed, steps, guidance, shift, dsteps,
+    @job_event(app.sessions)
+    def run_generate(job, prompt, negative, height, width, n, seed, random_seed, steps, guidance, shift, dsteps,
                      dguidance, sampler, variation, init, strength, run, lora, tokens, cnet, control_image, mask,
                      cstrength, progress=gr.Progress()):
         req = GenerateRequest(
@@ -157,14 +117,14 @@ def _generate_tab(gr, app: App):  # long: the tab's widgets in their visual orde
             int(steps), float(guidance), float(shift), int(dsteps), float(dguidance), sampler, variation, init,
             float(strength), run, list(lora or []), tokens or "", cnet, control_image, _mask_of(mask),
             float(cstrength))
-        out = generate(req, app.models, app.config, app.job, app.controlnets, _reporter(progress))
+        out = generate(req, app.models, app.config, job, app.controlnets, _reporter(progress))
         caption = f"seed {out['parameters']['seed']}"
         return ([(str(p), caption) for p in out["files"]], [str(p) for p in out["control"]],
                 [str(p) for p in out["files"]], out["parameters"])
 
     event = go.click(run_generate, inputs, [gallery, controls, files, params], api_name="generate",
                      concurrency_id=SLOT, concurrency_limit=1)
-    stop.click(app.job.cancel, None, None, cancels=[event], api_name="cancel_generate", queue=False)
+    stop.click(cancel_event(app.sessions), None, None, cancels=[event], api_name="cancel_generate", queue=False)
 
 
 def _mask_of(editor) -> np.ndarray | None:
@@ -176,37 +136,39 @@ def _mask_of(editor) -> np.ndarray | None:
 
 
 def _reconstruct_tab(gr, app: App):
-    variants = app.models.stage_b_variants()
+    decoders = list(app.decoders)
+    tuned = [label for label, c in app.decoders.items() if c.path is not None]
+    bases = [label for label in decoders if label not in tuned]
     with gr.Row():
         with gr.Column(scale=2):
             images = gr.File(label="Images", file_count="multiple", type="filepath", elem_id="recon-images")
             size = gr.Slider(64, 1024, value=512, step=64, label="Short side (pixels, then cropped to 64s)")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             with gr.Row():
-                b1 = gr.Dropdown(variants, value=variants[0], label="Decoder 1: Stage B")
+                b1 = gr.Dropdown(decoders, value=bases[0], label="Decoder 1: Stage B")
                 s1 = gr.Slider(1, 40, value=10, step=1, label="Decoder 1: steps")
             two = gr.Checkbox(value=False, label="Compare with a second decoder")
             with gr.Row():
-                b2 = gr.Dropdown(variants, value=variants[-1], label="Decoder 2: Stage B")
+                b2 = gr.Dropdown(decoders, value=tuned[0] if tuned else bases[-1], label="Decoder 2: Stage B")
                 s2 = gr.Slider(1, 40, value=20, step=1, label="Decoder 2: steps")
             with gr.Row():
                 go = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct")
-                stop = gr.Button("Cancel")
+                stop = gr.Button("Cancel", elem_id="cancel-reconstruct")
         with gr.Column(scale=3):
             grids = gr.Gallery(label="original | reconstruction | error heat-map", columns=1, elem_id="recon-grids")
             table = gr.Dataframe(headers=["image", "decoder", "PSNR", "SSIM", "LPIPS"], label="Metrics",
                                  elem_id="recon-table")
 
-    @_user_errors(app.job)
-    def run(images, size, seed, b1, s1, two, b2, s2, progress=gr.Progress()):
+    @job_event(app.sessions)
+    def run(job, images, size, seed, b1, s1, two, b2, s2, progress=gr.Progress()):
         decoders = [Decoder(b1, int(s1))] + ([Decoder(b2, int(s2))] if two else [])
-        shown, rows = reconstruct(list(images or []), decoders, app.models, app.config, app.job, size=int(size),
+        shown, rows = reconstruct(list(images or []), decoders, app.models, app.config, job, size=int(size),
                                   seed=int(seed or 0), report=_reporter(progress))
         return [(str(p), c) for p, c in shown], rows
 
     event = go.click(run, [images, size, seed, b1, s1, two, b2, s2], [grids, table], api_name="reconstruct",
                      concurrency_id=SLOT, concurrency_limit=1)
-    stop.click(app.job.cancel, None, None, cancels=[event], queue=False)
+    stop.click(cancel_event(app.sessions), None, None, cancels=[event], api_name="cancel_reconstruct", queue=False)
 
 
 def _stores_tab(gr, app: App):
@@ -215,6 +177,8 @@ def _stores_tab(gr, app: App):
         store = gr.Dropdown(labels, value=labels[0] if labels else None, label="Store (--store)", elem_id="store")
         open_btn = gr.Button("Open", variant="primary", elem_id="open-store")
     info = gr.Textbox(label="Counts, statistics, skip reasons", lines=12, elem_id="store-info")
+    skips = gr.Dataframe(headers=["group", "row", "key", "skip reason"], label="Skipped samples (when encoded)",
+                         elem_id="store-skips")
     with gr.Row():
         prev_btn = gr.Button("◀ Previous page", elem_id="prev-page")
         number = gr.Number(value=1, precision=0, label="Page", minimum=1, elem_id="page-number")
@@ -227,26 +191,25 @@ def _stores_tab(gr, app: App):
     full = gr.Image(label="Full decode", type="pil", elem_id="full-decode")
     caption = gr.Textbox(label="Key and caption")
 
-    @_user_errors(app.job)
-    def open_store(label):
+    @job_event(app.sessions)
+    def open_store(job, label):
         idx = app.index(label)
-        pages = idx.pages
-        return summary(idx.store.path) + f"\n\n{len(idx)} usable samples, {pages} pages", 1, page(
-            idx, 0, app.models)
+        text, skipped = report(idx.store.path)
+        return text + f"\n\n{len(idx)} usable samples, {idx.pages} pages", skipped, 1, page(idx, 0, app.models)
 
-    @_user_errors(app.job)
-    def show_page(label, number, step):
+    @job_event(app.sessions)
+    def show_page(job, label, number, step):
         idx = app.index(label)
         k = min(max(1, int(number or 1) + int(step)), idx.pages)
         return k, page(idx, k - 1, app.models)
 
-    @_user_errors(app.job)
-    def decode(label, i):
+    @job_event(app.sessions)
+    def decode(job, label, i):
         img, key, cap = full_decode(app.index(label), int(i or 0), app.models)
         return img, f"{key}: {cap}"
 
     common = {"concurrency_id": SLOT, "concurrency_limit": 1}
-    open_btn.click(open_store, [store], [info, number, grid], api_name="open_store", **common)
+    open_btn.click(open_store, [store], [info, skips, number, grid], api_name="open_store", **common)
     prev_btn.click(functools.partial(show_page, step=-1), [store, number], [number, grid], api_name="previous_page",
                    **common)
     next_btn.click(functools.partial(show_page, step=1), [store, number], [number, grid], api_name="next_page",
@@ -266,7 +229,7 @@ def _stores_tab(gr, app: App):
 
 def build_app(config: AppConfig, controlnets: dict[str, Path] | None = None):
     """The Gradio Blocks of the app (not launched): ``build_app(cfg).launch(...)`` or :func:`launch`."""
-    gr = _gradio()
+    gr = gradio()
     app = App(config, controlnets)
     with gr.Blocks(title="cascadekit") as demo:
         if app.models.tiny:
@@ -296,7 +259,11 @@ def launch_options(host: str, port: int, config: AppConfig) -> dict:
 @click.option("--store", "stores", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="A latent store the Stores tab may show (repeatable).")
 @click.option("--run", "runs", multiple=True, type=click.Path(exists=True),
-              help="A training run (or checkpoint) whose Stage C weights Generate may use (repeatable).")
+              help="A training run / checkpoint (or Stage C file) whose weights the app may use (repeatable): a Stage "
+                   "C run in Generate, a Stage B run as a decoder in Reconstruct; with EMA weights also 'RUN (ema)'.")
+@click.option("--stage-b-weights", "stage_b_weights", multiple=True, type=click.Path(exists=True),
+              help="A fine-tuned Stage B (run, RUN/checkpoints/step_N or .safetensors file) Reconstruct may compare "
+                   "with the Stage B of --weights (repeatable).")
 @click.option("--controlnet", "controlnets", multiple=True, type=click.Path(exists=True),
               help="An official ControlNet file (canny / inpainting / sr) Generate may use (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -309,11 +276,12 @@ def launch_options(host: str, port: int, config: AppConfig) -> dict:
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "bf16"]),
               help="Precision (default: bf16 on CUDA, fp32 on CPU).")
 @reports_user_errors
-def app(weights, stores, runs, controlnets, host, port, queue_size, max_upload_mb, device, dtype):
+def app(weights, stores, runs, stage_b_weights, controlnets, host, port, queue_size, max_upload_mb, device, dtype):
     """Start the local web app (Generate, Reconstruct, Stores) on http://HOST:PORT."""
-    _gradio()  # a missing optional extra fails here, before any weights load
+    gradio()  # a missing optional extra fails here, before any weights load
     dev = pick_device(device)
-    config = AppConfig(weights=weights, stores=labelled(stores), runs=labelled(runs), device=str(dev),
+    config = AppConfig(weights=weights, stores=labelled(stores), runs=labelled(runs),
+                       stage_b_weights=labelled(stage_b_weights), device=str(dev),
                        dtype=default_dtype(dtype, dev), queue_size=queue_size, max_upload_bytes=max_upload_mb << 20,
                        work_dir=Path(tempfile.mkdtemp(prefix="cascadekit-app-")))
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cascadekit.cli.app_choices import stage_c_choices
 from cascadekit.cli.app_jobs import AppConfig, Job, Models, read_upload, step_monitor
 from cascadekit.codec.errors import InputError
 from cascadekit.generator.control_sampling import ControlSettings
@@ -22,7 +23,8 @@ CONTROLS = ("none", "canny", "inpainting", "sr")
 @dataclass
 class GenerateRequest:
     """One Generate click. Images are upload paths (read through the guarded loader); mask: (H,W) bool array
-    (True = repaint) drawn on the control image; run: a label of the launch's --run; lora: uploaded .safetensors."""
+    (True = repaint) drawn on the control image; run: a Stage C choice of the launch's --run (``LABEL`` or
+    ``LABEL (ema)``, :func:`~cascadekit.cli.app_choices.stage_c_choices`); lora: uploaded .safetensors."""
 
     prompt: str
     negative: str = ""
@@ -59,8 +61,9 @@ class GenerateRequest:
             raise InputError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InputError(f"seed must be in 0 <= seed < 2**63, got {self.seed}")
-        if self.run is not None and self.run not in config.runs:
-            raise InputError(f"unknown training run {self.run!r}; the app was started with {sorted(config.runs)}")
+        runs = stage_c_choices(config.runs) if self.run is not None else {}
+        if self.run is not None and self.run not in runs:
+            raise InputError(f"unknown training run {self.run!r}; the app was started with {sorted(runs)}")
         if self.controlnet is not None and self.controlnet not in controlnets:
             raise InputError(f"unknown ControlNet {self.controlnet!r}; the app was started with {sorted(controlnets)}")
         if self.controlnet is not None and self.control_image is None:
@@ -104,7 +107,8 @@ def generate(req: GenerateRequest, models: Models, config: AppConfig, job: Job, 
     variation = read_upload(req.variation_image, config, "variation image")
     init = read_upload(req.init_image, config, "init image")
     lora_tokens = parse_tokens(req.lora_tokens)
-    pipe = models.pipeline(config.runs.get(req.run), req.lora, lora_tokens)
+    run = stage_c_choices(config.runs)[req.run] if req.run is not None else None
+    pipe = models.pipeline(run and run.path, req.lora, lora_tokens, ema=bool(run and run.ema))
     control = None
     if req.controlnet is not None:
         pipe.load_controlnet(controlnets[req.controlnet])

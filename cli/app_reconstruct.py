@@ -21,7 +21,9 @@ MAX_IMAGES = 8
 
 @dataclass(frozen=True)
 class Decoder:
-    """One decoder of the comparison: a Stage B variant of the launch weights and its sampling steps."""
+    """One decoder of the comparison: a decoder choice of the launch (``Models.decoders``: a Stage B variant of the
+    weights, e.g. ``lite``, or a fine-tuned Stage B run / file, e.g. ``run2`` or ``run2 (ema)``) and its sampling
+    steps / guidance."""
 
     stage_b: str = "lite"
     steps: int = 10
@@ -60,13 +62,16 @@ def reconstruct(paths: list[str], decoders: list[Decoder], models: Models, confi
         raise InputError("drop one or more images to reconstruct")
     if len(paths) > MAX_IMAGES or not 1 <= len(decoders) <= 2 or not 64 <= size <= 2048:
         raise InputError(f"at most {MAX_IMAGES} images, one or two decoders, size 64..2048")
+    for dec in decoders:
+        if dec.stage_b not in models.decoders:
+            raise InputError(f"unknown decoder {dec.stage_b!r}; the app was started with {sorted(models.decoders)}")
     images = [(Path(p).name, prepare(read_upload(p, config), size)) for p in paths]  # all checked first
     out = Path(out_dir or tempfile.mkdtemp(prefix="reconstruct-", dir=config.work_dir))
     lpips, grids, rows = _lpips(config.device), [], []
     job.start()
     for i, (name, x) in enumerate(images):
         for j, dec in enumerate(decoders):
-            codec = models.codec(dec.stage_b)
+            codec = models.decoder(dec.stage_b)
             with step_monitor({f"{name} · decoder {j + 1}": (codec.stage_b, dec.steps)}, job, report):
                 rec = codec.reconstruct(x[None], seed=seed, steps=dec.steps, guidance=dec.guidance).float().cpu()
             rec = rec.clamp(0, 1)

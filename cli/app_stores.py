@@ -16,6 +16,7 @@ from cascadekit.datasets.access import LatentStore
 from cascadekit.datasets.inspect import format_report, inspect_store
 
 PAGE = 12
+SKIPS_SHOWN = 100  # skipped samples listed per group (the counts per reason cover all of them)
 
 
 @dataclass
@@ -69,7 +70,15 @@ def store_of(label: str | None, config: AppConfig) -> Path:
 
 def summary(path: Path) -> str:
     """The `cascadekit inspect` text of the store (counts, statistics, skip reasons), without writing to it."""
-    return format_report(inspect_store(path, n_preview=0, write=False))
+    return report(path)[0]
+
+
+def report(path: Path) -> tuple[str, list[list]]:
+    """(the `cascadekit inspect` text, [group, row, key, skip reason] of the first :data:`SKIPS_SHOWN` skipped
+    samples of each group): one read-only inspect pass."""
+    r = inspect_store(path, n_preview=0, write=False, max_errors=SKIPS_SHOWN)
+    skips = [[group, e["row"], e["key"], e["reason"]] for group, g in r["groups"].items() for e in g["skip_examples"]]
+    return format_report(r), skips
 
 
 def page(index: StoreIndex, number: int, models: Models) -> list[tuple]:

@@ -2,6 +2,7 @@
 queue, cancel, and the launch settings (127.0.0.1, no share link)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -12,7 +13,7 @@ pytest.importorskip("gradio", reason="the app needs gradio (pip install 'cascade
 from gradio_client import Client, handle_file  # noqa: E402
 
 from _tiny_weights import tiny_weights_dir  # noqa: E402
-from app_helpers import fixtures, generate_args, running_app  # noqa: E402
+from app_helpers import disconnect_mid_job, fixtures, generate_args, running_app  # noqa: E402
 from cascadekit.generator.pipeline import TextToImagePipeline, read_png_parameters  # noqa: E402
 
 
@@ -99,8 +100,8 @@ def test_reconstruct_two_decoders(app, files):
 
 def test_store_summary_pages_and_full_decode(app):
     _, client = app
-    info, number, grid = client.predict("photos.zarr", api_name="/open_store")
-    assert "16 rows, 16 ok, 0 skipped" in info and "16 usable samples, 2 pages" in info
+    info, skips, number, grid = client.predict("photos.zarr", api_name="/open_store")
+    assert "16 rows, 16 ok, 0 skipped" in info and skips["data"] == [] and "16 usable samples, 2 pages" in info
     assert number == 1 and len(grid) == 12 and grid[0]["caption"].startswith("0 · img000 · caption 0")
     number, grid = client.predict("photos.zarr", 1, api_name="/next_page")
     assert number == 2 and len(grid) == 4 and grid[0]["caption"].startswith("12 · img012")
@@ -108,6 +109,69 @@ def test_store_summary_pages_and_full_decode(app):
     assert number == 2  # the last page stays
     image, caption = client.predict("photos.zarr", 5, api_name="/decode_sample")
     assert caption == "img005: caption 5" and image
+
+
+def test_store_with_a_skipped_image_shows_the_reason(app):
+    _, client = app
+    info, skips, number, grid = client.predict("skips.zarr", api_name="/open_store")
+    assert "4 rows, 3 ok, 1 skipped" in info and "truncated" in info and "3 usable samples, 1 pages" in info
+    assert [r[2:] for r in skips["data"]] == [["cut", "truncated"]] and len(grid) == 3
+
+
+def test_reconstruct_base_and_fine_tuned_stage_b(app, files):
+    demo, client = app
+    assert list(demo.cascadekit.decoders) == ["lite", "runb", "runb (ema)", "tuned"]
+    photo, psnr = [handle_file(str(files["photo"]))], {}
+    for tuned in ("runb", "runb (ema)", "tuned"):
+        grids, table = client.predict(photo, 64, 0, "lite", 1, True, tuned, 1, api_name="/reconstruct")
+        base, other = table["data"]
+        assert base[1] == "Stage B lite, 1 steps, cfg 1.1" and other[1] == f"Stage B {tuned}, 1 steps, cfg 1.1"
+        assert len(grids) == 2 and all(0 < float(r[2]) < 100 and -1 <= float(r[3]) <= 1 for r in (base, other))
+        psnr["lite"], psnr[tuned] = float(base[2]), float(other[2])
+    assert psnr["tuned"] == psnr["runb"]  # --stage-b-weights FILE: the run's own file, same seed
+    assert len({psnr["lite"], psnr["runb"], psnr["runb (ema)"]}) == 3  # base, fine-tuned and its EMA all differ
+    step = files["stage_b_run"] / "checkpoints" / "step_000001"
+    assert demo.cascadekit.models.decoder("runb (ema)").files["stage_b"] == step / "ema.safetensors"
+    with pytest.raises(Exception, match="not in the list of choices"):  # no typed path is opened
+        client.predict(photo, 64, 0, str(step / "ema.safetensors"), 1, False, "lite", 1, api_name="/reconstruct")
+
+
+def test_generate_with_a_run_and_its_ema(app, files):
+    import numpy as np
+    from PIL import Image
+
+    demo, client = app
+    assert list(demo.cascadekit.runs) == ["run1", "runc", "runc (ema)"]  # the Stage B run is a decoder
+    step, pixels = files["stage_c_run"] / "checkpoints" / "step_000001", []
+    for run, name in (("runc", "model.safetensors"), ("runc (ema)", "ema.safetensors")):
+        _, _, pngs, p = client.predict(**generate_args(run=run), api_name="/generate")
+        assert p["stage_c_weights"] == str(step / name) == read_png_parameters(pngs[0])["stage_c_weights"]
+        pixels.append(np.array(Image.open(pngs[0])))
+    assert not np.array_equal(*pixels)
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict(**generate_args(run="runb"), api_name="/generate")
+
+
+def test_launch_refuses_runs_of_another_kind(weights, files, tmp_path, monkeypatch):
+    import gradio as gr
+    from click.testing import CliRunner
+
+    from cascadekit.cli.app_choices import decoder_choices, stage_c_choices
+    from cascadekit.cli.main import main
+    from cascadekit.codec.errors import InputError
+    from cascadekit.generator.checkpoint import save_checkpoint
+
+    lora = tmp_path / "lora_run"
+    save_checkpoint(lora, 1, weights={"w": torch.zeros(2)}, weights_name="lora.safetensors", state={"step": 1})
+    with pytest.raises(InputError, match="holds lora.safetensors .a LoRA run"):
+        stage_c_choices({"l": lora})
+    with pytest.raises(InputError, match="is a Stage C run; give it with --run"):
+        decoder_choices({}, {"c": files["stage_c_run"]}, ["lite"])
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: None)
+    r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--run", str(lora)])
+    assert r.exit_code == 2 and "a LoRA run" in r.output
+    r = CliRunner().invoke(main, ["app", "--weights", str(weights), "--stage-b-weights", str(files["stage_b_run"])])
+    assert r.exit_code == 0, r.output
 
 
 def test_two_generate_requests_run_one_after_the_other(app, monkeypatch):
@@ -132,20 +196,22 @@ def test_two_generate_requests_run_one_after_the_other(app, monkeypatch):
 
 
 @pytest.mark.slow
-def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
+def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files, monkeypatch):
+    from cascadekit.cli.app_jobs import Job
+
     with running_app(weights, files, queue_size=1) as (demo, url):
         clients = [Client(url, verbose=False) for _ in range(3)]
         long = generate_args(steps=60, dsteps=40, height=128, width=128)
         # the first job holds the slot until the other two were submitted (on a fast machine it would otherwise
         # finish before they arrive, and the queue would never be full)
-        gate, real_start = threading.Event(), demo.cascadekit.job.start
-        demo.cascadekit.job.start = lambda: (gate.wait(60), real_start())[1]
+        gate, real_start = threading.Event(), Job.start  # every job's Job (one per request)
+        monkeypatch.setattr(Job, "start", lambda self: (gate.wait(60), real_start(self))[1])
         jobs = [clients[0].submit(**long, api_name="/generate")]
         time.sleep(1.5)  # the first one runs
         jobs += [c.submit(**generate_args(), api_name="/generate") for c in clients[1:]]
         time.sleep(1.5)  # both reached the server: one queued, one refused
         gate.set()
-        demo.cascadekit.job.start = real_start
+        monkeypatch.setattr(Job, "start", real_start)
         errors = []
         for j in jobs[1:]:
             try:
@@ -154,15 +220,16 @@ def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
                 errors.append(str(e))
         assert len(errors) == 1 and "queue is full" in errors[0].lower()
         jobs[0].result(timeout=300)
-        # Cancel (the button's endpoint): the running job stops at its next step, the next job runs normally
+        # Cancel (the button's endpoint, from the job's own session): the running job stops at its next step, the
+        # next job runs normally
         spans = []
-        demo.cascadekit.job.start = lambda real=demo.cascadekit.job.start: (spans.append(time.monotonic()), real())
+        monkeypatch.setattr(Job, "start", lambda self: (spans.append(time.monotonic()), real_start(self))[1])
         t0 = time.monotonic()
         job = clients[0].submit(**long, api_name="/generate")
         while not spans and time.monotonic() - t0 < 60:
             time.sleep(0.1)
         time.sleep(0.5)
-        clients[1].predict(api_name="/cancel_generate")
+        clients[0].predict(api_name="/cancel_generate")
         with pytest.raises(Exception, match="cancelled"):
             job.result(timeout=300)
         assert time.monotonic() - t0 < 30
@@ -178,6 +245,81 @@ def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files):
         t1 = time.monotonic()
         assert clients[2].predict(**generate_args(seed=9), api_name="/generate")[3]["seed"] == 9
         assert time.monotonic() - t1 < 20  # the slot was free again: the cancelled job did not run to its end
+
+
+@pytest.fixture
+def counted_runs(monkeypatch):
+    """Every Generate job's steps, as they run: [{"counts": {stage: forward calls}, "t0", "t1"}]; each Stage C
+    step takes >= 50 ms, so a 60-step job lasts >= 3 s on any machine."""
+    import cascadekit.cli.app_generate as gen
+
+    runs, real = [], gen.step_monitor
+
+    @contextlib.contextmanager
+    def counting(stages, job, report=None):
+        slow = stages["Stage C"][0].register_forward_pre_hook(lambda m, a: time.sleep(0.05))
+        rec = {"t0": time.monotonic(), "t1": None}
+        try:
+            with real(stages, job, report) as counts:
+                rec["counts"] = counts
+                runs.append(rec)
+                yield counts
+        finally:
+            rec["t1"] = time.monotonic()
+            slow.remove()
+
+    monkeypatch.setattr(gen, "step_monitor", counting)
+    return runs
+
+
+def _started(runs, n):
+    return lambda: len(runs) >= n and runs[n - 1]["counts"]["Stage C"] >= 2
+
+
+def _wait(cond, timeout=120):
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_cancel_is_per_session_and_a_disconnect_frees_the_work(app, counted_runs):
+    demo, client = app
+    a, b = Client(client.src, verbose=False), Client(client.src, verbose=False)
+    runs = counted_runs
+
+    def long(seed):
+        return generate_args(steps=60, dsteps=2, seed=seed)
+    # another session's Cancel leaves this session's job alone: it runs all its steps
+    job = a.submit(**long(1), api_name="/generate")
+    _wait(_started(runs, 1))
+    b.predict(api_name="/cancel_generate")
+    assert job.result(timeout=300)[3]["seed"] == 1 and runs[0]["counts"]["Stage C"] == 60
+    # this session's Cancel stops its own job at the next step; the other session's queued job runs normally
+    job = a.submit(**long(2), api_name="/generate")
+    _wait(_started(runs, 2))
+    queued = b.submit(**generate_args(seed=3), api_name="/generate")
+    time.sleep(0.3)
+    a.predict(api_name="/cancel_generate")
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=300)
+    assert queued.result(timeout=300)[3]["seed"] == 3
+    assert runs[1]["counts"]["Stage C"] < 60 and runs[1]["t1"] <= runs[2]["t0"]
+    # Gradio's own cancel of the request (the page's Cancel, gradio_client's Job.cancel): the work stops too
+    job = a.submit(**long(4), api_name="/generate")
+    _wait(_started(runs, 4))
+    job.cancel()
+    t = time.monotonic()
+    assert b.predict(**generate_args(seed=5), api_name="/generate")[3]["seed"] == 5
+    assert runs[3]["counts"]["Stage C"] < 60 and runs[3]["t1"] <= runs[4]["t0"] < t + 10
+    # a client that disconnects mid-job (a closed tab): the job stops at its next step, the next one starts
+    data = list(long(6).values())
+    t = disconnect_mid_job(client.src, demo, "generate", data, _started(runs, 6))
+    assert b.predict(**generate_args(seed=7), api_name="/generate")[3]["seed"] == 7
+    assert runs[5]["counts"]["Stage C"] < 60 and runs[5]["t1"] <= runs[6]["t0"] < t + 10
+    a.close()
+    b.close()
 
 
 def test_launch_binds_localhost_without_share(monkeypatch, weights):
