@@ -81,6 +81,11 @@ def test_encode_effnet_scales_then_train_stage_b_from_them(weights, tmp_path):
     # a rerun resumes (nothing to do); other factors are refused with the add-controls hint
     assert "4 rows were already done" in _cli(_encode_args(imgs, store, weights, "--effnet-scales", "0.5,0.75,1",
                                                          "--controls", "inpaint"))
+    for f in ("status/c/0", "effnet_scales/c/0/0/0/0/0"):  # a chunk killed before its status: encoded again
+        (store / f).unlink()
+    assert "encoded          4" in _cli(_encode_args(imgs, store, weights, "--effnet-scales", "0.5,0.75,1",
+                                                     "--controls", "inpaint"))
+    assert np.array_equal(LatentStore(store).groups[0].cache("effnet_scales").rows(np.arange(4)), scales)
     out = _cli(_encode_args(imgs, store, weights, "--effnet-scales", "0.5,1", "--controls", "inpaint"), code=2)
     assert "effnet_scales" in out and "--effnet-scales" in out
 
@@ -110,6 +115,11 @@ def test_add_controls_effnet_scales_equal_encode(weights, tmp_path):
     assert a.g.attrs["effnet_scale_sizes"] == b.g.attrs["effnet_scale_sizes"] == [[2, 2], [4, 4]]
     assert "added effnet_scales to 0 rows" in _cli(["add-controls", tmp_path / "b.zarr", "--effnet-scales", "0.5,1",
                                                     "--weights", weights, "--device", "cpu", "--quiet"])
+    (tmp_path / "b.zarr/effnet_scales/c/0/0/0/0/0").unlink()  # a lost chunk behind ok rows: a rerun repairs it
+    assert "added effnet_scales to 4 rows" in _cli(["add-controls", tmp_path / "b.zarr", "--effnet-scales", "0.5,1",
+                                                    "--weights", weights, "--device", "cpu", "--quiet"])
+    b = LatentStore(tmp_path / "b.zarr").groups[0]
+    assert np.array_equal(a.cache("effnet_scales").rows(np.arange(4)), b.cache("effnet_scales").rows(np.arange(4)))
     _cli(["add-controls", tmp_path / "b.zarr", "--effnet-scales", "0.75", "--weights", weights, "--device", "cpu",
           "--quiet"])  # other factors replace the array
     b = LatentStore(tmp_path / "b.zarr").groups[0]
