@@ -175,9 +175,9 @@ class GroupView:
         sel.rows = np.concatenate(rows).astype(np.int64) if rows else sel.rows
         return sel
 
-    def cache(self, name: str, keep: int | None = None) -> ChunkCache:
+    def cache(self, name: str, keep: int | None = None, direct: bool = True) -> ChunkCache:
         """A :class:`ChunkCache` of field ``name`` (``keep`` decoded chunks; default: all of an array up to
-        :data:`SMALL_BYTES`, else 16)."""
+        :data:`SMALL_BYTES`, else 16; ``direct``: see :class:`ChunkCache`)."""
         arr = self.array(name)
         if keep is None:
             n_chunks = -(-arr.shape[0] // int(arr.chunks[0]))
@@ -185,7 +185,7 @@ class GroupView:
             keep = n_chunks if nbytes <= SMALL_BYTES else 16
         base = arr.path.rsplit("/", 1)[-1]
         label = f"{self.store.path}: {self.path + '/' if self.path else ''}{base}"
-        return ChunkCache(arr, keep, label, presence=base in S.DATA_ARRAYS)
+        return ChunkCache(arr, keep, label, presence=base in S.DATA_ARRAYS, direct=direct)
 
 
 SMALL_BYTES = 256 << 20  # arrays up to this size are kept decoded in memory entirely by default
@@ -282,13 +282,17 @@ class ChunkCache:
     must exist before decoding (zarr would return fill values for a deleted one; string arrays may lack a
     chunk of fill values only); a decoding failure (checksum, truncation) is an
     :class:`InputError` naming the array and the rows.
+
+    ``direct`` (default): chunks of a local store are decoded straight from their files
+    (:mod:`~cascadekit.datasets.chunk_decode`); False reads every chunk through zarr (the reference path, for
+    tests and benchmarks). Decoded chunks are read-only: they are shared by every caller.
     """
 
-    def __init__(self, arr, keep: int = 1, label: str | None = None, presence: bool = True):
+    def __init__(self, arr, keep: int = 1, label: str | None = None, presence: bool = True, direct: bool = True):
         self.arr, self.keep, self.presence = arr, max(0, int(keep)), presence
         self.label = label or arr.path
         self.rows_per_chunk = int(arr.chunks[0])
-        self._decoder = decoder_for(arr, presence)  # None: zarr reads the chunks (strings, object storage, ...)
+        self._decoder = decoder_for(arr, presence) if direct else None  # None: zarr reads (object storage, ...)
         self.chunks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -322,6 +326,27 @@ class ChunkCache:
         except Exception as e:  # noqa: BLE001 - checksum / zstd / truncation errors of a damaged chunk
             raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) is damaged and cannot be read "
                              f"({type(e).__name__}: {str(e)[:120]}); {REPAIR_HINT}") from None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.arr.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype rows are returned in (numpy ``StringDType`` for string arrays)."""
+        return self.arr.dtype if isinstance(self.arr.dtype, np.dtype) else np.asarray(self.arr[0:0]).dtype
+
+    def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Write the values of ``rows`` (increasing int array) into ``out`` (len(rows), *row shape): one copy
+        straight from the decoded chunks, a slice copy for each run of consecutive rows in a chunk."""
+        c = self.rows_per_chunk
+        cid = rows // c
+        cuts = [0, *(np.flatnonzero(np.diff(cid)) + 1).tolist(), len(rows)]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            ci = int(cid[a])
+            block, local = self.chunk(ci), rows[a:b] - ci * c
+            run = int(local[-1] - local[0]) + 1 == b - a
+            out[a:b] = block[int(local[0]):int(local[-1]) + 1] if run else block[local]
 
     def rows(self, rows) -> np.ndarray:
         """Values of ``rows`` (int array, any order, repeats allowed), shape (len(rows), *row shape)."""

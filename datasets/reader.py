@@ -183,17 +183,27 @@ class LatentDataset(IterableDataset):
         Blocks lie inside one chunk and are read once: nothing is kept decoded."""
         return [{f: st.group(grp.path).cache(f, keep=0) for f in self.fields} for grp in self._groups]
 
-    def _read_block(self, arrays, gi: int, rows: np.ndarray) -> dict:
-        """Fields of ``rows`` (increasing, inside one chunk). A run of consecutive rows (the usual
-        case: a whole chunk of ok rows) is a view of the decoded chunk, not a copy."""
-        c = self.chunk_rows
-        if rows[-1] - rows[0] + 1 == len(rows):
-            ci, lo = int(rows[0]) // c, int(rows[0]) % c
-            out = {f: arrays[gi][f].chunk(ci)[lo:lo + len(rows)] for f in self.fields}
-        else:
-            out = {f: arrays[gi][f].rows(rows) for f in self.fields}
-        out["rows"] = rows
-        return out
+    def _fill(self, arrays, readers, blocks, fronts: dict) -> dict[int, dict]:
+        """One shuffle buffer: per group (in the order the blocks first name it) one contiguous array per field
+        holding its blocks' rows in block order, after ``fronts[gi]`` rows kept free for the rows carried over
+        from the previous buffer. The blocks are decoded and copied in by ``readers`` (threads) concurrently."""
+        sizes: dict[int, int] = {}
+        slots = []
+        for gi, rows in blocks:
+            at = sizes.get(gi, fronts.get(gi, 0))
+            slots.append((gi, rows, at))
+            sizes[gi] = at + len(rows)
+        parts = {gi: {**{f: np.empty((n, *c.row_shape), c.dtype) for f, c in arrays[gi].items()},
+                      "rows": np.empty(n, np.int64)} for gi, n in sizes.items()}
+
+        def read(slot):
+            gi, rows, at = slot
+            parts[gi]["rows"][at:at + len(rows)] = rows
+            for f, c in arrays[gi].items():
+                c.read_into(rows, parts[gi][f][at:at + len(rows)])
+
+        list(readers.map(read, slots))
+        return parts
 
     def _load_all(self, st: LatentStore) -> list[dict]:
         cache = []
@@ -253,62 +263,59 @@ class LatentDataset(IterableDataset):
 
     def _iter_blocks(self, root, blocks, rng):
         arrays = self._arrays(root)
-        carry: dict[int, list[dict]] = {}
-        keys = self.fields + ["rows"]
-        starts = list(range(0, len(blocks), self.buffer_blocks))
-
-        def fill(s):  # one buffer's blocks, read concurrently (zstd decoding releases the GIL)
-            return list(readers.map(lambda b: (b[0], self._read_block(arrays, *b)), blocks[s:s + self.buffer_blocks]))
-
+        buffers = [blocks[s:s + self.buffer_blocks] for s in range(0, len(blocks), self.buffer_blocks)]
+        fronts = _carried(buffers, self.batch_size)
+        carry: dict[int, dict] = {}  # group -> its rows not emitted yet (one contiguous part)
         pool = ThreadPoolExecutor(max_workers=1)  # prefetches the next buffer
-        readers = ThreadPoolExecutor(max_workers=self.read_threads)  # reads its blocks
+        readers = ThreadPoolExecutor(max_workers=self.read_threads)  # decode its blocks (zstd releases the GIL)
         try:
-            ahead = pool.submit(fill, starts[0]) if starts else None
-            for k in range(len(starts)):
+            ahead = pool.submit(self._fill, arrays, readers, buffers[0], fronts[0]) if buffers else None
+            for k in range(len(buffers)):
                 got = ahead.result()
                 # read the next buffer while this one is shuffled and emitted
-                ahead = pool.submit(fill, starts[k + 1]) if k + 1 < len(starts) else None
-                for gi, part in got:
-                    carry.setdefault(gi, []).append(part)
-                yield from self._drain(carry, keys, rng)
+                ahead = pool.submit(self._fill, arrays, readers, buffers[k + 1], fronts[k + 1]) \
+                    if k + 1 < len(buffers) else None
+                for gi, part in got.items():
+                    if gi in carry:  # the carried rows go into the front the buffer kept for them
+                        for f, v in carry[gi].items():
+                            part[f][:len(v)] = v
+                    carry[gi] = part
+                yield from self._drain(carry, rng)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             readers.shutdown(wait=True, cancel_futures=True)
-        for gi, parts in carry.items():
-            n = len(parts[0]["rows"])
+        for gi, part in carry.items():
+            n = len(part["rows"])
             if n and not (self.drop_last and n < self.batch_size):
-                yield self._emit(gi, parts[0], np.arange(n))
+                yield self._emit(gi, part, np.arange(n))
 
-    def _drain(self, carry, keys, rng):
-        """Emit every full batch of the buffer; keep the leftover rows (per group) for the next fill.
-
-        The buffer's blocks are not concatenated: each batch is gathered from them directly (the positions
-        index the blocks laid end to end, so the order is the same as over one concatenated array)."""
+    def _drain(self, carry, rng):
+        """Emit every full batch of the buffer (one gather per batch and field); keep the leftover rows (per
+        group) for the next buffer."""
         for gi in list(carry):
-            parts = carry[gi]
-            starts = np.cumsum([0] + [len(p["rows"]) for p in parts])
-            n = int(starts[-1])
+            part = carry[gi]
+            n = len(part["rows"])
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             full = n - n % self.batch_size
             for a in range(0, full, self.batch_size):
-                yield self._tensors(gi, _gather(parts, starts, order[a:a + self.batch_size], keys))
-            if full < n:  # leftover rows stay in the buffer for the next fill
-                carry[gi] = [_gather(parts, starts, np.sort(order[full:]), keys)]
+                yield self._emit(gi, part, order[a:a + self.batch_size])
+            if full < n:  # leftover rows stay for the next buffer
+                left = np.sort(order[full:])
+                carry[gi] = {f: v[left] for f, v in part.items()}
             else:
                 del carry[gi]
 
 
-def _gather(parts: list[dict], starts: np.ndarray, pos: np.ndarray, keys: list[str]) -> dict:
-    """``{key: rows at positions pos}`` of the blocks ``parts`` laid end to end (``starts``: their offsets)."""
-    if len(parts) == 1:
-        return {f: parts[0][f][pos] for f in keys}
-    which = np.searchsorted(starts, pos, side="right") - 1
-    out = {f: np.empty((len(pos), *parts[0][f].shape[1:]), dtype=parts[0][f].dtype) for f in keys}
-    for k in np.unique(which):
-        sel = np.flatnonzero(which == k)
-        local = pos[sel] - starts[k]
-        for f in keys:
-            out[f][sel] = parts[k][f][local]
+def _carried(buffers: list[list], batch_size: int) -> list[dict[int, int]]:
+    """Per shuffle buffer, ``{group: rows carried over from the buffers before}`` (what :meth:`LatentDataset._drain`
+    leaves: every group's rows modulo ``batch_size``), so that a buffer is laid out with room for them."""
+    left: dict[int, int] = {}
+    out = []
+    for blocks in buffers:
+        out.append(dict(left))
+        for gi, rows in blocks:
+            left[gi] = left.get(gi, 0) + len(rows)
+        left = {gi: n % batch_size for gi, n in left.items() if n % batch_size}
     return out
 
 
