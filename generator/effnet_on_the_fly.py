@@ -36,6 +36,9 @@ class OnTheFlyEffnet:
 
     def problems(self, data: Any) -> list[str]:
         """Why the condition cannot be recomputed for ``data`` (a StageBData); empty: fine."""
+        if PIXELS_FIELD not in data.fields and getattr(data, "pixels", True) is False:
+            return [f"--on-the-fly-effnet needs the crops' pixels, but the training data was opened without them: "
+                    f"StageBData({str(data.path)!r}, pixels=True)"]
         if PIXELS_FIELD not in data.fields:
             return [f"--on-the-fly-effnet recomputes the EfficientNet condition from the crops' pixels, which the "
                     f"store {data.path} lacks (field {PIXELS_FIELD}, the exact crop pixels): add them with "

@@ -198,6 +198,7 @@ def test_on_the_fly_effnet_is_the_official_rule_and_resumes_exactly(weights, tmp
 
 
 def test_on_the_fly_effnet_needs_pixels_and_an_encoder(weights, tmp_path):
+    from cascadekit.generator.stage_b_data import StageBData
     from cascadekit.generator.train_stage_b import train_stage_b
 
     store, codec = _pixel_store(tmp_path / "s.zarr", weights, inpaint=False)
@@ -208,7 +209,10 @@ def test_on_the_fly_effnet_needs_pixels_and_an_encoder(weights, tmp_path):
     with pytest.raises(InputError, match="needs the EfficientNet encoder: pass --image-encoder"):
         train_stage_b(with_px, _fly_cfg(), tmp_path / "r2", empty_pooled=EMPTY, model_overrides=SMALL_B,
                       log=lambda m: None)
-    for r in ("r1", "r2"):
+    with pytest.raises(InputError, match="opened without them"):
+        train_stage_b(StageBData(with_px), _fly_cfg(), tmp_path / "r3", empty_pooled=EMPTY, model_overrides=SMALL_B,
+                      image_encoder=codec, log=lambda m: None)
+    for r in ("r1", "r2", "r3"):
         assert not (tmp_path / r / "checkpoints").exists()
     with pytest.raises(InputError, match="set one of them"):
         _fly_cfg(effnet_scales=[0.5])
