@@ -9,9 +9,13 @@ frozen tiny Stage C, the ControlNet trained); they differ only in where the cont
   the official ``train_c_controlnet.py`` does (it also runs the image encoder for the latents every step, which the
   stored mode never does and this benchmark does not count: the ratio is a lower bound).
 
-Timing: ``samples_per_s`` of the core's log for every step after the first (warm-up) of each run; the two modes'
-runs alternate ``--repeats`` times; the fastest step of each mode gives the ratio (the machine's load from other
-jobs only ever slows a step down), medians are reported too. Bytes per sample: the control arrays' files on disk / ok rows.
+Timing: every update after the first (warm-up) of each run (``TrainingLoop.train_step``, the core's update),
+as wall seconds and as CPU seconds of this process (``time.process_time``: all its threads; other jobs on a shared
+machine slow the wall clock down, much less the CPU time) per sample; the two modes' runs alternate ``--repeats``
+times; the fastest step of each mode gives the ratio (load only ever slows a step down), medians are reported too,
+and the machine's load average before and after. ``inputs_only_cpu_ms_per_sample``: reading a batch and making
+its inputs (the control included) without the networks, CPU ms per sample: the part the two modes differ in.
+Bytes per sample: the control arrays' files on disk / ok rows.
 
     python benchmarks/bench_controlnet_train.py --control canny --resolution 256 --batch 4 --steps 6
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -60,14 +65,40 @@ def build_store(images: Path, out: Path, codec, side: int, controls) -> Path:
     return out
 
 
-def run_mode(store: Path, cfg, init: Path, codec, out: Path) -> list[float]:
+def run_mode(store: Path, cfg, init: Path, codec, out: Path) -> tuple[list[tuple[float, float]], float]:
+    """(wall s, CPU s of this process) per sample of every update after the first (warm-up) of one run, and the
+    CPU s per sample of the inputs alone (:func:`inputs_cost`)."""
     from generator_helpers import FixedEmpty
 
-    from cascadekit.generator.train_controlnet import train_controlnet
+    from cascadekit.generator.train_controlnet import controlnet_loop
 
-    res = train_controlnet(store, cfg, out, init=init, device="cpu", text_encoder=FixedEmpty(), image_encoder=codec,
+    loop = controlnet_loop(store, cfg, out, init=init, device="cpu", text_encoder=FixedEmpty(), image_encoder=codec,
                            log=lambda m: None)
-    return [r["samples_per_s"] for r in res.history[1:]]
+    per_sample = []
+    try:
+        for _ in range(cfg.steps):
+            wall, cpu = time.perf_counter(), time.process_time()
+            loop.train_step()
+            per_sample.append(((time.perf_counter() - wall) / cfg.batch_size,
+                               (time.process_time() - cpu) / cfg.batch_size))
+        inputs = inputs_cost(loop, cfg.batch_size)
+    finally:
+        loop.close()
+    return per_sample[1:], inputs
+
+
+def inputs_cost(loop, batch: int, repeats: int = 5) -> float:
+    """Median CPU seconds per sample of reading one batch and making its inputs (latents, conditioning, control)
+    alone, without the networks: where the two modes differ."""
+    group = loop.data.groups[0]
+    idx = list(range(min(batch, group.size)))
+    draws = loop.task.draws(torch.Generator().manual_seed(0), len(idx), group)
+    times = []
+    for _ in range(repeats):
+        cpu = time.process_time()
+        loop.task.inputs(loop.data.read(group.name, idx), draws, torch.device("cpu"))
+        times.append((time.process_time() - cpu) / len(idx))
+    return statistics.median(times)
 
 
 def control_bytes(store: Path) -> dict:
@@ -108,21 +139,30 @@ def main() -> None:  # over 60 lines: argument parsing, two stores, alternating 
                                                batch_size=args.batch, steps=args.steps, save_every=10**6,
                                                log_every=10**6, precision="fp32", backbone_init="stable_cascade",
                                                **extra))
-    speeds = {"stored": [], "on_the_fly": []}
+    load_before = os.getloadavg()
+    steps = {"stored": [], "on_the_fly": []}
+    inputs = {"stored": [], "on_the_fly": []}
     for r in range(args.repeats):
         for mode, store in (("stored", stored), ("on_the_fly", bare)):
-            speeds[mode] += run_mode(store, cfg, init, codec, tmp / f"run_{mode}_{r}")
-    med = {m: statistics.median(v) for m, v in speeds.items()}
-    best = {m: max(v) for m, v in speeds.items()}
+            per_step, per_input = run_mode(store, cfg, init, codec, tmp / f"run_{mode}_{r}")
+            steps[mode] += per_step
+            inputs[mode].append(per_input)
+    wall = {m: [w for w, _ in v] for m, v in steps.items()}
+    cpu = {m: [c for _, c in v] for m, v in steps.items()}
     result = {
         "control": args.control, "bottleneck": cfg.bottleneck, "resolution": args.resolution, "batch": args.batch,
         "steps_per_run": args.steps, "repeats": args.repeats, "threads": args.threads,
-        "samples_per_s_fastest_step": {m: round(v, 3) for m, v in best.items()},
-        "samples_per_s_median": {m: round(v, 3) for m, v in med.items()},
-        "ratio_stored_over_on_the_fly": round(best["stored"] / best["on_the_fly"], 3),
-        "ratio_of_medians": round(med["stored"] / med["on_the_fly"], 3),
+        "samples_per_s_fastest_step": {m: round(1 / min(v), 3) for m, v in wall.items()},
+        "samples_per_s_median": {m: round(1 / statistics.median(v), 3) for m, v in wall.items()},
+        "cpu_s_per_sample_fastest": {m: round(min(v), 4) for m, v in cpu.items()},
+        "cpu_s_per_sample_median": {m: round(statistics.median(v), 4) for m, v in cpu.items()},
+        "ratio_stored_over_on_the_fly": round(min(wall["on_the_fly"]) / min(wall["stored"]), 3),
+        "ratio_of_medians": round(statistics.median(wall["on_the_fly"]) / statistics.median(wall["stored"]), 3),
+        "cpu_ratio_of_medians": round(statistics.median(cpu["on_the_fly"]) / statistics.median(cpu["stored"]), 3),
+        "inputs_only_cpu_ms_per_sample": {m: round(1000 * statistics.median(v), 2) for m, v in inputs.items()},
         "control_bytes": control_bytes(stored),
-        "machine": "shared 2-core CPU development machine under heavy load from other jobs (CPU only)",
+        "machine": f"shared {os.cpu_count()}-core CPU development machine (CPU only), other engineers' jobs running",
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(json.dumps(result, indent=2))
