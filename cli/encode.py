@@ -31,6 +31,13 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @click.option("--num-workers", default=2, show_default=True, type=WORKERS, help="DataLoader processes decoding images.")
 @click.option("--chunk-rows", default=256, show_default=True, type=COUNT, help="Samples per chunk (unit of resume and of each writer).")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")
+@click.option("--decode-on", "decode_on", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where images are decoded: cpu (the --num-workers processes) or cuda (baseline JPEGs in batches "
+                   "through nvJPEG on the encoder's GPU, resized there; every other file, or one the GPU refuses, "
+                   "on the CPU). Recorded in the store: resume with the same value.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the EfficientNet encoder (and Stage A with --stage-a), checked against eager on "
+                   "the first batch; pays off on a GPU.")
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing store made with different settings.")
 @click.option("--text-embeddings", is_flag=True, help="Afterwards, add CLIP text embeddings of the captions.")
 @click.option("--no-preview", is_flag=True, help="Skip the inspect preview at the end.")
@@ -39,7 +46,7 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
 @reports_user_errors
 def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
            num_workers, chunk_rows, device, overwrite, text_embeddings, no_preview, quiet, tmp_dir, max_input_bytes,
-           controls, effnet_scales):
+           controls, effnet_scales, decode_on="cpu", compile_=False):
     """Encode INPUT... (folders, tar shards incl. {000..099} patterns and pipe: URLs, .jsonl/.csv
     manifests) into the latent store --out. Safe to kill and rerun: it resumes. With no INPUT and no
     --weights it encodes the built-in sample photographs with the tiny default weights.
@@ -55,7 +62,7 @@ def encode(inputs, out, weights, resolution, encoder_resolution, dtype, compute_
     summary, weights = _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size,
                           batch_size, num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info,
                           tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls,
-                          effnet_scales=effnet_scales)
+                          effnet_scales=effnet_scales, decode_on=decode_on, compile_=compile_)
     if info.is_main:
         click.echo(str(summary))
         if not no_preview:
@@ -79,15 +86,25 @@ def _controls(value):
         raise click.BadParameter(str(e), param_hint="--controls") from None
 
 
+def _check_decode_on(decode_on: str, dev) -> None:
+    """--decode-on cuda needs the encoder on a CUDA device (checked before weights load)."""
+    if decode_on == "cuda" and dev.type != "cuda":
+        from cascadekit.codec.errors import InputError
+
+        raise InputError(f"--decode-on cuda decodes JPEGs on the encoder's GPU, but this run encodes on {dev}; "
+                         "use --device cuda on a machine with CUDA, or --decode-on cpu")
+
+
 def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dtype, stage_a, buckets, min_size, batch_size,
          num_workers, chunk_rows, device, overwrite, text_embeddings, quiet, info, tmp_dir=None,
-         max_input_bytes=256 * 1024 * 1024, controls=(), effnet_scales=()):
+         max_input_bytes=256 * 1024 * 1024, controls=(), effnet_scales=(), decode_on="cpu", compile_=False):
     import warnings
 
     from cascadekit.codec.codec import Codec
     from cascadekit.datasets.builder import build_latent_dataset
 
     dev = pick_device(device)
+    _check_decode_on(decode_on, dev)
     compute_dtype = default_dtype(compute_dtype, dev)
     if not inputs:
         if weights is not None:
@@ -103,13 +120,17 @@ def _run(inputs, out, weights, resolution, encoder_resolution, dtype, compute_dt
         codec = Codec.from_pretrained(weights, device=dev, dtype=compute_dtype,
                                       encoder_resolution=encoder_resolution or resolution,
                                       components=("effnet", "stage_a") if stage_a else ("effnet",))
+    if compile_:
+        from cascadekit.codec.compile import compile_codec
+
+        compile_codec(codec, ("effnet", "stage_a") if stage_a else ("effnet",))
     spaces = ("semantic", "stage_a") if stage_a else ("semantic",)
     summary = build_latent_dataset(list(inputs), out, codec,
                                    resolution=resolution, dtype=dtype, spaces=spaces, buckets=buckets,
                                    min_size=min_size, batch_size=batch_size, num_workers=num_workers,
                                    chunk_rows=chunk_rows, overwrite=overwrite, progress=not quiet, dist_info=info,
                                    tmp_dir=tmp_dir, max_input_bytes=max_input_bytes, controls=controls,
-                                   effnet_scales=effnet_scales)
+                                   effnet_scales=effnet_scales, device_decode=decode_on == "cuda")
     if text_embeddings and info.is_main:
         from cascadekit.codec.text import TextEncoder
         from cascadekit.datasets.text_embeddings import add_text_embeddings

@@ -30,21 +30,24 @@ from cascadekit.cli.stage_b_options import apply_stage_b_weights, check_stage_b_
               help="Compute precision (default: bf16 on CUDA, fp32 on CPU). fp16 runs Stage B in bf16.")
 @click.option("--allow-zero-text", is_flag=True,
               help="Decode with a zero text embedding when no empty-caption CLIP embedding (or text encoder) exists.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the EfficientNet encoder, Stage B and Stage A, each checked against eager on its "
+                   "first call; pays off on a GPU.")
 @stage_b_weight_options
 @ema_option
 @reports_user_errors
 def reconstruct(images, out, overwrite, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device,
-                dtype, allow_zero_text, stage_b_weights=None, ema=False):
+                dtype, allow_zero_text, compile_=False, stage_b_weights=None, ema=False):
     """Reconstruct IMAGES... (encode + decode) into --out: one PNG each, grid.png (original |
     reconstruction) and reconstruct.json. With no IMAGES, scikit-image's sample photographs are used."""
     check_stage_b_flags(stage_b_weights, ema)
     claim_out_folder(out, RECONSTRUCT, overwrite)
     _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-         allow_zero_text, stage_b_choice=(stage_b_weights, ema))
+         allow_zero_text, stage_b_choice=(stage_b_weights, ema), compile_=compile_)
 
 
 def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_resolution, device, dtype,
-         allow_zero_text=False, stage_b_choice=(None, False)):
+         allow_zero_text=False, stage_b_choice=(None, False), compile_=False):
     import warnings
 
     from cascadekit.codec.codec import Codec
@@ -60,6 +63,10 @@ def _run(images, out, weights, stage_b, steps, guidance, seed, size, encoder_res
         codec = Codec.from_pretrained(source, stage_b=stage_b, device=dev, dtype=dtype,
                                       encoder_resolution=encoder_resolution, allow_zero_text=allow_zero_text)
     apply_stage_b_weights(codec, *stage_b_choice)
+    if compile_:  # after --stage-b-weights: the compiled Stage B is the one that decodes
+        from cascadekit.codec.compile import compile_codec
+
+        compile_codec(codec, ("effnet", "stage_b", "stage_a"))
     if codec.tiny:
         click.echo(f"weights: {info['source']} (TINY RANDOM)", err=True)
     else:

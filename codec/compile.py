@@ -1,10 +1,13 @@
-"""``torch.compile`` for the networks (Stage B / Stage C / EfficientNet) with a check against eager on first use.
+"""``torch.compile`` for the networks (Stage B / Stage C / EfficientNet / Stage A) with a check against eager on first use.
 
 :func:`compile_checked` returns a :class:`CheckedCompile`: a callable that runs the compiled network, and
 on its first call also runs the eager network on the same inputs and compares the outputs (a
 :class:`PrecisionError` when they differ beyond the dtype's tolerance). The network itself is not
 changed: its ``state_dict()`` keeps the official keys (no ``_orig_mod.`` prefix), and saving, EMA and
 optimizers keep working on ``CheckedCompile.module``.
+
+:func:`compile_codec` does this for the networks of a ``Codec`` in place (``encode --compile``,
+``reconstruct --compile``).
 
 When compilation itself fails (no C compiler, an unsupported torch build), the wrapper warns once and
 runs eager: ``--compile`` is a speed option and never stops a job that eager can do.
@@ -18,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from cascadekit.codec.errors import PrecisionError
+from cascadekit.codec.errors import InputError, PrecisionError
 
 # (atol, rtol) of the first-use check per working dtype: fp32 kernels may reorder sums (~1e-6 relative
 # on a deep network); half-precision kernels may round fused intermediates once less or once more.
@@ -72,20 +75,23 @@ def compare_outputs(got: Any, ref: Any, name: str) -> float:
 
 
 class CheckedCompile:
-    """A compiled network, checked against eager on its first call. ``module`` is the eager network.
+    """A compiled network, checked against eager on its first call. ``module`` is the eager network;
+    ``method`` compiles that method of it instead of ``forward`` (Stage A's ``encode`` / ``decode``).
 
     Call it like the network; ``checked_max_abs_diff`` holds the first-use difference (None before).
     The check runs in eval mode without grad (dropout off: a compiled graph draws other random numbers),
     so a training run compiles one extra graph on its first step.
     """
 
-    def __init__(self, module: nn.Module, settings: CompileSettings | None = None, name: str | None = None):
+    def __init__(self, module: nn.Module, settings: CompileSettings | None = None, name: str | None = None,
+                 method: str | None = None):
         self.module = module
         self.settings = settings or CompileSettings()
         self.name = name or type(module).__name__
         self.checked_max_abs_diff: float | None = None
+        self._eager: Callable = module if method is None else getattr(module, method)
         self._compiled: Callable | None = torch.compile(
-            module, mode=self.settings.mode, dynamic=self.settings.dynamic, backend=self.settings.backend,
+            self._eager, mode=self.settings.mode, dynamic=self.settings.dynamic, backend=self.settings.backend,
             fullgraph=self.settings.fullgraph,
         )
         self.fallback_reason: str | None = None
@@ -97,7 +103,7 @@ class CheckedCompile:
         return self._compiled is not None
 
     def __getattr__(self, attr: str) -> Any:  # config attributes (c_r, dtype helpers, ...) of the network
-        if attr == "module":
+        if attr in ("module", "_eager"):
             raise AttributeError(attr)
         return getattr(self.module, attr)
 
@@ -107,7 +113,7 @@ class CheckedCompile:
                 self._check(args, kwargs)
             else:
                 return self._try_compiled(args, kwargs)
-        fn = self.module if self._compiled is None else self._compiled
+        fn = self._eager if self._compiled is None else self._compiled
         return fn(*args, **kwargs)
 
     def _check(self, args, kwargs) -> None:
@@ -117,7 +123,7 @@ class CheckedCompile:
         try:
             with torch.no_grad():
                 out = self._try_compiled(args, kwargs)
-                ref = self.module(*args, **kwargs)
+                ref = self._eager(*args, **kwargs)
         finally:
             self.module.train(was_training)
         if self._compiled is not None:
@@ -132,7 +138,7 @@ class CheckedCompile:
             self._compiled = None
             self.fallback_reason = _reason(e)
             warnings.warn(f"{self.name}: torch.compile failed ({self.fallback_reason}); running eager", stacklevel=4)
-            return self.module(*args, **kwargs)
+            return self._eager(*args, **kwargs)
 
 
 def _reason(e: BaseException) -> str:
@@ -148,6 +154,47 @@ def compile_checked(module: nn.Module, settings: CompileSettings | None = None, 
     return CheckedCompile(module, settings, name)
 
 
+class CheckedMethods:
+    """A network whose ``methods`` run compiled, each a :class:`CheckedCompile`; every other attribute is
+    the network's (``module``)."""
+
+    def __init__(self, module: nn.Module, methods: tuple[str, ...], settings: CompileSettings | None = None,
+                 name: str | None = None):
+        self.module = module
+        name = name or type(module).__name__
+        self.compiled_methods = {m: CheckedCompile(module, settings, f"{name}.{m}", method=m) for m in methods}
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("module", "compiled_methods"):
+            raise AttributeError(attr)
+        return self.compiled_methods.get(attr) or getattr(self.module, attr)
+
+
+#: the networks of a ``Codec`` that can be compiled: attribute -> methods compiled (None: ``forward``)
+CODEC_PARTS = {"effnet": None, "stage_b": None, "stage_a": ("encode", "decode"), "previewer": None}
+
+
+def compile_codec(codec: Any, parts: tuple[str, ...], settings: CompileSettings | None = None) -> dict:
+    """Replace the networks ``parts`` of a ``cascadekit.codec.Codec`` (see :data:`CODEC_PARTS`) by checked
+    compiled ones, in place (the codec calls them as before). Returns {part: wrapper}; InputError for a
+    part the codec does not have."""
+    out = {}
+    for part in parts:
+        if part not in CODEC_PARTS:
+            raise InputError(f"cannot compile {part!r}: choose from {', '.join(CODEC_PARTS)}")
+        module = unwrap(getattr(codec, part, None))
+        if module is None:
+            raise InputError(f"cannot compile {part}: this codec was loaded without it")
+        methods, name = CODEC_PARTS[part], _PART_NAMES[part]
+        out[part] = compile_checked(module, settings, name) if methods is None else CheckedMethods(
+            module, methods, settings, name)
+        setattr(codec, part, out[part])
+    return out
+
+
+_PART_NAMES = {"effnet": "EfficientNet encoder", "stage_b": "Stage B", "stage_a": "Stage A", "previewer": "Previewer"}
+
+
 def unwrap(model: Any) -> Any:
-    """The eager network behind a :class:`CheckedCompile` (the object itself otherwise)."""
-    return model.module if isinstance(model, CheckedCompile) else model
+    """The eager network behind a :class:`CheckedCompile` / :class:`CheckedMethods` (the object itself otherwise)."""
+    return model.module if isinstance(model, (CheckedCompile, CheckedMethods)) else model

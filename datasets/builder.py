@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cascadekit.codec import distributed as D
@@ -37,7 +36,9 @@ from cascadekit.codec.input_files import DEFAULT_MAX_INPUT_BYTES
 from cascadekit.datasets import store as S
 from cascadekit.datasets.buckets import assign_groups, group_hw
 from cascadekit.datasets.controls import ControlMaker, parse_controls
-from cascadekit.datasets.decode_workers import TaskDataset, collate_identity, load_task
+from cascadekit.datasets.decode_workers import TaskDataset, load_task
+from cascadekit.datasets.device_decode import DeviceImages, check_device_decode, settings_entry
+from cascadekit.datasets.encode_loop import StageTimes, encode_item, make_loader, timed_batches
 from cascadekit.datasets.memory import release_free_memory
 from cascadekit.datasets.preprocess import PreprocessConfig
 from cascadekit.datasets.remote import is_url, store_path
@@ -84,6 +85,7 @@ class Summary:
     seconds: float = 0.0
     images_per_s: float = 0.0
     groups: list = field(default_factory=list)
+    stage_seconds: dict = field(default_factory=dict)  # this rank's encode loop per stage (encode_loop.StageTimes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +174,7 @@ def build_latent_dataset(
     tmp_dir: str | os.PathLike | None = None,
     controls: Sequence[str] | str = (),
     effnet_scales: Sequence[float] | str = (),
+    device_decode: bool = False,
 ) -> Summary:
     """Encode ``inputs`` into the latent store ``out`` (resumable; safe to kill and rerun).
 
@@ -203,6 +206,9 @@ def build_latent_dataset(
             :mod:`cascadekit.datasets.controls`), written in the same chunks, before ``status``.
         effnet_scales: downscale factors in (0, 1] whose EfficientNet latents are stored per sample in
             ``effnet_scales`` (Stage B's condition; :mod:`cascadekit.datasets.effnet_scales`), like a control.
+        device_decode: decode baseline JPEGs on the encoder's device in batches and resize them there
+            (nvJPEG on CUDA, :mod:`cascadekit.datasets.device_decode`); other files are decoded by the
+            workers as usual. Recorded in the store (the resize is torch's, not PIL's).
 
     Returns:
         :class:`Summary` (on every rank; counts cover the whole store).
@@ -216,9 +222,11 @@ def build_latent_dataset(
     cfg = PreprocessConfig(resolution=resolution, min_size=min_size, max_pixels=max_pixels, buckets=buckets,
                            max_input_bytes=max_input_bytes)
     check_output(out)
-    job = _Job(codec, _encoder_device(codec), cfg, dtype, "stage_a" in spaces, chunk_rows, batch_size, num_workers,
-               maker)
+    device = _encoder_device(codec)
+    images = _device_images(device, cfg) if device_decode else None
+    job = _Job(codec, device, cfg, dtype, "stage_a" in spaces, chunk_rows, batch_size, num_workers, maker, images)
     identity = codec.identity()
+    times = StageTimes()
 
     plan = _plan(inputs, out, tmp_dir)
     groups: dict = {}
@@ -229,17 +237,19 @@ def build_latent_dataset(
                    for gp, idx in groups.items()]
         settings = store_settings(cfg, dtype, spaces, chunk_rows, min(batch_size, chunk_rows), identity, fingerprint,
                                   len(plan), controls, maker.scales if maker else ())
+        if images is not None:  # only then: stores decoded by the workers resume as before
+            settings["preprocess"] = {**settings["preprocess"], **settings_entry(device)}
         attrs = {"encoder": identity, "preprocess": cfg.to_dict(), "spaces": list(spaces)}
         specs = {gp: maker.specs(group_hw(gp, cfg)) for gp in groups} if maker else None
         store = _StorePlan(layouts, settings, attrs, fingerprint, overwrite, specs)
-        nums = _encode_on_ranks(job, info, out, plan, groups, store, progress and info.is_main)
+        nums = _encode_on_ranks(job, info, out, plan, groups, store, progress and info.is_main, times)
     finally:
         if plan is not inputs:  # ours: hand the temporary files' space back now
             plan.close()
         for idx in groups.values():
             if isinstance(idx, IntLog):
                 idx.close()
-    return _summary(out, nums, time.perf_counter() - t0)
+    return _summary(out, nums, time.perf_counter() - t0, times)
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,13 @@ class _Job:
     batch_size: int
     num_workers: int
     controls: ControlMaker | None = None
+    device_images: DeviceImages | None = None  # device_decode: JPEGs decoded on the encoder's device
+
+
+def _device_images(device: torch.device, cfg: PreprocessConfig) -> DeviceImages:
+    """The device-side JPEG decoder of ``device_decode`` (checked before any work)."""
+    check_device_decode(device)
+    return DeviceImages(device, cfg)
 
 
 @dataclass(frozen=True)
@@ -270,7 +287,7 @@ class _StorePlan:
 
 
 def _encode_on_ranks(job: _Job, info: D.DistInfo, out: Path, plan, groups: dict, store: _StorePlan,
-                     show: bool) -> list[tuple[int, int, int]]:
+                     show: bool, times: StageTimes) -> list[tuple[int, int, int]]:
     """Every rank: join the job, let rank 0 make the store ready, encode this rank's pending chunks,
     finalise (rank 0). Returns every rank's (encoded, skipped, already done) counts."""
     lock = None
@@ -280,7 +297,7 @@ def _encode_on_ranks(job: _Job, info: D.DistInfo, out: Path, plan, groups: dict,
         root = S.open_store(out, mode="r+")
         statuses = {gp: S.StatusView(S.sample_group(root, gp)) for gp in groups}
         tasks, already = make_tasks(groups, statuses, job.chunk_rows, job.batch_size, info)
-        encoded, skipped = _run(tasks, plan, groups, root, job, show)
+        encoded, skipped = _run(tasks, plan, groups, root, job, show, times)
         nums = D.all_gather_object((encoded, skipped, already), info)  # also a barrier
         work_done = sum(n[0] + n[1] for n in nums)
         if info.is_main and (work_done or not root.attrs.get("complete", False)):
@@ -319,52 +336,42 @@ def _store_ready(info: D.DistInfo, out: Path, store: _StorePlan, job: _Job):
     return lock
 
 
-def _summary(out: Path, nums: list[tuple[int, int, int]], seconds: float) -> Summary:
-    """:func:`store_summary` plus what this run did (``nums``: every rank's encoded, skipped, already done)."""
+def _summary(out: Path, nums: list[tuple[int, int, int]], seconds: float, times: StageTimes) -> Summary:
+    """:func:`store_summary` plus what this run did (``nums``: every rank's encoded, skipped, already done;
+    ``times``: this rank's encode loop)."""
     summ = store_summary(out)
     summ.encoded_now = sum(n[0] for n in nums)
     summ.skipped_now = sum(n[1] for n in nums)
     summ.resumed_rows = sum(n[2] for n in nums)
     summ.seconds = seconds
     summ.images_per_s = summ.encoded_now / seconds if seconds > 0 else 0.0
+    summ.stage_seconds = times.to_dict()
     return summ
 
 
-def _run(tasks: TaskList, plan, groups: dict, root, job: _Job, show: bool) -> tuple[int, int]:
-    """Encode ``tasks`` and write them. Returns (encoded, skipped) counts of this rank."""
+def _run(tasks: TaskList, plan, groups: dict, root, job: _Job, show: bool, times: StageTimes) -> tuple[int, int]:
+    """Encode ``tasks`` and write them (see :mod:`.encode_loop` for what overlaps). Returns (encoded,
+    skipped) counts of this rank; ``times`` collects where the main thread's time went."""
     if not tasks:
         return 0, 0
-    ds = TaskDataset(tasks, plan, groups, job.cfg)
-    workers = max(0, min(job.num_workers, len(tasks)))
-    loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=collate_identity,
-                        pin_memory=job.device.type == "cuda", prefetch_factor=2 if workers else None,
-                        persistent_workers=False)
+    ds = TaskDataset(tasks, plan, groups, job.cfg, device_jpeg=job.device_images is not None)
+    loader = make_loader(ds, max(0, min(job.num_workers, len(tasks))), job.device)
     writer = WriterThread(ChunkWriter(root, job.chunk_rows, job.dtype, on_chunk=lambda *_: release_free_memory()),
                           max_queue=8)
-    total = tasks.rows_total
-    bar = tqdm(total=total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
+    bar = tqdm(total=tasks.rows_total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")
     encoded = skipped = 0
     try:
         with torch.inference_mode():
-            for item in loader:
-                ok = item["ok"].numpy()
-                lat = sa = None
-                if ok.any():
-                    x = item["images"].to(job.device, non_blocking=True).float().div_(255.0)
-                    lat = job.codec.encode(x).float().cpu().numpy()
-                    if job.want_a:
-                        sa = job.codec.encode_stage_a(x).float().cpu().numpy()
-                ctl = job.controls.compute(item["images"]) if job.controls is not None and ok.any() else None
-                writer.put(RowBatch(
-                    group=item["group"], rows=item["rows"].numpy(), ok=ok, keys=item["keys"],
-                    captions=item["captions"], sources=item["sources"], orig_size=item["orig_size"].numpy(),
-                    reasons=item["reasons"], latents=lat, stage_a=sa, controls=ctl,
-                ))
-                n_ok = int(ok.sum())
+            for item in timed_batches(loader, times):
+                batch = encode_item(item, job, times)
+                with times.stage("write_wait"):
+                    writer.put(batch)
+                n_ok = int(batch.ok.sum())
                 encoded += n_ok
-                skipped += len(ok) - n_ok
-                bar.update(len(ok))
-                release_free_memory()
+                skipped += len(batch.ok) - n_ok
+                bar.update(len(batch.ok))
+                with times.stage("release_memory"):
+                    release_free_memory()
     finally:
         bar.close()
         writer.close()

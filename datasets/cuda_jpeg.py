@@ -1,7 +1,8 @@
 """Batched JPEG decoding on the GPU (nvJPEG through ``torchvision.io.decode_jpeg(..., device='cuda')``) with a CPU fallback.
 
 Only files the GPU decoder handles exactly like the CPU path go to the GPU: baseline JPEGs (SOF0),
-8-bit, 1 or 3 components, and no EXIF orientation other than "normal". Everything else (progressive,
+8-bit, 1 or 3 components, no EXIF orientation other than "normal", ending in an end-of-image
+marker (a truncated file goes to the CPU loader, which reports it as ``truncated``). Everything else (progressive,
 extended or lossless JPEGs, CMYK, rotated photos, PNG/WebP/...) and every file the GPU decoder rejects
 is decoded by ``cpu_decode`` — the normal loader — so a batch never fails because of one file.
 
@@ -63,6 +64,8 @@ def jpeg_gpu_reason(data: bytes) -> str | None:
                 return f"{precision}-bit, {ncomp} components"
             if has_exif and _exif_orientation(data) not in (0, 1):
                 return "EXIF orientation"
+            if not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # nvJPEG may fill a cut-off scan silently
+                return "no end-of-image marker"
             return None
         if marker == 0xDA:  # start of scan before any frame header
             return "no frame header"

@@ -2,13 +2,15 @@
 
 A chunk's data arrays are written first and its ``status`` last, so a concurrent reader (or a
 resumed run) never mistakes a half-written chunk for finished work. Writes run on a background
-thread so encoding on the device overlaps with compression and disk I/O.
+thread so encoding on the device overlaps with compression and disk I/O; a batch whose arrays are
+still being copied from the device carries a ``ready`` function the writer waits on first.
 """
 from __future__ import annotations
 
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +39,7 @@ class RowBatch:
     latents: np.ndarray | None  # (n_ok, C, h, w) float32
     stage_a: np.ndarray | None = None  # (n_ok, 4, H/4, W/4) float32
     controls: dict | None = None  # control array -> (n_ok, ...) values (`encode --controls`, datasets/controls.py)
+    ready: Callable[[], object] | None = None  # waits until the arrays hold their values (a CUDA copy's event)
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ChunkWriter:
         )
 
     def add(self, b: RowBatch) -> None:
+        if b.ready is not None:  # device -> host copies still running: wait here, not on the encoding thread
+            b.ready()
         if self.dtype == np.float16:
             okkeys = [k for k, o in zip(b.keys, b.ok) if o]
             if b.latents is not None:
