@@ -74,7 +74,8 @@ def imagenet_features(source: ImageNetWeights | None = None, download: bool = Tr
                       ) -> tuple[dict[str, torch.Tensor] | None, str]:
     """``(features state dict, where it came from)``, or ``(None, why not)`` (module docstring).
 
-    The state dict is that of ``efficientnet_v2_s().features`` (keys ``0.0.weight`` ...), float tensors on CPU.
+    The state dict is that of ``efficientnet_v2_s().features`` (keys ``0.0.weight`` ...), tensors on the CPU as
+    stored (every key and shape checked).
     """
     source = source or ImageNetWeights.torchvision()
     path, how = source.cache_path(), "torch hub cache"
@@ -91,7 +92,7 @@ def imagenet_features(source: ImageNetWeights | None = None, download: bool = Tr
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for a bad file (pickle, zip, EOF, ...)
         return None, f"the cached file {path} cannot be read as weights ({type(e).__name__}: {e})"
-    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} \
+    features = {k[len("features."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")} \
         if isinstance(state, dict) else {}
     problem = _shape_problem(features)
     if problem:
@@ -107,8 +108,11 @@ def _shape_problem(features: dict[str, torch.Tensor]) -> str:
     if missing:
         return f"{len(missing)} of its {len(want)} features tensors missing, e.g. features.{missing[0]}"
     wrong = [k for k, v in want.items() if not isinstance(features[k], torch.Tensor) or features[k].shape != v.shape]
-    return f"features.{wrong[0]} has shape {tuple(features[wrong[0]].shape)}, not {tuple(want[wrong[0]].shape)}" \
-        if wrong else ""
+    if not wrong:
+        return ""
+    got = features[wrong[0]]
+    got = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+    return f"features.{wrong[0]} is {got}, not a tensor of shape {tuple(want[wrong[0]].shape)}"
 
 
 def _open(source: ImageNetWeights):

@@ -168,13 +168,12 @@ class ControlNetTask(StageCTask):
         return [(n, p) for n, p in module.named_parameters() if n.startswith("controlnet.")]
 
     def record(self) -> dict[str, Any]:
-        return {**super().record(), "controlnet": {"control": self.cfg.control, "c_in": C_IN[self.cfg.control],
-                                                   "c_proj": self.c_proj, "proj_blocks": self.blocks,
-                                                   "bottleneck_mode": self.cfg.bottleneck,
-                                                   "backbone_start": self.backbone_start,
-                                                   "control_source": self.controls.describe() if self.controls else None,
-                                                   "masks": self.mask_source() if self.cfg.control == "inpainting"
-                                                   else None}}
+        cfg = self.cfg
+        info = {"control": cfg.control, "c_in": C_IN[cfg.control], "c_proj": self.c_proj, "proj_blocks": self.blocks,
+                "bottleneck_mode": cfg.bottleneck, "backbone_start": self.backbone_start,
+                "control_source": self.controls.describe() if self.controls else None,
+                "masks": self.mask_source() if cfg.control == "inpainting" else None}
+        return {**super().record(), "controlnet": info}
 
     # ------------------------------------------------------------------ each update
     def draws(self, generator: torch.Generator, n: int, group: Group) -> dict[str, torch.Tensor]:
