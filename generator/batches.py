@@ -2,7 +2,8 @@
 
 The plan of epoch ``e`` is a pure function of ``(seed, e)`` and the group layout: every group (aspect
 bucket) is shuffled with its own generator, cut into GLOBAL batches of ``global_batch`` samples
-(incomplete tails are dropped), and the batches of all groups are shuffled together. A group stored
+(incomplete tails are dropped), and the groups' batch sequences are interleaved at random, each kept in
+its own order (so that consecutive batches of a group reuse its decoded chunks). A group stored
 in chunks of ``chunk`` rows is shuffled chunk-aware (the order of its chunks is permuted, then the
 samples inside each window of ``window`` consecutive chunks), so that a batch touches few chunks and
 consecutive batches reuse decoded chunks; a group that fits in one chunk gets a full permutation. Global batch
@@ -63,7 +64,7 @@ class BatchPlan:
                 batches.append((gi, order[b * self.global_batch:(b + 1) * self.global_batch]))
         if self.shuffle:
             gen = torch.Generator().manual_seed(_mix(self.seed, epoch, -1))
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+            batches = _interleave(batches, gen)
         self._cache = (epoch, batches)
         return batches
 
@@ -73,6 +74,22 @@ class BatchPlan:
         gi, idx = self._epoch(epoch)[k]
         per = self.global_batch // world_size
         return self.groups[gi], idx[rank * per:(rank + 1) * per].tolist(), epoch
+
+
+def _interleave(batches: list[tuple[int, torch.Tensor]], gen: torch.Generator) -> list[tuple[int, torch.Tensor]]:
+    """A random interleaving of the groups' batch sequences keeping each group's order: the group labels are
+    permuted, and the k-th occurrence of a group takes that group's k-th batch. (A full shuffle of the batches
+    sent every batch to a random shuffle window, so a reader decoded each chunk about once per batch.)"""
+    queues: dict[int, list[torch.Tensor]] = {}
+    for gi, idx in batches:
+        queues.setdefault(gi, []).append(idx)
+    labels = torch.tensor([gi for gi, _ in batches], dtype=torch.long)
+    taken = dict.fromkeys(queues, 0)
+    out = []
+    for gi in labels[torch.randperm(len(labels), generator=gen)].tolist():
+        out.append((gi, queues[gi][taken[gi]]))
+        taken[gi] += 1
+    return out
 
 
 def _block_shuffle(n: int, chunk: int, window: int, gen: torch.Generator) -> torch.Tensor:

@@ -149,3 +149,26 @@ def test_latent_dataset_batches_equal_on_both_paths(full):
             assert x["captions"] == y["captions"] and x["keys"] == y["keys"]
             for f in ("rows", "latents", "stage_a"):
                 np.testing.assert_array_equal(x[f].numpy(), y[f].numpy())
+
+
+def test_batch_plan_keeps_a_groups_batches_together_so_chunks_are_decoded_once():
+    from collections import OrderedDict
+
+    from cascadekit.generator.batches import BatchPlan, Group
+
+    groups = [Group("a", 96, (16, 2, 2), chunk=4), Group("b", 64, (16, 2, 4), chunk=4)]
+    plan = BatchPlan(groups, 4, seed=1, window=2)  # a window (8 rows) = 2 batches
+    seq = [plan.batch(k) for k in range(plan.batches_per_epoch)]
+    names = [g.name for g, _, _ in seq]
+    assert names.count("a") == 24 and names.count("b") == 16 and names != sorted(names)  # groups interleaved
+    for g in groups:
+        idx = [i for grp, ix, _ in seq if grp.name == g.name for i in ix]
+        assert sorted(idx) == list(range(g.size))
+        cache, decodes = OrderedDict(), 0  # the trainer's ChunkCache: LRU of 2 windows of chunks per group
+        for c in (i // g.chunk for i in idx):
+            decodes += c not in cache
+            cache[c] = cache.pop(c, None)
+            while len(cache) > 4:
+                cache.popitem(last=False)
+        assert decodes == g.size // g.chunk  # every chunk decoded once per epoch
+    assert [plan.batch(k)[1] for k in range(8)] == [BatchPlan(groups, 4, seed=1, window=2).batch(k)[1] for k in range(8)]
