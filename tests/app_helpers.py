@@ -8,6 +8,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,6 @@ def generate_args(**overrides) -> dict:
 def disconnect_mid_job(url: str, demo, api_name: str, data: list, started) -> float:
     """Send one ``api_name`` request (``data``: its inputs in order) as a fresh browser-like session, read its event
     stream until ``started()`` is true, then drop the connection (a closed tab). Returns when it was dropped."""
-    import time
     import uuid
 
     import httpx
@@ -129,3 +129,39 @@ def disconnect_mid_job(url: str, demo, api_name: str, data: list, started) -> fl
             if started():
                 break
     return time.monotonic()
+
+
+def count_generate_steps(monkeypatch, delay: float) -> list[dict]:
+    """Every Generate job's steps as they run, appended in start order: {"counts": {stage: forward calls},
+    "t0", "t1" (monotonic start / end of its sampling)}; each Stage C step is made to last >= ``delay`` s."""
+    import cascadekit.cli.app_generate as gen
+
+    runs, real = [], gen.step_monitor
+
+    @contextlib.contextmanager
+    def counting(stages, job, report=None):
+        slow = stages["Stage C"][0].register_forward_pre_hook(lambda m, a: time.sleep(delay))
+        rec = {"t0": time.monotonic(), "t1": None}
+        try:
+            with real(stages, job, report) as counts:
+                rec["counts"] = counts
+                runs.append(rec)
+                yield counts
+        finally:
+            rec["t1"] = time.monotonic()
+            slow.remove()
+
+    monkeypatch.setattr(gen, "step_monitor", counting)
+    return runs
+
+
+def started(runs: list[dict], n: int):
+    """A check: the ``n``-th counted job has run two Stage C steps."""
+    return lambda: len(runs) >= n and runs[n - 1]["counts"]["Stage C"] >= 2
+
+
+def wait_until(cond, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.05)

@@ -33,6 +33,13 @@ def require_browser() -> str:
 @contextlib.contextmanager
 def browser_page(viewport=(1280, 900)):
     """A fresh page of a headless system Chromium; console errors collected in ``page.errors``."""
+    with browser_pages(1, viewport) as (page,):
+        yield page
+
+
+@contextlib.contextmanager
+def browser_pages(n: int, viewport=(1280, 900)):
+    """``n`` pages (each its own app session, like browser tabs) of one headless system Chromium."""
     from playwright.sync_api import sync_playwright
 
     exe = require_browser()
@@ -40,10 +47,11 @@ def browser_page(viewport=(1280, 900)):
         browser = p.chromium.launch(executable_path=exe, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
-            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            page.errors = []
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
-            yield page
+            pages = [browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}) for _ in range(n)]
+            for page in pages:
+                page.errors = []
+                page.on("pageerror", lambda e, page=page: page.errors.append(str(e)))
+            yield pages
         finally:
             browser.close()
 

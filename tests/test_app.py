@@ -2,7 +2,6 @@
 queue, cancel, and the launch settings (127.0.0.1, no share link)."""
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -13,7 +12,8 @@ pytest.importorskip("gradio", reason="the app needs gradio (pip install 'cascade
 from gradio_client import Client, handle_file  # noqa: E402
 
 from _tiny_weights import tiny_weights_dir  # noqa: E402
-from app_helpers import disconnect_mid_job, fixtures, generate_args, running_app  # noqa: E402
+from app_helpers import (count_generate_steps, disconnect_mid_job, fixtures, generate_args, running_app,  # noqa: E402
+                         started, wait_until)
 from cascadekit.generator.pipeline import TextToImagePipeline, read_png_parameters  # noqa: E402
 
 
@@ -122,12 +122,12 @@ def test_reconstruct_base_and_fine_tuned_stage_b(app, files):
     demo, client = app
     assert list(demo.cascadekit.decoders) == ["lite", "runb", "runb (ema)", "tuned"]
     photo, psnr = [handle_file(str(files["photo"]))], {}
-    for tuned in ("runb", "runb (ema)", "tuned"):
-        grids, table = client.predict(photo, 64, 0, "lite", 1, True, tuned, 1, api_name="/reconstruct")
-        base, other = table["data"]
-        assert base[1] == "Stage B lite, 1 steps, cfg 1.1" and other[1] == f"Stage B {tuned}, 1 steps, cfg 1.1"
-        assert len(grids) == 2 and all(0 < float(r[2]) < 100 and -1 <= float(r[3]) <= 1 for r in (base, other))
-        psnr["lite"], psnr[tuned] = float(base[2]), float(other[2])
+    for first, second in (("lite", "runb"), ("runb (ema)", "tuned")):  # side by side, PSNR / SSIM each
+        grids, table = client.predict(photo, 64, 0, first, 1, True, second, 1, api_name="/reconstruct")
+        rows = table["data"]
+        assert [r[1] for r in rows] == [f"Stage B {d}, 1 steps, cfg 1.1" for d in (first, second)]
+        assert len(grids) == 2 and all(0 < float(r[2]) < 100 and -1 <= float(r[3]) <= 1 for r in rows)
+        psnr[first], psnr[second] = float(rows[0][2]), float(rows[1][2])
     assert psnr["tuned"] == psnr["runb"]  # --stage-b-weights FILE: the run's own file, same seed
     assert len({psnr["lite"], psnr["runb"], psnr["runb (ema)"]}) == 3  # base, fine-tuned and its EMA all differ
     step = files["stage_b_run"] / "checkpoints" / "step_000001"
@@ -249,38 +249,7 @@ def test_full_queue_is_refused_and_cancel_frees_the_job(weights, files, monkeypa
 
 @pytest.fixture
 def counted_runs(monkeypatch):
-    """Every Generate job's steps, as they run: [{"counts": {stage: forward calls}, "t0", "t1"}]; each Stage C
-    step takes >= 50 ms, so a 60-step job lasts >= 3 s on any machine."""
-    import cascadekit.cli.app_generate as gen
-
-    runs, real = [], gen.step_monitor
-
-    @contextlib.contextmanager
-    def counting(stages, job, report=None):
-        slow = stages["Stage C"][0].register_forward_pre_hook(lambda m, a: time.sleep(0.05))
-        rec = {"t0": time.monotonic(), "t1": None}
-        try:
-            with real(stages, job, report) as counts:
-                rec["counts"] = counts
-                runs.append(rec)
-                yield counts
-        finally:
-            rec["t1"] = time.monotonic()
-            slow.remove()
-
-    monkeypatch.setattr(gen, "step_monitor", counting)
-    return runs
-
-
-def _started(runs, n):
-    return lambda: len(runs) >= n and runs[n - 1]["counts"]["Stage C"] >= 2
-
-
-def _wait(cond, timeout=120):
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "timed out"
-        time.sleep(0.05)
+    return count_generate_steps(monkeypatch, delay=0.05)  # a 60-step job lasts >= 3 s on any machine
 
 
 @pytest.mark.slow
@@ -293,12 +262,12 @@ def test_cancel_is_per_session_and_a_disconnect_frees_the_work(app, counted_runs
         return generate_args(steps=60, dsteps=2, seed=seed)
     # another session's Cancel leaves this session's job alone: it runs all its steps
     job = a.submit(**long(1), api_name="/generate")
-    _wait(_started(runs, 1))
+    wait_until(started(runs, 1))
     b.predict(api_name="/cancel_generate")
     assert job.result(timeout=300)[3]["seed"] == 1 and runs[0]["counts"]["Stage C"] == 60
     # this session's Cancel stops its own job at the next step; the other session's queued job runs normally
     job = a.submit(**long(2), api_name="/generate")
-    _wait(_started(runs, 2))
+    wait_until(started(runs, 2))
     queued = b.submit(**generate_args(seed=3), api_name="/generate")
     time.sleep(0.3)
     a.predict(api_name="/cancel_generate")
@@ -308,14 +277,14 @@ def test_cancel_is_per_session_and_a_disconnect_frees_the_work(app, counted_runs
     assert runs[1]["counts"]["Stage C"] < 60 and runs[1]["t1"] <= runs[2]["t0"]
     # Gradio's own cancel of the request (the page's Cancel, gradio_client's Job.cancel): the work stops too
     job = a.submit(**long(4), api_name="/generate")
-    _wait(_started(runs, 4))
+    wait_until(started(runs, 4))
     job.cancel()
     t = time.monotonic()
     assert b.predict(**generate_args(seed=5), api_name="/generate")[3]["seed"] == 5
     assert runs[3]["counts"]["Stage C"] < 60 and runs[3]["t1"] <= runs[4]["t0"] < t + 10
     # a client that disconnects mid-job (a closed tab): the job stops at its next step, the next one starts
     data = list(long(6).values())
-    t = disconnect_mid_job(client.src, demo, "generate", data, _started(runs, 6))
+    t = disconnect_mid_job(client.src, demo, "generate", data, started(runs, 6))
     assert b.predict(**generate_args(seed=7), api_name="/generate")[3]["seed"] == 7
     assert runs[5]["counts"]["Stage C"] < 60 and runs[5]["t1"] <= runs[6]["t0"] < t + 10
     a.close()

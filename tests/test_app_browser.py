@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app needs gradio (pip install 'cascadekit[app]')")
 from _tiny_weights import tiny_weights_dir  # noqa: E402
-from app_helpers import fixtures, running_app  # noqa: E402
-from browser_helpers import broken_images, browser_page, require_browser  # noqa: E402
+from app_helpers import count_generate_steps, fixtures, running_app, started, wait_until  # noqa: E402
+from browser_helpers import broken_images, browser_page, browser_pages, require_browser  # noqa: E402
 
 WAIT = 240_000  # ms: a job on 2 busy CPU cores
 pytestmark = pytest.mark.slow
@@ -104,3 +105,45 @@ def test_broken_upload_is_a_message(page, app_url):
     msg = page.get_by_text("cannot be used", exact=False).first
     msg.wait_for(timeout=WAIT)
     assert "truncated" in msg.inner_text() and "Traceback" not in page.content()
+
+
+def test_store_skip_reasons_in_the_browser(page, tmp_path):
+    page.get_by_role("tab", name="Stores").click()
+    _choose(page, "Store (--store)", "skips.zarr")
+    page.locator("#open-store").click()
+    page.wait_for_function("document.querySelector('#store-skips').innerText.includes('truncated')", timeout=WAIT)
+    assert "cut" in page.locator("#store-skips").inner_text()
+    assert "1 skipped" in page.locator("#store-info textarea").input_value()
+    _shot(page, "stores_skips", tmp_path)
+
+
+def _start_generate(page, url: str, prompt: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea")
+    page.locator("#prompt textarea").fill(prompt)
+    _choose(page, "Width", "128")
+    _choose(page, "Height", "128")
+    page.locator("#generate").click()
+
+
+def test_cancel_is_per_tab_and_a_closed_tab_frees_its_job(app_url, monkeypatch):
+    runs = count_generate_steps(monkeypatch, delay=0.15)  # Generate's 20 default steps: >= 3 s
+    with browser_pages(2) as (a, b):
+        b.goto(app_url[0])
+        _start_generate(a, app_url[0], "tab a")
+        wait_until(started(runs, 1))
+        b.locator("#cancel-generate").click()  # another tab's Cancel: tab a's job runs on
+        a.wait_for_selector("#result img", timeout=WAIT)
+        wait_until(lambda: runs[0]["t1"] is not None)
+        assert runs[0]["counts"]["Stage C"] == 20
+        a.locator("#generate").click()
+        wait_until(started(runs, 2))
+        a.locator("#cancel-generate").click()  # its own Cancel: stopped at the next step
+        wait_until(lambda: runs[1]["t1"] is not None, timeout=30)
+        assert runs[1]["counts"]["Stage C"] < 20
+        _start_generate(b, app_url[0], "tab b")
+        wait_until(started(runs, 3))
+        b.close()  # the tab goes away mid-job: its job stops at the next step
+        t = time.monotonic()
+        wait_until(lambda: runs[2]["t1"] is not None, timeout=30)
+        assert runs[2]["counts"]["Stage C"] < 20 and runs[2]["t1"] < t + 10
