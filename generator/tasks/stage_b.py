@@ -38,6 +38,8 @@ from cascadekit.generator.effnet_on_the_fly import OnTheFlyEffnet
 from cascadekit.generator.pyramid_noise import pyramid_noise
 from cascadekit.generator.stage_b_data import PIXELS_FIELD, StageBData
 from cascadekit.generator.tasks.stage_b_config import StageBTrainConfig
+from cascadekit.generator.tasks.stage_b_empty import KEY as EMPTY_KEY
+from cascadekit.generator.tasks.stage_b_empty import check_text_source, empty_record, resumed_empty
 from cascadekit.generator.training.loop import init_seed
 from cascadekit.generator.training.task import TrainTask
 
@@ -114,6 +116,7 @@ class StageBTask(TrainTask):
         self.log = log
         self.text_source = "stored"
         self.slots: dict[str, list[int]] = {}  # group -> the stored scale slots drawn from
+        self.need_empty = False  # set by check(): dropped captions or a store without text need the empty caption
 
     # ------------------------------------------------------------------ before training
     def check(self, data: StageBData) -> list[str]:
@@ -173,18 +176,37 @@ class StageBTask(TrainTask):
             self.text_source = "text encoder"
         else:
             self.text_source = "empty"
-        need_empty = self.text_source == "empty" or self.cfg.caption_dropout > 0
-        if need_empty and self.empty is None:
-            return ["the empty caption's pooled CLIP embedding is needed (caption dropout, or a store without text) "
-                    "but none was found: pass --init with a weights folder that has empty_caption.safetensors or "
-                    "text_encoder/, or --text-encoder"]
-        if self.empty is not None and self.empty.shape[-1] != self.model_cfg.c_clip:
-            return [f"the empty-caption embedding has width {self.empty.shape[-1]}, Stage B c_clip is "
-                    f"{self.model_cfg.c_clip} (another text encoder?)"]
+        # a missing one is refused in build(): a resumed run has it in run.json (stage_b_empty)
+        self.need_empty = self.text_source == "empty" or self.cfg.caption_dropout > 0
+        errs = self._empty_width_problems()
+        if errs:
+            return errs
         if self.text_source == "empty":
             self.log("the store has no text embeddings (and no text encoder was given): every sample gets the "
                      "empty caption's pooled embedding, as decoding does by default")
         return []
+
+    def _empty_width_problems(self) -> list[str]:
+        if self.empty is not None and self.empty.shape[-1] != self.model_cfg.c_clip:
+            return [f"the empty-caption embedding has width {self.empty.shape[-1]}, Stage B c_clip is "
+                    f"{self.model_cfg.c_clip} (another text encoder?)"]
+        return []
+
+    def _settle_empty(self, recorded: dict[str, Any] | None) -> None:
+        """The empty caption's embedding for training: on resume the one in run.json (one given again must be
+        equal), else the given / found one; InputError when it is needed and there is none."""
+        if recorded is not None:
+            check_text_source(recorded, self.text_source)
+            self.empty = resumed_empty(recorded, self.empty)
+            if self.empty is None and self.init is not None:
+                self.empty = self._find_empty()  # a run.json written before the embedding was recorded
+        if self.need_empty and self.empty is None:
+            raise InputError("the empty caption's pooled CLIP embedding is needed (caption dropout, or a store "
+                             "without text) but none was found: pass --init with a weights folder that has "
+                             "empty_caption.safetensors or text_encoder/, or --text-encoder")
+        errs = self._empty_width_problems()
+        if errs:
+            raise InputError(errs[0])
 
     def _find_empty(self) -> torch.Tensor | None:
         if self.text_encoder is not None:
@@ -227,6 +249,7 @@ class StageBTask(TrainTask):
         """Stage B from the checkpoint (resume), the init weights, or random (official init)."""
         if self.init is None and recorded is not None:
             self.init = recorded.get("init")
+        self._settle_empty(recorded)
         state = None
         if resume_from is not None:
             state = load_file(str(resume_from / self.weights_name))
@@ -243,7 +266,8 @@ class StageBTask(TrainTask):
 
     def record(self) -> dict[str, Any]:
         return {"init": self.init, "model_config": self.model_cfg.kwargs(), "text": self.text_source,
-                "effnet_scale_slots": self.slots, "effnet_source": self.effnet_source}
+                "effnet_scale_slots": self.slots, "effnet_source": self.effnet_source,
+                EMPTY_KEY: empty_record(self.empty)}
 
     # ------------------------------------------------------------------ each update
     def draws(self, generator: torch.Generator, n: int, group: Group) -> dict[str, torch.Tensor]:
