@@ -220,10 +220,10 @@ class TimestepBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.chunk(len(self.conds) + 1, dim=1)
-        a, b = self.mapper(t[0])[:, :, None, None].chunk(2, dim=1)  # (B,c,1,1) each
+        ab = self.mapper(t[0])  # (B, 2c): [a, b]; the mappers' sum, then split (same values as split, then summed)
         for i, name in enumerate(self.conds):
-            ac, bc = getattr(self, f"mapper_{name}")(t[i + 1])[:, :, None, None].chunk(2, dim=1)
-            a, b = a + ac, b + bc
+            ab = ab + getattr(self, f"mapper_{name}")(t[i + 1])
+        a, b = ab.view(ab.shape[0], 2, -1, 1, 1).unbind(1)  # (B,c,1,1) each
         return torch.addcmul(b, x, 1 + a)  # x * (1 + a) + b in one pass
 
 

@@ -1,0 +1,104 @@
+"""The fused inference paths of ResBlock / AttnBlock (codec.models.fused): taken exactly when allowed, and
+equal to the module-by-module path (which training uses) up to float rounding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cascadekit.codec.models.blocks as blocks
+from cascadekit.codec.models.blocks import AttnBlock, ResBlock
+from cascadekit.codec.models.fused import fused_ok
+from cascadekit.codec.models.stage_b import StageB, StageBConfig
+from cascadekit.generator import StageC, StageCConfig
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter random (the official init zeroes GRN gammas / TimestepBlock mappers / the classifier)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.3))
+    return model.eval()
+
+
+def stage_inputs(stage: str, cfg, g: torch.Generator) -> dict:
+    if stage == "b":
+        return dict(x=torch.randn(2, 4, 32, 32, generator=g), r=torch.rand(2, generator=g),
+                    effnet=torch.randn(2, 16, 6, 6, generator=g), clip=torch.randn(2, 1, cfg.c_clip, generator=g),
+                    sca=torch.rand(2, generator=g))
+    return dict(x=torch.randn(2, 16, 8, 8, generator=g), r=torch.rand(2, generator=g),
+                clip_text=torch.randn(2, 5, cfg.c_clip_text, generator=g),
+                clip_text_pooled=torch.randn(2, 1, cfg.c_clip_text_pooled, generator=g),
+                clip_img=torch.randn(2, 1, cfg.c_clip_img, generator=g), sca=torch.rand(2, generator=g))
+
+
+def counting(monkeypatch) -> dict:
+    """Count the calls of the fused kernels the blocks use."""
+    calls = {"res": 0, "attn": 0}
+    res, attn = blocks.res_block_mlp, blocks.attention_heads
+
+    def res_counted(*a, **k):
+        calls["res"] += 1
+        return res(*a, **k)
+
+    def attn_counted(*a, **k):
+        calls["attn"] += 1
+        return attn(*a, **k)
+
+    monkeypatch.setattr(blocks, "res_block_mlp", res_counted)
+    monkeypatch.setattr(blocks, "attention_heads", attn_counted)
+    return calls
+
+
+@pytest.mark.parametrize("stage", ["b", "c"])
+def test_fused_forward_equals_module_forward(stage, monkeypatch):
+    cls, cfg = (StageB, StageBConfig.preset("tiny")) if stage == "b" else (StageC, StageCConfig.preset("tiny"))
+    model = randomized(cls.from_config(cfg))
+    model.requires_grad_(False)
+    inputs = stage_inputs(stage, cfg, torch.Generator().manual_seed(1))
+    calls = counting(monkeypatch)
+    ref = model(**inputs)  # grad enabled: the module path
+    assert calls == {"res": 0, "attn": 0}
+    with torch.inference_mode():
+        fused = model(**inputs)
+    n_res = sum(isinstance(m, ResBlock) for m in model.modules())
+    n_attn = sum(isinstance(m, AttnBlock) for m in model.modules())
+    assert calls["res"] >= n_res and calls["attn"] >= n_attn  # every block took its fused path
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("self_attn", [True, False])
+def test_fused_blocks_equal_module_blocks_with_skip_and_without_self_attention(self_attn):
+    g = torch.Generator().manual_seed(2)
+    res = randomized(ResBlock(24, c_skip=8))
+    attn = randomized(AttnBlock(24, 16, nhead=3, self_attn=self_attn))
+    x = torch.randn(2, 5, 7, 24, generator=g).permute(0, 3, 1, 2)  # channels-last memory, as in the trunk
+    skip, cond = torch.randn(2, 8, 5, 7, generator=g), torch.randn(2, 4, 16, generator=g)
+    with torch.no_grad():
+        assert fused_ok(res, x) and fused_ok(attn, x)
+        fused = (res(x, skip), attn(x, cond), res(x.contiguous(), skip))  # NCHW-contiguous input too
+    ref = (res(x, skip), attn(x, cond), res(x.contiguous(), skip))
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_ok_refuses_training_grad_autocast_and_foreign_weights():
+    block = ResBlock(8).eval()
+    x = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        assert fused_ok(block, x)
+        assert not fused_ok(block, x.double())  # weights in another dtype than x
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused_ok(block, x)
+        assert not fused_ok(block.train(), x)  # dropout is active in training mode
+    assert not fused_ok(block.eval(), x)  # grad enabled: autograd records the module path
+
+
+def test_training_gradients_flow_through_the_module_path(monkeypatch):
+    cfg = StageCConfig.preset("tiny")
+    model = randomized(StageC.from_config(cfg)).train()
+    calls = counting(monkeypatch)
+    out = model(**stage_inputs("c", cfg, torch.Generator().manual_seed(3)))
+    out.square().mean().backward()
+    assert calls == {"res": 0, "attn": 0}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
