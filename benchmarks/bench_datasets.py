@@ -8,11 +8,16 @@
    ``--weights``), at ``--resolution`` (256 on CPU; 768 bf16 on CUDA).
 2. ``rss``: peak RSS of a full build of 1k vs 10k small images with a cheap encoder (64 px), each
    in a fresh process: memory must not grow with the corpus.
-3. ``reader``: ``LatentDataset`` shuffled samples/s on a 16x24x24 float16 store, block-shuffle
-   from disk (page cache warm) and in memory, with 0 and 2 DataLoader workers.
-4. ``bytes``: stored bytes per sample (latents array) for 16x24x24 float16.
+3. ``reader``: ``LatentDataset`` shuffled samples/s and samples per CPU-second on a 16x24x24 float16 store,
+   block-shuffle from disk (page cache warm) with the direct chunk path and with zarr's chunk reads (the
+   path before, interleaved epoch by epoch in the same run), 0 and 2 DataLoader workers; and in memory.
+4. ``trainer``: the trainer's reader (``open_train_data`` + ``BatchPlan``) over whole epochs.
+5. ``codecs``: per latents codec (zstd-3 default, zstd-1, blosc-lz4 with bit / byte shuffle, none): bytes per
+   sample and LatentDataset samples/s from disk (0 workers).
+6. ``bytes``: stored bytes per sample (latents array) for 16x24x24 float16.
 
-    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,bytes] [--rss-sizes 1000,10000,50000]
+    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,trainer,codecs,bytes]
+                                        [--rss-sizes 1000,10000,50000]
 """
 from __future__ import annotations
 
@@ -198,30 +203,138 @@ def _synthetic_store(path: Path, n: int, chunk_rows: int = 256) -> None:
     S.finalize_store(path)
 
 
-def bench_reader(tmp: Path, n: int) -> list[dict]:
+def _zarr_path_dataset():
+    """LatentDataset reading every chunk through zarr (``ChunkCache(direct=False)``): the path before
+    ``datasets/chunk_decode.py``, timed in the same run for a same-load ratio."""
+    from cascadekit.datasets.reader import LatentDataset
+
+    class ZarrPath(LatentDataset):
+        def _arrays(self, st):
+            return [{f: st.group(g.path).cache(f, keep=0, direct=False) for f in self.fields} for g in self._groups]
+
+    return ZarrPath
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (DataLoader workers exit after each epoch)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _epoch(ds, workers: int, epoch: int) -> tuple[int, float, float]:
+    """(samples, wall s, CPU s) of one shuffled epoch of ``ds`` through a DataLoader with ``workers`` workers."""
     from torch.utils.data import DataLoader
 
+    ds.set_epoch(epoch)
+    dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+    t, c, cnt = time.perf_counter(), _cpu_s(), 0
+    for b in dl:
+        cnt += b["latents"].shape[0]
+    return cnt, time.perf_counter() - t, _cpu_s() - c
+
+
+def _row(mode: str, workers: int, runs: list[tuple[int, float, float]]) -> dict:
+    n = runs[0][0]
+    return {"mode": mode, "workers": workers, "samples": n, "epochs": len(runs),
+            "samples_per_s": float(np.median([n / w for _, w, _ in runs])),
+            # CPU seconds of the process and its workers: a load-independent figure when other jobs share the cores
+            "samples_per_cpu_s": float(np.median([n / max(c, 1e-9) for _, _, c in runs]))}
+
+
+def bench_reader(tmp: Path, n: int, repeats: int = 5) -> list[dict]:
+    """LatentDataset shuffled epochs from disk (page cache warm), the direct chunk path and zarr's interleaved
+    epoch by epoch (medians), 0 and 2 workers; then in memory."""
     from cascadekit.datasets.reader import LatentDataset
 
     path = tmp / "reader.zarr"
     _synthetic_store(path, n)
     res = []
-    for in_memory, workers in ((False, 0), (False, 2), (True, 0)):  # in memory: no workers (see LatentDataset)
-        ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=in_memory)
-        dl = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
-        for epoch in range(2):  # epoch 0 warms the page cache (and the in-memory copy)
-            ds.set_epoch(epoch)
-            t, c = time.perf_counter(), time.process_time()
-            cnt = 0
-            for b in dl:
-                cnt += b["latents"].shape[0]
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-        assert cnt == n
-        res.append({"mode": "in-memory" if in_memory else "block-shuffle from disk", "workers": workers,
-                    "samples": cnt, "samples_per_s": cnt / dt,
-                    # CPU seconds of this process (all its threads): samples per CPU-second, a
-                    # load-independent figure when other jobs share the cores (workers: main only)
-                    "samples_per_cpu_s": cnt / max(dc, 1e-9) if workers == 0 else None})
+    for workers in (0, 2):
+        sets = {"direct chunk decoding": LatentDataset, "zarr chunk reads (before)": _zarr_path_dataset()}
+        dss = {k: cls(path, batch_size=256, shuffle=True, seed=0, in_memory=False) for k, cls in sets.items()}
+        runs = {k: [] for k in dss}
+        for k, ds in dss.items():
+            _epoch(ds, workers, 0)  # warms the page cache
+        for r in range(repeats):
+            for k, ds in dss.items():
+                runs[k].append(_epoch(ds, workers, r + 1))
+        res += [_row(f"from disk, {k}", workers, v) for k, v in runs.items()]
+        assert all(x[0] == n for v in runs.values() for x in v)
+    ds = LatentDataset(path, batch_size=256, shuffle=True, seed=0, in_memory=True)  # in memory: no workers
+    _epoch(ds, 0, 0)
+    res.append(_row("in memory", 0, [_epoch(ds, 0, r + 1) for r in range(repeats)]))
+    return res
+
+
+def bench_trainer_reader(tmp: Path, n: int, repeats: int = 3) -> dict:
+    """The trainer's reader (``open_train_data`` + ``BatchPlan``, batch 256): samples/s over whole epochs."""
+    from cascadekit.generator.batches import BatchPlan
+    from cascadekit.generator.data import open_train_data
+
+    path = tmp / "reader.zarr"
+    if not path.exists():
+        _synthetic_store(path, n)
+    data = open_train_data(path)
+    plan = BatchPlan(data.groups, 256, seed=0)
+    runs = []
+    for e in range(repeats + 1):  # epoch 0 warms the page cache
+        t, c, cnt = time.perf_counter(), _cpu_s(), 0
+        for k in range(e * plan.batches_per_epoch, (e + 1) * plan.batches_per_epoch):
+            g, idx, _ = plan.batch(k)
+            cnt += data.read(g.name, idx)["latents"].shape[0]
+        runs.append((cnt, time.perf_counter() - t, _cpu_s() - c))
+    return _row("trainer reader (open_train_data + BatchPlan)", 0, runs[1:])
+
+
+#: codecs measured for the latents array of a new store: zarr v3 codec (None: the store's default, zstd-3)
+def _codecs() -> dict:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    return {"zstd-3 (default)": None, "zstd-1": ZstdCodec(level=1),
+            "blosc-lz4 + bitshuffle": BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+            "blosc-lz4 + byte shuffle": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+            "uncompressed": ()}
+
+
+def _recode_latents(src: Path, dst: Path, codec) -> None:
+    """A copy of the store ``src`` whose latents array is rewritten with ``codec`` (+ the crc32c checksum)."""
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    from cascadekit.datasets import store as S
+
+    shutil.copytree(src, dst)
+    if codec is None:
+        return
+    g = zarr.open_group(str(dst), mode="r+")
+    old = g["latents"]
+    data, chunks, dims = np.asarray(old[:]), old.chunks, old.metadata.dimension_names
+    comp = (*((codec,) if not isinstance(codec, tuple) else codec), Crc32cCodec())
+    new = g.create_array("latents", shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=comp,
+                         fill_value=0, dimension_names=dims, overwrite=True, config={"write_empty_chunks": True})
+    new[:] = data
+    S.consolidate(dst)
+
+
+def bench_codecs(tmp: Path, n: int, repeats: int = 3) -> list[dict]:
+    """Per latents codec: bytes per sample and LatentDataset shuffled samples/s from disk (0 workers)."""
+    from cascadekit.datasets.inspect import _disk_bytes
+    from cascadekit.datasets.reader import LatentDataset
+
+    src = tmp / "reader.zarr"
+    if not src.exists():
+        _synthetic_store(src, n)
+    res = []
+    for name, codec in _codecs().items():
+        dst = tmp / f"codec_{len(res)}.zarr"
+        _recode_latents(src, dst, codec)
+        ds = LatentDataset(dst, batch_size=256, shuffle=True, seed=0, in_memory=False)
+        _epoch(ds, 0, 0)
+        row = _row(f"codec {name}", 0, [_epoch(ds, 0, r + 1) for r in range(repeats)])
+        res.append({**row, "codec": name, "latents_bytes_per_sample": _disk_bytes(dst / "latents") / n})
+        shutil.rmtree(dst)
     return res
 
 
@@ -243,7 +356,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller corpora (CI smoke run)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--only", default="overhead,rss,reader,bytes")
+    ap.add_argument("--only", default="overhead,rss,reader,trainer,codecs,bytes")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--rss-sizes", default=None, help="corpus sizes for the rss run (default 1000,10000; --quick 200,1000)")
     ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
@@ -272,8 +385,13 @@ def main() -> None:
             sizes = [int(x) for x in args.rss_sizes.split(",")] if args.rss_sizes else (
                 (200, 1000) if args.quick else (1000, 10000))
             out["rss"] = bench_rss(tmp, sizes)
+        n_reader = 4096 if args.quick else 20480
         if "reader" in only:
-            out["reader"] = bench_reader(tmp, 4096 if args.quick else 20480)
+            out["reader"] = bench_reader(tmp, n_reader)
+        if "trainer" in only:
+            out["trainer"] = bench_trainer_reader(tmp, n_reader)
+        if "codecs" in only:
+            out["codecs"] = bench_codecs(tmp, n_reader)
         if "bytes" in only:
             out["bytes"] = bench_bytes(tmp)
 
@@ -294,9 +412,11 @@ def main() -> None:
         a, b = out["rss"][0], out["rss"][-1]
         print(f"peak RSS growth {a['images']} -> {b['images']} images: {b['growth_mb'] - a['growth_mb']:+.1f} MB "
               f"(main), {b['peak_worker_rss_mb'] - a['peak_worker_rss_mb']:+.1f} MB (decode worker)")
-    for r in out.get("reader", []):
-        cpu = f"  ({r['samples_per_cpu_s']:.0f} per CPU-second)" if r.get("samples_per_cpu_s") else ""
-        print(f"LatentDataset {r['mode']:<24} workers {r['workers']}: {r['samples_per_s']:10.0f} samples/s{cpu}")
+    rows = out.get("reader", []) + ([out["trainer"]] if "trainer" in out else []) + out.get("codecs", [])
+    for r in rows:
+        size = f", {r['latents_bytes_per_sample']:.0f} B/sample" if "latents_bytes_per_sample" in r else ""
+        print(f"{r['mode']:<46} workers {r['workers']}: {r['samples_per_s']:8.0f} samples/s, "
+              f"{r['samples_per_cpu_s']:8.0f} per CPU-second{size}")
     if "bytes" in out:
         b = out["bytes"]
         print(f"bytes/sample (16x24x24 fp16): latents {b['latents_bytes_per_sample']:.0f} (raw {b['raw_bytes_per_sample']}), "

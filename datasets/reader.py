@@ -183,7 +183,7 @@ class LatentDataset(IterableDataset):
         Blocks lie inside one chunk and are read once: nothing is kept decoded."""
         return [{f: st.group(grp.path).cache(f, keep=0) for f in self.fields} for grp in self._groups]
 
-    def _fill(self, arrays, readers, blocks, fronts: dict) -> dict[int, dict]:
+    def _fill(self, arrays, readers, blocks, fronts: dict, arena: _Arena) -> dict[int, dict]:
         """One shuffle buffer: per group (in the order the blocks first name it) one contiguous array per field
         holding its blocks' rows in block order, after ``fronts[gi]`` rows kept free for the rows carried over
         from the previous buffer. The blocks are decoded and copied in by ``readers`` (threads) concurrently."""
@@ -193,8 +193,10 @@ class LatentDataset(IterableDataset):
             at = sizes.get(gi, fronts.get(gi, 0))
             slots.append((gi, rows, at))
             sizes[gi] = at + len(rows)
-        parts = {gi: {**{f: np.empty((n, *c.row_shape), c.dtype) for f, c in arrays[gi].items()},
-                      "rows": np.empty(n, np.int64)} for gi, n in sizes.items()}
+        specs = [(gi, f, (n, *c.row_shape), c.dtype) for gi, n in sizes.items() for f, c in arrays[gi].items()]
+        parts: dict[int, dict] = {gi: {"rows": np.empty(n, np.int64)} for gi, n in sizes.items()}
+        for (gi, f, _, _), a in zip(specs, arena.carve([(shape, dtype) for _, _, shape, dtype in specs])):
+            parts[gi][f] = a
 
         def read(slot):
             gi, rows, at = slot
@@ -265,15 +267,16 @@ class LatentDataset(IterableDataset):
         arrays = self._arrays(root)
         buffers = [blocks[s:s + self.buffer_blocks] for s in range(0, len(blocks), self.buffer_blocks)]
         fronts = _carried(buffers, self.batch_size)
+        arenas = (_Arena(), _Arena())  # buffer k is carved from arenas[k % 2]: one is filled, the other emitted
         carry: dict[int, dict] = {}  # group -> its rows not emitted yet (one contiguous part)
         pool = ThreadPoolExecutor(max_workers=1)  # prefetches the next buffer
         readers = ThreadPoolExecutor(max_workers=self.read_threads)  # decode its blocks (zstd releases the GIL)
         try:
-            ahead = pool.submit(self._fill, arrays, readers, buffers[0], fronts[0]) if buffers else None
+            ahead = pool.submit(self._fill, arrays, readers, buffers[0], fronts[0], arenas[0]) if buffers else None
             for k in range(len(buffers)):
                 got = ahead.result()
                 # read the next buffer while this one is shuffled and emitted
-                ahead = pool.submit(self._fill, arrays, readers, buffers[k + 1], fronts[k + 1]) \
+                ahead = pool.submit(self._fill, arrays, readers, buffers[k + 1], fronts[k + 1], arenas[(k + 1) % 2]) \
                     if k + 1 < len(buffers) else None
                 for gi, part in got.items():
                     if gi in carry:  # the carried rows go into the front the buffer kept for them
@@ -304,6 +307,33 @@ class LatentDataset(IterableDataset):
                 carry[gi] = {f: v[left] for f, v in part.items()}
             else:
                 del carry[gi]
+
+
+class _Arena:
+    """Reused memory a shuffle buffer's numeric arrays are carved from. A fresh allocation per buffer (tens of
+    MB) costs the kernel a page fault and a zeroed page per 4 KiB, as much CPU as decoding the buffer. Safe to
+    reuse once the buffer was emitted: batches and leftover rows are copies (fancy indexing)."""
+
+    ALIGN = 64
+
+    def __init__(self):
+        self.mem = np.empty(0, np.uint8)
+
+    def carve(self, specs: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
+        """One uninitialised array per ``(shape, dtype)``; strings (numpy StringDType) get their own array."""
+        sizes = [-(-int(np.prod(shape)) * dt.itemsize // self.ALIGN) * self.ALIGN if dt.kind != "T" else 0
+                 for shape, dt in specs]
+        if self.mem.size < sum(sizes):
+            self.mem = np.empty(sum(sizes), np.uint8)
+        out, at = [], 0
+        for (shape, dt), size in zip(specs, sizes):
+            if dt.kind == "T":
+                out.append(np.empty(shape, dt))
+                continue
+            nbytes = int(np.prod(shape)) * dt.itemsize
+            out.append(self.mem[at:at + nbytes].view(dt).reshape(shape))
+            at += size
+        return out
 
 
 def _carried(buffers: list[list], batch_size: int) -> list[dict[int, int]]:
