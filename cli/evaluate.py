@@ -68,8 +68,9 @@ def evaluate(images, out, overwrite, weights, store, stage_b, steps, guidance, s
              size, encoder_resolution, batch_size, max_images, grid_samples, device, dtype, quiet, offline,
              stage_b_weights=None, ema=False, compare=False):
     """Reconstruct IMAGES... (files or folders) with the codec and measure PSNR, SSIM, LPIPS and FID.
-    Writes metrics.json, per_image.csv, grids/ and index.html into --out. Unreadable images are skipped
-    and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
+    Writes metrics.json, per_image.csv, grids/ and index.html into --out (with --compare: each decoder's
+    report in base/ and finetuned/, compare.json, compare_per_image.csv, compare_grids/, index.html and a
+    metrics.json with both decoders and the deltas). Unreadable images are skipped and listed. With neither IMAGES nor --store, scikit-image's sample photographs are used."""
     check_stage_b_flags(stage_b_weights, ema, compare)
     earlier = check_out_folder(out, EVALUATE, overwrite)
     metrics, skipped_metrics = _usable_metrics(metrics, lpips_net, weights_dir, offline)

@@ -7,6 +7,9 @@
   with ``--overwrite`` those earlier outputs (and only those, recognised by the names the command writes) are
   removed first, so the record file (``samples.json``, ``reconstruct.json``, ``metrics.json``) always
   describes every file in the folder and no stale grid stays next to new ones;
+- ``evaluate --compare`` writes a comparison folder (``metrics.json`` with ``mode: compare``, ``compare*``,
+  ``base/`` and ``finetuned/`` reports): the same command's outputs, so either kind of report replaces the other
+  with ``--overwrite``;
 - an ``--out`` holding anything else (your photos, another command's outputs) is always refused: nothing of
   yours is ever replaced or deleted.
 """
@@ -41,9 +44,14 @@ class OutputKind:
 
 SAMPLE = OutputKind("sample", "samples.json", ("image_*.png", "grid.png"))
 RECONSTRUCT = OutputKind("reconstruct", "reconstruct.json", ("[0-9][0-9][0-9]*_recon.png", "grid.png"))
-EVALUATE = OutputKind("evaluate", "metrics.json", ("per_image.csv", "index.html", "fid_stats_original.npz",
-                                                   "fid_stats_reconstruction.npz", "grids/*.png", "plots/*.png",
-                                                   "worst/*.png"))
+_REPORT = ("per_image.csv", "index.html", "fid_stats_original.npz", "fid_stats_reconstruction.npz", "grids/*.png",
+           "plots/*.png", "worst/*.png")  # one evaluation's files next to its metrics.json
+#: the decoder folders of ``evaluate --compare`` (each a full report; cli/stage_b_options.py labels them so)
+COMPARE_DECODERS = ("base", "finetuned")
+_COMPARISON = ("compare.json", "compare_per_image.csv", "compare_grids/*.png") + tuple(
+    f"{d}/{p}" for d in COMPARE_DECODERS for p in ("metrics.json", *_REPORT))  # metrics.compare's files
+#: ``evaluate`` writes one report, or with ``--compare`` the comparison around two reports
+EVALUATE = OutputKind("evaluate", "metrics.json", _REPORT + _COMPARISON)
 
 
 def claim_out_folder(out: str | Path, kind: OutputKind, overwrite: bool, flag: str = "--out") -> Path:
@@ -94,19 +102,21 @@ def claim_out_file(path: str | Path, overwrite: bool, flag: str) -> Path:
 
 
 def _classify(out: Path, kind: OutputKind) -> tuple[list[Path], list[str]]:
-    """(files of this command in ``out``, names of everything else), subfolders of its patterns looked into."""
-    subfolders = {p.split("/", 1)[0] for p in kind.patterns if "/" in p}
+    """(files of this command in ``out``, names of everything else), the subfolders of its patterns (at any
+    depth, e.g. ``base/grids``) looked into; a symlink is never followed."""
+    subfolders = {p.rsplit("/", k)[0] for p in kind.patterns for k in range(1, p.count("/") + 1)}
     ours, foreign = [], []
-    for entry in sorted(out.iterdir()):
-        inner = sorted(entry.iterdir()) if entry.is_dir() and not entry.is_symlink() and \
-            entry.name in subfolders else [entry]
-        for p in inner:
-            rel = p.relative_to(out).as_posix()
-            if p.is_file() and kind.owns(rel):
-                ours.append(p)
+    pending = [out]
+    while pending:
+        for entry in sorted(pending.pop().iterdir()):
+            rel = entry.relative_to(out).as_posix()
+            if entry.is_dir() and not entry.is_symlink() and rel in subfolders:
+                pending.append(entry)
+            elif entry.is_file() and kind.owns(rel):
+                ours.append(entry)
             else:
                 foreign.append(rel)
-    return ours, foreign
+    return ours, sorted(foreign)
 
 
 def remove_outputs(out: Path, files: list[Path], kind: OutputKind) -> None:
@@ -115,7 +125,8 @@ def remove_outputs(out: Path, files: list[Path], kind: OutputKind) -> None:
     try:
         for p in sorted(files, key=lambda p: p.name == kind.record):
             p.unlink()
-        for d in {p.parent for p in files if p.parent != out}:
+        folders = {d for p in files for d in p.parents if d != out and out in d.parents}
+        for d in sorted(folders, key=lambda d: len(d.parts), reverse=True):  # base/grids before base
             if not any(d.iterdir()):
                 d.rmdir()
     except OSError as e:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from cascadekit.cli.out_folder import COMPARE_DECODERS
+
 
 def stage_b_weight_options(f):
     """Adds ``--stage-b-weights`` (and ``--compare`` with ``compare=True`` callers; see :func:`compare_option`)."""
@@ -79,11 +81,12 @@ def evaluate_decoders(codec, stage_b_weights, ema: bool, compare: bool, items, r
                 codec.stage_b = base
         return call
 
-    kw["settings"] = {**kw.get("settings", {}), "stage_b_weights": {"base": "--weights", "finetuned": str(f)}}
-    summary = run_compare(items, {"base": with_stage_b(base), "finetuned": with_stage_b(tuned)}, out, **kw)
-    for m, d in summary["delta_vs_baseline"]["finetuned"].items():
+    base_label, tuned_label = COMPARE_DECODERS  # the folder names cli/out_folder.py knows
+    kw["settings"] = {**kw.get("settings", {}), "stage_b_weights": {base_label: "--weights", tuned_label: str(f)}}
+    summary = run_compare(items, {base_label: with_stage_b(base), tuned_label: with_stage_b(tuned)}, out, **kw)
+    for m, d in summary["delta_vs_baseline"][tuned_label].items():
         if d is not None:
             click.echo(f"{m.upper():6s} fine-tuned - base: {d:+.4f}")
-    result = json.loads((Path(out) / "finetuned" / "metrics.json").read_text())
+    result = json.loads((Path(out) / tuned_label / "metrics.json").read_text())
     result["comparison"] = summary
     return result

@@ -8,7 +8,10 @@ writes into ``out``:
   the first (``later - first``: PSNR/SSIM up is better, LPIPS/FID down is better);
 * ``compare_per_image.csv`` — one row per image every decoder evaluated: each metric per decoder + deltas;
 * ``compare_grids/*.png`` — original | reconstruction of each decoder, in label order (first ``grid_samples``);
-* ``index.html`` — the tables and grids (each decoder's own report: ``<label>/index.html``).
+* ``index.html`` — the tables and grids (each decoder's own report: ``<label>/index.html``);
+* ``metrics.json`` — written last, the folder's record as for a single evaluation (``mode: "compare"``, every
+  decoder's aggregates, the deltas, the per-decoder report folders), so the output-folder convention of
+  ``cascadekit evaluate`` (``cli/out_folder.py``) recognises a comparison folder and ``--overwrite`` replaces it.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from .errors import MetricInputError
 from .evaluate import _call_reconstruct, evaluate
 from .names import PER_IMAGE
 
+RECORD = "metrics.json"  # the folder's record, as evaluate's (written last)
+OWN_NAMES = frozenset({RECORD, "compare.json", "compare_per_image.csv", "compare_grids", "index.html"})
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False}
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -54,6 +59,9 @@ def _check_labels(decoders: dict) -> list[str]:
     bad = [lb for lb in labels if not LABEL.match(str(lb))]
     if bad:
         raise MetricInputError(f"decoder labels must be folder names (letters, digits, . _ -), got {bad}")
+    taken = [lb for lb in labels if lb in OWN_NAMES]
+    if taken:
+        raise MetricInputError(f"decoder labels {taken} are names the comparison writes itself ({sorted(OWN_NAMES)})")
     return labels
 
 
@@ -122,7 +130,16 @@ def compare(images: Iterable[tuple[str, object]], decoders: dict[str, Callable],
         [f"{m}_delta_{lb}" for m in metric_cols for lb in labels[1:]]
     report.write_csv(out / "compare_per_image.csv", rows, columns)
     _write_html(out / "index.html", summary, rows, grids, metric_cols)
+    report.write_json(out / RECORD, record_of(summary))
     return summary
+
+
+def record_of(summary: dict) -> dict:
+    """The top-level ``metrics.json`` of a comparison folder: per-decoder aggregates and deltas (compare.json
+    holds the same plus every decoder's settings)."""
+    keep = ("decoders", "baseline", "aggregate", "delta_vs_baseline", "higher_is_better", "n_images_compared",
+            "reports", "notice")
+    return {"mode": "compare", "comparison": "compare.json", **{k: summary[k] for k in keep}}
 
 
 def _joined_rows(out: Path, labels: list[str]) -> tuple[list[dict], list[str]]:

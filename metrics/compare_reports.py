@@ -59,6 +59,7 @@ class Report:
 def read_report(folder: str | os.PathLike, label: str | None = None) -> Report:
     """A report folder -> Report; MetricInputError when it is not a readable evaluate report."""
     folder = Path(folder)
+    _not_a_comparison(folder)
     try:
         record = json.loads((folder / "metrics.json").read_text())
         with open(folder / "per_image.csv", newline="") as f:
@@ -69,6 +70,18 @@ def read_report(folder: str | os.PathLike, label: str | None = None) -> Report:
     except (OSError, ValueError, KeyError) as e:
         raise MetricInputError(f"{folder}: cannot read the report ({type(e).__name__}: {e})") from None
     return Report(folder, label or folder.resolve().name, record, rows)
+
+
+def _not_a_comparison(folder: Path) -> None:
+    """A folder of ``evaluate --compare`` (its metrics.json says ``mode: compare``) is named as such."""
+    try:
+        record = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return  # read_report says what is wrong with it
+    if isinstance(record, dict) and record.get("mode") == "compare":
+        subs = " ".join(str(folder / str(r).split("/")[0]) for r in (record.get("reports") or {}).values())
+        raise MetricInputError(f"{folder} is a decoder comparison (evaluate --compare), not one report; compare "
+                               f"its reports instead: {subs}")
 
 
 def _parse_row(r: dict) -> dict:
