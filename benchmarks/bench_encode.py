@@ -43,10 +43,12 @@ from cascadekit.datasets.builder import build_latent_dataset  # noqa: E402
 VARIANTS = {"low-priority": encode_loop.CPU_ENCODER_WORKER_NICE, "same-priority": 0}
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (the joined decode workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+def _cpu_seconds(who=None) -> float:
+    """CPU seconds of this process and its finished children (the joined decode workers), or of ``who`` only."""
+    if who is not None:
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+    return _cpu_seconds(resource.RUSAGE_SELF) + _cpu_seconds(resource.RUSAGE_CHILDREN)
 
 
 def _sync(device: torch.device) -> None:
@@ -89,12 +91,13 @@ def time_build(codec, corpus: Path, out: Path, args, nice: int) -> dict:
     """One build into a fresh store with decode workers at niceness +``nice``: wall, CPU, stage seconds."""
     shutil.rmtree(out, ignore_errors=True)
     encode_loop.CPU_ENCODER_WORKER_NICE = nice  # the builder reads it when it makes its loader
-    t, c = time.perf_counter(), _cpu_seconds()
+    t, c, k = time.perf_counter(), _cpu_seconds(), _cpu_seconds(resource.RUSAGE_CHILDREN)
     summ = build_latent_dataset([corpus], out, codec, resolution=args.resolution, batch_size=args.batch,
                                 chunk_rows=max(args.batch, 256), num_workers=args.workers, progress=False)
     wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
     assert summ.ok == args.images, summ
-    return {"wall_s": wall, "cpu_s": cpu, "stage_seconds": summ.stage_seconds}
+    return {"wall_s": wall, "cpu_s": cpu, "decode_workers_cpu_s": _cpu_seconds(resource.RUSAGE_CHILDREN) - k,
+            "stage_seconds": summ.stage_seconds}
 
 
 def run(args) -> dict:
@@ -149,7 +152,8 @@ def _print(res: dict, variants) -> None:
             print(f"  round {i} {name:<14} e2e {r[name]['wall_s']:6.1f} s = loop {loop:6.1f} s ("
                   + ", ".join(f"{k} {v:.2f}" for k, v in st.items())
                   + f") + start/finish {r[name]['wall_s'] - loop:.2f} s; model alone {r['model']['wall_s']:6.1f} s"
-                  + f" (load average {r['load_average']:.1f})")
+                  + f" (load average {r['load_average']:.1f}); decode workers {r[name]['decode_workers_cpu_s']:.1f}"
+                  + f" CPU-s vs the model's {r['model']['cpu_s']:.1f}")
 
 
 def main() -> None:
