@@ -3,16 +3,16 @@ guidance 1.1): a tiny Stage B overfits 4 photographs and the reconstruction PSNR
 
 Why earlier attempts sampled noise (~5 dB) for both decoders, and what this experiment does instead:
 
-* The tiny random EfficientNet gives every image almost the same latent (spread across images ~1e-3 of the
-  values): the condition told the images apart by nothing. Here its final BatchNorm is calibrated on the
-  training images (:func:`calibrated_effnet`), so the latents vary with the image at unit scale, as the
-  released encoder's do.
+* The tiny random EfficientNet gives every image almost the same latent (std across the 4 images 0.0009): the
+  condition told the images apart by nothing. Here its output layer (1x1 conv + BatchNorm statistics) is
+  calibrated on the training images (:func:`calibrated_effnet`), so the latents vary with the image at unit
+  scale, as the released encoder's do.
 * Sampling starts at t = 1 where a = 0.01: the first DDPM step turns an error δ of the predicted ε into
   about a(t=0.9)/a(1) ≈ 15·δ of the next state, which the later steps never remove. After 150-600 updates at a
-  constant lr the ε error at t ≈ 1 was 25-60 %, so every sample diverged (x0 std ~90). 1500 updates with a
-  cosine lr decay bring it down enough for 10 steps.
+  constant lr the ε error at t ≈ 1 was 25-60 % (relative MSE), so every sample diverged (x0 std ~90). 1500
+  updates with a cosine lr decay bring it down enough for 10 steps (constant lr: +1.1 dB only).
 * Pyramid noise is off: at 8x8 Stage A latents the official size range [1, 16] puts half of ε's variance
-  into the offsets (18 % at the released 256x256), and the tiny model did not learn them in this budget.
+  into the offsets (18 % at the released 256x256); with it on, the same run rose by +0.3 dB only.
 * Stage A is the mean-pool autoencoder of the helpers (a real PSNR ceiling, ~20 dB on these photos).
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ from cascadekit.cli.out_folder import EVALUATE, check_out_folder, claim_out_fold
 from cascadekit.codec.errors import OutputError
 from stage_b_helpers import SMALL_B, photo_folder, weights_with_mean_pool_stage_a
 
-#: the training of the experiment (see the module docstring); measured +4.5 dB PSNR (every image > +2.4 dB)
+#: the training of the experiment (see the module docstring); measured PSNR 4.86 -> 7.58 dB (with seed 1: +2.1 dB,
+#: every image +1.5 .. +2.6 dB; evaluating with another sampling seed moves the means by ~0.3 dB)
 TRAIN = dict(preset="tiny", steps=1500, batch_size=4, lr=3e-3, lr_schedule="cosine", pyramid_noise=False,
              save_every=1500, log_every=100)
 
@@ -115,7 +116,7 @@ def test_evaluate_sees_the_overfit_stage_b_with_the_released_sampling(tiny, tmp_
     assert record["mode"] == "compare" and record["decoders"] == ["base", "finetuned"]
     base, tuned = (record["aggregate"][k]["psnr"]["mean"] for k in ("base", "finetuned"))
     delta = record["delta_vs_baseline"]["finetuned"]["psnr"]
-    assert delta == pytest.approx(tuned - base) and delta > 2.0, (base, tuned)  # measured 4.86 -> 9.33 dB
+    assert delta == pytest.approx(tuned - base) and delta > 1.2, (base, tuned)  # measured 4.86 -> 7.58 dB
     assert record["delta_vs_baseline"]["finetuned"]["ssim"] > 0
     rows = (ev / "compare_per_image.csv").read_text().splitlines()
     col = rows[0].split(",").index("psnr_delta_finetuned")
