@@ -6,7 +6,9 @@
 Parts (each with random weights of the real architectures, bf16 on CUDA):
 
 * ``encode``: synthetic 1024² baseline JPEGs -> nvJPEG batch decode (:mod:`cascadekit.datasets.cuda_jpeg`)
-  -> resize to 768² on the GPU -> EfficientNet encoder (channels_last, bf16, optionally compiled): img/s;
+  -> resize to 768² on the GPU -> EfficientNet encoder (channels_last, bf16, optionally compiled): img/s; then
+  ``build_latent_dataset`` end to end on 1,024 such JPEG files with ``device_decode`` (``encode --decode-on
+  cuda``): img/s and where the main thread's time went (``pipeline``);
 * ``forward``: Stage B / Stage C lite forward vs diffusers' ``StableCascadeUNet``, eager and compiled
   (``bench_stage_forward``; diffusers is skipped when it is not installed);
 * ``sampling``: latency of one 1024² image: Stage C (lite and big) 20 steps + Stage B lite 10 steps with
@@ -95,7 +97,39 @@ def part_encode(s: dict, device, dtype) -> dict:
     t_all = _time(step, device, s["repeats"])
     t_dec = _time(lambda: dec.decode(blobs), device, s["repeats"])
     return {"batch": len(blobs), "side": s["encode_side"], "jpeg_side": s["jpeg_side"], "compile": s["compile"],
-            "img_per_s": len(blobs) / t_all, "decode_img_per_s": len(blobs) / t_dec, "routes": dict(dec.counts)}
+            "img_per_s": len(blobs) / t_all, "decode_img_per_s": len(blobs) / t_dec, "routes": dict(dec.counts),
+            "pipeline": _encode_pipeline(s, device, _SuiteEncoder(run_enc, device, dtype, mean, std))}
+
+
+class _SuiteEncoder:
+    """The builder's Encoder over the bare EfficientNet above: normalise, cast, channels_last, encode."""
+
+    def __init__(self, run_enc, device, dtype, mean, std):
+        self.run_enc, self.device, self.dtype, self.mean, self.std = run_enc, device, dtype, mean, std
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = ((x - self.mean) / self.std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.run_enc(x)
+
+    def identity(self) -> dict:
+        return {"name": "gpu-suite-random-efficientnet"}
+
+
+def _encode_pipeline(s: dict, device, encoder) -> dict:
+    """``build_latent_dataset`` end to end on JPEG files (decode on the device, encode, write): img/s + stages."""
+    from cascadekit.datasets.builder import build_latent_dataset
+
+    corpus = s["tmp"] / "jpegs"
+    corpus.mkdir()
+    for i, blob in enumerate(_jpegs(s["pipeline_images"], s["jpeg_side"])):
+        (corpus / f"{i:05d}.jpg").write_bytes(blob)
+    t = time.perf_counter()
+    summ = build_latent_dataset([corpus], s["tmp"] / "pipeline.zarr", encoder, resolution=s["encode_side"],
+                                batch_size=s["encode_batch"], chunk_rows=max(256, s["encode_batch"]),
+                                num_workers=s["pipeline_workers"], progress=False, device_decode=True)
+    wall = time.perf_counter() - t
+    return {"images": summ.ok, "img_per_s": summ.ok / wall, "decode_on": device.type,
+            "stage_seconds": summ.stage_seconds, "seconds": wall}
 
 
 def part_forward(s: dict, device, dtype_name: str) -> list:
@@ -174,6 +208,7 @@ def settings(args, tmp: Path) -> dict:
         "dry_run": args.dry_run, "compile": args.compile, "compile_mode": None, "tmp": tmp,
         "diffusers": bsf.have_diffusers() and not args.no_diffusers, "repeats": 5 if real else 1,
         "encode_batch": 64 if real else 2, "jpeg_side": 1024 if real else 64, "encode_side": 768 if real else 64,
+        "pipeline_images": 1024 if real else 4, "pipeline_workers": 8 if real else 0,
         "forward_size": "lite" if real else "tiny", "stage_b": "lite" if real else "tiny",
         "stage_c_presets": ["lite", "big"] if real else ["tiny"], "c_side": 24 if real else 8,
         "c_steps": 20 if real else 2, "b_steps": 10 if real else 2,
