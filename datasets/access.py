@@ -311,10 +311,14 @@ class ChunkCache:
                     self.chunks.popitem(last=False)
         return block
 
-    def _load(self, i: int) -> np.ndarray:
+    def _load(self, i: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Decoded chunk ``i``; with ``out`` (a whole chunk's rows) decoded straight into it where the direct
+        path can (returns None then)."""
         a, b = integrity.chunk_span(self.arr, i)
         if self._decoder is not None:  # the hot path: one file read, crc32c, decompression (chunk_decode)
             try:
+                if out is not None and self._decoder.read_into(i, out):
+                    return None
                 return self._decoder.read(i)[:b - a]
             except ChunkError as e:
                 raise InputError(f"{self.label}: chunk {i} (rows {a}..{b - 1}) {e.state}; {REPAIR_HINT}") from None
@@ -344,8 +348,14 @@ class ChunkCache:
         cuts = [0, *(np.flatnonzero(np.diff(cid)) + 1).tolist(), len(rows)]
         for a, b in zip(cuts[:-1], cuts[1:]):
             ci = int(cid[a])
-            block, local = self.chunk(ci), rows[a:b] - ci * c
+            local = rows[a:b] - ci * c
             run = int(local[-1] - local[0]) + 1 == b - a
+            if run and b - a == c and not self.keep:  # a whole chunk, not cached: decompressed in place if it can
+                block = self._load(ci, out[a:b])
+                if block is None:
+                    continue
+            else:
+                block = self.chunk(ci)
             out[a:b] = block[int(local[0]):int(local[-1]) + 1] if run else block[local]
 
     def rows(self, rows) -> np.ndarray:

@@ -65,6 +65,27 @@ class ChunkDecoder:
         block.flags.writeable = False  # shared by every caller of a ChunkCache
         return block
 
+    def read_into(self, i: int, out: np.ndarray) -> bool:
+        """Decompress chunk ``i`` straight into ``out`` (C-contiguous, ``chunk_shape``, this dtype), saving the
+        copy out of a decoded chunk. Only for a checksummed numeric array, where the crc32c proves the frame is
+        the full chunk zarr wrote; returns False (nothing written) otherwise: use :meth:`read`."""
+        if not self.checksum or self.strings or out.nbytes != self.nbytes or out.dtype != self.dtype \
+                or not out.flags.c_contiguous:
+            return False
+        raw = self._raw(i)
+        if raw is None:
+            out[...] = self.fill_value
+            return True
+        payload = _checked(raw)
+        try:
+            if self.compressor is None:
+                out.reshape(-1).view(np.uint8)[:] = payload
+            else:
+                self.compressor.decode(payload, out=out)
+        except Exception as e:  # noqa: BLE001 - as in _decode
+            raise ChunkError(DAMAGED, f"cannot be decoded: {type(e).__name__}: {str(e)[:80]}", True) from None
+        return True
+
     def _decode(self, payload: np.ndarray) -> np.ndarray:
         try:
             data = payload if self.compressor is None else self.compressor.decode(payload)

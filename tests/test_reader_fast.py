@@ -172,3 +172,21 @@ def test_batch_plan_keeps_a_groups_batches_together_so_chunks_are_decoded_once()
                 cache.popitem(last=False)
         assert decodes == g.size // g.chunk  # every chunk decoded once per epoch
     assert [plan.batch(k)[1] for k in range(8)] == [BatchPlan(groups, 4, seed=1, window=2).batch(k)[1] for k in range(8)]
+
+
+def test_whole_chunks_decompressed_in_place_equal_the_stored_rows(full, tmp_path):
+    g = LatentStore(full).group("")
+    arr = g.array("latents")
+    c = arr.chunks[0]
+    rows = np.arange(c, 3 * c)  # two whole chunks
+    for cache in (g.cache("latents", keep=0), g.cache("latents", keep=0, direct=False)):
+        out = np.full((len(rows), *arr.shape[1:]), np.nan, arr.dtype)
+        cache.read_into(rows, out)
+        np.testing.assert_array_equal(out, np.asarray(arr[c:3 * c]))
+    import shutil
+
+    s = Path(shutil.copytree(full, tmp_path / "s.zarr"))
+    flip_byte(chunk_file(s, "latents", 2))
+    out = np.zeros((len(rows), *arr.shape[1:]), arr.dtype)
+    with pytest.raises(InputError, match=r"latents: chunk 2 \(rows 8..11\) is damaged and cannot be read \(crc32c"):
+        LatentStore(s).group("").cache("latents", keep=0).read_into(rows, out)
