@@ -9,6 +9,7 @@
   zeros, zarr's fill value).
 * :class:`ChunkCache` reads rows of one array chunk by chunk, keeping recently decoded chunks; a missing
   or damaged chunk is an :class:`InputError` naming the array and rows, never zeros or a codec traceback.
+  Chunks of a local store are decoded straight from their files (:mod:`~cascadekit.datasets.chunk_decode`).
 
 Fields are named in :data:`FIELDS`; a later kind of per-row data (ControlNet controls, image embeddings)
 is one more entry there.
