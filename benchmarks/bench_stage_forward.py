@@ -9,6 +9,8 @@ The forward's FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (with
 flash-attention kernel, which the counter does not know); a 1024² sgemm is timed in the same loop, so
 the FLOP rate is reported against the matmul rate of the same thread count under the same load.
 ``--threads 1,2`` repeats everything per thread count. Without diffusers installed only our side runs.
+``--module-path`` also times our blocks' module-by-module path (grad enabled, weights frozen: what
+training runs, without the fused inference kernels of ``codec.models.fused``) in the same loop.
 
     python benchmarks/bench_stage_forward.py --threads 1,2 --out out/bench_stage_forward.json
     python benchmarks/bench_stage_forward.py --device cuda --dtype bf16 --size lite --compile
@@ -168,6 +170,11 @@ def call_theirs(model, stage, inp):
                  clip_img=inp["clip_img"], return_dict=False)[0]
 
 
+def _with_grad(fn):
+    with torch.enable_grad():
+        return fn()
+
+
 def timed(fn, device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call. CPU time is far less sensitive than wall time
     to other processes competing for the cores (on a shared machine wall times can vary 3x)."""
@@ -191,6 +198,8 @@ def bench_stage(stage, cfg, args, device, dtype) -> dict:
         theirs = torch.compile(theirs) if theirs is not None else None
     sgemm, sgemm_flops = sgemm_fn(device, dtype)
     fns = {"ours": lambda: call_ours(ours, stage, inp), "sgemm": sgemm}
+    if args.module_path:  # grad enabled, weights frozen: the blocks' module-by-module path (what training runs)
+        fns["module_path"] = lambda: _with_grad(lambda: call_ours(ours, stage, inp))
     rel = max_abs = None
     with torch.inference_mode():
         if theirs is not None:
@@ -228,6 +237,9 @@ def _summary(stage, cfg, ours, inp, flops, sgemm_flops, times, rel, max_abs) -> 
         # the same ratio in CPU time (process CPU seconds per call; threads summed, so per thread count)
         "flop_rate_over_sgemm_cpu": med_cpu["sgemm"] / sgemm_flops * flops / med_cpu["ours"],
     }
+    if "module_path" in med:
+        out.update({"module_path_median_s": med["module_path"], "module_path_cpu_median_s": med_cpu["module_path"],
+                    "ratio_fused_over_module_cpu": med_cpu["ours"] / med_cpu["module_path"]})
     if "diffusers" in med:
         out.update({
             "diffusers_median_s": med["diffusers"], "ratio_ours_over_diffusers": med["ours"] / med["diffusers"],
@@ -269,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default=None, help="torch CPU thread counts, comma-separated (e.g. 1,2)")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks before timing")
     p.add_argument("--no-diffusers", action="store_true", help="time our networks only")
+    p.add_argument("--module-path", action="store_true",
+                   help="also time our blocks' module-by-module path (no fused inference kernels) in the same loop")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     args.no_diffusers = args.no_diffusers or not have_diffusers()
@@ -295,6 +309,11 @@ def main(argv=None) -> int:
     print(f"device {device} ({platform.processor() or platform.machine()}), {dtype_name}, batch {args.batch}, "
           f"size {args.size}, compile {args.compile}, " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print_table(results)
+    for r in results:
+        if "module_path_median_s" in r:
+            print(f"Stage {r['stage'].upper()}, {r['threads']} thread(s): fused / module path (median CPU time) "
+                  f"{r['ratio_fused_over_module_cpu']:.3f} ({r['ours_cpu_median_s'] * 1e3:.0f} / "
+                  f"{r['module_path_cpu_median_s'] * 1e3:.0f} ms)")
     load_after = os.getloadavg()
     print(f"load average (1/5/15 min) before {' '.join(f'{v:.1f}' for v in load_before)}, "
           f"after {' '.join(f'{v:.1f}' for v in load_after)} on {os.cpu_count()} CPUs")
