@@ -49,7 +49,8 @@ def test_inspect_shows_controls_and_add_controls(chain):
     assert set(groups["/"]["controls"]) == {"canny", "sr", "inpaint"}
 
 
-def test_train_controlnet_then_sample_from_the_run(chain, tmp_path):
+def test_train_controlnet_then_sample_from_the_run(chain, tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADEKIT_OFFLINE", "1")  # a test never downloads the backbone's ImageNet weights
     weights, store, d = chain
     run = tmp_path / "run"
     r = _run("train", "--data", store, "--config", "controlnet_canny", "--out", run, "--init", weights,
