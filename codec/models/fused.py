@@ -29,7 +29,9 @@ def fused_ok(block: nn.Module, x: torch.Tensor) -> bool:
     so forward hooks on those submodules do not run there (hooks on the block itself do); sequential
     offload, which moves each submodule in a pre-hook, leaves the weights elsewhere and so gets the
     module-by-module path."""
-    if torch.is_grad_enabled() or block.training or torch.is_autocast_enabled(x.device.type):
+    # meta tensors (shape/FLOP counting) have no autocast state to ask: they take the module path
+    if x.device.type == "meta" or torch.is_grad_enabled() or block.training \
+            or torch.is_autocast_enabled(x.device.type):
         return False
     return all(p.device == x.device and p.dtype == x.dtype for p in block.parameters())
 
