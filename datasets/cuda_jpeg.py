@@ -74,9 +74,22 @@ def jpeg_gpu_reason(data: bytes) -> str | None:
 
 
 def _torchvision_decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_jpeg  # lazy: torchvision only for this option
+    """torchvision's decoder: one batched call (torchvision >= 0.20), else one call per image (0.19, torch 2.4)."""
+    import torchvision  # lazy: torchvision only for this option
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    if _takes_lists(torchvision.__version__):
+        return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    return [decode_jpeg(d, mode=ImageReadMode.RGB, device=device) for d in datas]
+
+
+def _takes_lists(version: str) -> bool:
+    """Whether this torchvision's ``decode_jpeg`` decodes a list of images in one call (added in 0.20)."""
+    try:
+        major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (0, 20)
 
 
 @dataclass

@@ -171,3 +171,19 @@ def test_cli_decode_on_cuda_without_cuda_fails_before_work(tmp_path):
                                   "--decode-on", "cuda"])
     assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith("error: ")
     assert "--decode-on cuda" in r.output and not (tmp_path / "s.zarr").exists()
+
+
+def test_torchvision_without_batched_decode_decodes_one_by_one(monkeypatch):
+    """torchvision 0.19 (torch 2.4) has no list form of decode_jpeg: the decoder calls it per image there
+    (a list would fail and send every file to the CPU fallback)."""
+    import torchvision
+
+    from cascadekit.datasets import cuda_jpeg
+
+    buf = io.BytesIO()
+    Image.fromarray(photos()[0][1][:32, :48]).save(buf, format="JPEG", quality=90)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    assert not cuda_jpeg._takes_lists("0.19.1+cu121") and cuda_jpeg._takes_lists("0.20.0")
+    monkeypatch.setattr(torchvision, "__version__", "0.19.1+cu121")
+    out = cuda_jpeg._torchvision_decode([data, data], torch.device("cpu"))
+    assert [tuple(o.shape) for o in out] == [(3, 32, 48)] * 2
