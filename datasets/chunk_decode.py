@@ -141,8 +141,8 @@ def decoder_for(arr, presence: bool) -> ChunkDecoder | None:
         return None
     compressor = _COMPRESSORS[rest[0]]() if rest else None
     zeros = (0,) * (arr.ndim - 1)
-    return ChunkDecoder(Path(root) / arr.path, lambda i: meta.encode_chunk_key((i, *zeros)), meta.chunk_grid.chunk_shape,
-                        arr.dtype, meta.fill_value, compressor, checksum, presence)
+    return ChunkDecoder(Path(root) / arr.path, lambda i: meta.encode_chunk_key((i, *zeros)),
+                        meta.chunk_grid.chunk_shape, arr.dtype, meta.fill_value, compressor, checksum, presence)
 
 
 def _array_bytes_ok(name: str, codec, dtype: np.dtype) -> bool:
