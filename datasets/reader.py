@@ -270,7 +270,7 @@ class LatentDataset(IterableDataset):
         arenas = (_Arena(), _Arena())  # buffer k is carved from arenas[k % 2]: one is filled, the other emitted
         carry: dict[int, dict] = {}  # group -> its rows not emitted yet (one contiguous part)
         pool = ThreadPoolExecutor(max_workers=1)  # prefetches the next buffer
-        readers = ThreadPoolExecutor(max_workers=self.read_threads)  # decode its blocks (zstd releases the GIL)
+        readers = ThreadPoolExecutor(max_workers=self.read_threads)  # read its blocks (beside the main thread)
         try:
             ahead = pool.submit(self._fill, arrays, readers, buffers[0], fronts[0], arenas[0]) if buffers else None
             for k in range(len(buffers)):
