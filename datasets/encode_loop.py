@@ -3,8 +3,9 @@
 What overlaps with what (one rank):
 
 * DataLoader workers decode the next batches (``prefetch_factor`` 2 per worker) while the main thread
-  encodes; on a CPU encoder the workers run at a lower priority (``os.nice``), so on a machine with few
-  cores they use the gaps the encoder leaves instead of pre-empting its OpenMP threads;
+  encodes; on a CPU encoder the workers run at a lower priority (``os.nice``; on 2 cores this made no
+  measurable difference: an encoder that keeps every core busy is slowed by the decoding whatever its
+  priority, see docs/benchmarks.md);
 * on CUDA the images arrive in pinned memory and go to the device without blocking; the encoder's
   outputs are copied back into pinned host buffers without blocking and a CUDA event marks the copy,
   so the main thread starts the next batch at once;
