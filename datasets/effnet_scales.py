@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import InputError
-from cascadekit.codec.images import imagenet_normalize
+from cascadekit.codec.models.effnet import encode_pixels
 
 FIELD = "effnet_scales"
 SNAP = 32  # the EfficientNet's stride: sides are snapped down to multiples of it (official)
@@ -81,11 +81,10 @@ def latents_at(images: torch.Tensor, encoder: Any, size: Sequence[int]) -> torch
     ImageNet-normalised images in its own dtype), or any object whose ``encode`` maps images to latents."""
     x = F.interpolate(images.float(), size=tuple(int(s) for s in size), mode="nearest")
     net = effnet_module(encoder)
-    with torch.no_grad():  # not inference_mode: training feeds the result to autograd-recorded ops
-        if net is None:
+    if net is None:
+        with torch.no_grad():  # not inference_mode: training feeds the result to autograd-recorded ops
             return encoder.encode(x).float()
-        weight = next(net.parameters())
-        return net(imagenet_normalize(x.to(weight.device, torch.float32)).to(weight.dtype)).float()
+    return encode_pixels(net, x)
 
 
 def scale_slots(images: torch.Tensor, encoder: Any, factors: Sequence[float]) -> list[torch.Tensor]:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from cascadekit.codec.errors import DependencyError, InputError
-from cascadekit.codec.images import imagenet_normalize, load_image
+from cascadekit.codec.images import load_image
+from cascadekit.codec.models.effnet import encode_pixels
 
 CONTROLS = ("canny", "inpainting", "sr")
 CANNY_RESIZE = 224
@@ -123,9 +124,7 @@ def sr_latents(images: torch.Tensor, effnet: torch.nn.Module, downscale: bool = 
     """
     _check_images(images)
     x = F.interpolate(images, scale_factor=scale, mode="nearest") if downscale else images
-    weight = next(effnet.parameters())
-    with torch.no_grad():
-        return effnet(imagenet_normalize(x.to(weight.device, torch.float32)).to(weight.dtype)).float()
+    return encode_pixels(effnet, x)
 
 
 def sr_from_latents(latents: torch.Tensor, scale: float = 0.5) -> torch.Tensor:

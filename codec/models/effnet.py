@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from cascadekit.codec.images import imagenet_normalize
 from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 
@@ -44,6 +45,15 @@ class EfficientNetEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) ImageNet-normalised -> (B, c_latent, H/32, W/32)."""
         return self.mapper(self.backbone(x))
+
+
+def encode_pixels(effnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """EfficientNet latents (B, 16, H/32, W/32) float32, on ``effnet``'s device, of ``images`` (B, 3, H, W) in
+    [0, 1] already at the size to encode: ImageNet-normalised in float32 on the weights' device, then fed in the
+    weights' dtype. No gradient: the result is a condition (not inference_mode, so autograd may consume it)."""
+    weight = next(effnet.parameters())
+    with torch.no_grad():
+        return effnet(imagenet_normalize(images.to(weight.device, torch.float32)).to(weight.dtype)).float()
 
 
 def infer_preset(state_dict) -> EfficientNetEncoderConfig:
