@@ -17,11 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 from numcodecs import Blosc, VLenUTF8, Zstd
 
-from cascadekit.datasets.integrity import DAMAGED, MISSING
+from cascadekit.datasets.integrity import DAMAGED, MISSING, crc32c_ok
 
 #: zarr codec class name -> a numcodecs decoder of its bytes (zstd and blosc frames describe themselves)
 _COMPRESSORS = {"ZstdCodec": Zstd, "BloscCodec": Blosc}
@@ -118,10 +117,9 @@ _VLEN = VLenUTF8()
 
 def _checked(raw: np.ndarray) -> np.ndarray:
     """The payload of a chunk whose last 4 bytes are the crc32c (little endian) of the rest, or ChunkError."""
-    body = raw[:-4]
-    if raw.size < 5 or np.uint32(google_crc32c.value(body)).tobytes() != raw[-4:].tobytes():
+    if not crc32c_ok(raw):
         raise ChunkError(DAMAGED, "crc32c checksum mismatch: truncated or overwritten", True)
-    return body
+    return raw[:-4]
 
 
 def decoder_for(arr, presence: bool) -> ChunkDecoder | None:

@@ -57,6 +57,12 @@ def chunk_file(arr, i: int) -> Path:
     return chunk_location(arr.store, f"{arr.path}/{key}")
 
 
+def crc32c_ok(raw) -> bool:
+    """True when the last 4 bytes of a chunk file's contents (bytes, or a uint8 numpy array) are the little-endian
+    crc32c of the rest (what zarr v3's ``crc32c`` codec appends)."""
+    return len(raw) >= 5 and np.uint32(google_crc32c.value(raw[:-4])).tobytes() == bytes(raw[-4:])
+
+
 def has_checksum(arr) -> bool:
     return any(type(c).__name__ == "Crc32cCodec" for c in arr.compressors)
 
@@ -79,7 +85,7 @@ def chunk_state(arr, i: int, deep: bool = False) -> tuple[str, str] | None:
             raw = path.read_bytes()
         except OSError as e:
             return DAMAGED, f"cannot read the chunk file: {e.strerror or e}"
-        if len(raw) < 5 or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+        if not crc32c_ok(raw):
             return DAMAGED, "crc32c checksum mismatch (truncated or overwritten)"
         return None
     a, b = chunk_span(arr, i)
