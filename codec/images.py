@@ -301,26 +301,37 @@ def resize_short_side(img: Image.Image, size: int, resample=Image.Resampling.BIC
     return img.resize((nw, nh), resample=resample)
 
 
+def cover_size(hw: tuple[int, int], size) -> tuple[int, int]:
+    """(H', W') that an (H, W) image is resized to, aspect kept, so that it covers ``size`` (int or (H, W))."""
+    ch, cw = _size_hw(size)
+    h, w = hw
+    scale = max(cw / w, ch / h)
+    return max(ch, round(h * scale)), max(cw, round(w * scale))
+
+
+def center_offsets(hw: tuple[int, int], size) -> tuple[int, int]:
+    """(top, left) of the centred ``size`` crop of an (H, W) image, rounded like torchvision's ``center_crop``."""
+    ch, cw = _size_hw(size)
+    return int(round((hw[0] - ch) / 2.0)), int(round((hw[1] - cw) / 2.0))
+
+
 def center_crop(img: Image.Image, size) -> Image.Image:
     """Crop the centre ``size`` (int or (H, W)); the offset rounds like torchvision's ``center_crop``."""
     ch, cw = _size_hw(size)
     w, h = img.size
     if cw > w or ch > h:
         raise InputError(f"cannot centre-crop {cw}x{ch} out of a {w}x{h} image; resize first")
-    left = int(round((w - cw) / 2.0))
-    top = int(round((h - ch) / 2.0))
+    top, left = center_offsets((h, w), (ch, cw))
     return img.crop((left, top, left + cw, top + ch))
 
 
 def resize_center_crop(img: Image.Image, size, resample=Image.Resampling.BICUBIC) -> Image.Image:
     """Resize so the image covers ``size`` (int or (H, W)), then centre-crop to exactly that size."""
-    ch, cw = _size_hw(size)
     w, h = img.size
-    scale = max(cw / w, ch / h)
-    nw, nh = max(cw, round(w * scale)), max(ch, round(h * scale))
+    nh, nw = cover_size((h, w), size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), resample=resample)
-    return center_crop(img, (ch, cw))
+    return center_crop(img, size)
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

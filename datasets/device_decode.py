@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cascadekit.codec.errors import DependencyError, InputError
-from cascadekit.codec.images import ImageInputError, load_image
+from cascadekit.codec.images import ImageInputError, center_offsets, cover_size, load_image
 from cascadekit.codec.input_files import read_regular
 from cascadekit.datasets.cuda_jpeg import JpegBatchDecoder, jpeg_gpu_reason
 from cascadekit.datasets.preprocess import PreprocessConfig
@@ -64,12 +64,11 @@ def fit_crop(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     centre-crop (``codec.images.resize_center_crop``'s sizes and offsets), round to 8 bit."""
     ch, cw = size
     h, w = img.shape[-2:]
-    scale = max(cw / w, ch / h)
-    nw, nh = max(cw, round(w * scale)), max(ch, round(h * scale))
+    nh, nw = cover_size((h, w), size)
     x = img[None].float()
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
+    top, left = center_offsets((nh, nw), size)
     return x[0, :, top:top + ch, left:left + cw].round().clamp_(0, 255).to(torch.uint8)
 
 
