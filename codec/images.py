@@ -168,13 +168,7 @@ def load_image(
 
         with img:
             w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageInputError(
-                    "decompression_bomb",
-                    f"header says {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,}; "
-                    "raise max_pixels if this image is legitimate",
-                    name,
-                )
+            check_header_pixels(w, h, max_pixels, name)
             if w <= 0 or h <= 0:
                 raise ImageInputError("too_small", f"image has no pixels ({w}x{h})", name)
             _decode_first_frame(img, name)
@@ -191,6 +185,14 @@ def load_image(
             "too_small", f"image is {rgb.size[0]}x{rgb.size[1]}, smaller than min_side={min_side}", name
         )
     return rgb
+
+
+def check_header_pixels(w: int, h: int, max_pixels: int | None, name: str | None) -> None:
+    """The decompression-bomb guard on a header's ``w x h`` (before decoding): ImageInputError
+    ``decompression_bomb`` above ``max_pixels`` (``None``: no limit)."""
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageInputError("decompression_bomb", f"header says {w}x{h} = {w * h:,} pixels, above "
+                              f"max_pixels={max_pixels:,}; raise max_pixels if this image is legitimate", name)
 
 
 def _decode_first_frame(img: Image.Image, name: str) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cascadekit.codec.errors import DependencyError, InputError
-from cascadekit.codec.images import ImageInputError, center_offsets, cover_size, load_image
+from cascadekit.codec.images import ImageInputError, center_offsets, check_header_pixels, cover_size, load_image
 from cascadekit.codec.input_files import read_regular
 from cascadekit.datasets.cuda_jpeg import JpegBatchDecoder, jpeg_gpu_reason
 from cascadekit.datasets.preprocess import PreprocessConfig
@@ -51,9 +51,7 @@ def jpeg_for_device(src, cfg: PreprocessConfig, name: str | None) -> tuple[bytes
             w, h = im.size
     except Exception:  # noqa: BLE001 - the CPU loader reports why (with its reason)
         return blob, None
-    if cfg.max_pixels is not None and w * h > cfg.max_pixels:
-        raise ImageInputError("decompression_bomb", f"header says {w}x{h} = {w * h:,} pixels, above "
-                              f"max_pixels={cfg.max_pixels:,}; raise max_pixels if this image is legitimate", name)
+    check_header_pixels(w, h, cfg.max_pixels, name)
     if cfg.min_size is not None and min(w, h) < cfg.min_size:
         raise ImageInputError("too_small", f"image is {w}x{h}, shorter side below min_size={cfg.min_size}", name)
     return blob, (h, w)
