@@ -9,12 +9,11 @@ What a run holds is read from its newest intact checkpoint (``generator.checkpoi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from cascadekit.codec.errors import InputError
-from cascadekit.generator.checkpoint import META, run_checkpoint
+from cascadekit.generator.checkpoint import META, checkpoint_holds, run_checkpoint
 
 EMA = " (ema)"
 
@@ -36,12 +35,11 @@ def run_kind(path: str | Path, flag: str = "--run") -> tuple[str, bool]:
     folder = run_checkpoint(path)
     if not (folder.is_dir() and (folder / META).is_file()):
         return "stage_c", False
-    meta = json.loads((folder / META).read_text())
-    name = str(meta.get("weights", ""))
+    name, ema = checkpoint_holds(folder)
     if name.startswith("stage_b"):
-        return "stage_b", bool(meta.get("ema"))
+        return "stage_b", ema
     if name == "model.safetensors":
-        return "stage_c", bool(meta.get("ema"))
+        return "stage_c", ema
     hint = {"lora.safetensors": "a LoRA run: upload its lora.safetensors in Generate's LoRA files",
             "controlnet.safetensors": "a ControlNet run: give it with --controlnet"}.get(name, "unknown weights")
     raise InputError(f"{flag} {path}: its checkpoint {folder.name} holds {name or 'no weights'} ({hint})")

@@ -259,16 +259,21 @@ def run_checkpoint(path: str | Path, what: str = "training run") -> Path:
     return folder
 
 
+def checkpoint_holds(folder: Path) -> tuple[str, bool]:
+    """(the weights file name recorded in the checkpoint's meta.json, '' if none; whether it kept EMA weights)."""
+    meta = json.loads((Path(folder) / META).read_text())
+    return str(meta.get("weights", "")), bool(meta.get("ema"))
+
+
 def checkpoint_weights(folder: Path, ema: bool = False, refuse: Callable[[str], str | None] | None = None) -> Path:
     """The file to load from a checkpoint folder: the EMA file with ``ema`` (InputError when the run kept none),
     else the weights file recorded in meta.json. ``refuse(name)`` (checked first) may return why a checkpoint
     holding ``name`` is the wrong kind for the caller (raised as InputError)."""
-    meta = json.loads((folder / META).read_text())
-    name = str(meta.get("weights", ""))
+    name, has_ema = checkpoint_holds(folder)
     why = refuse(name) if refuse is not None else None
     if why:
         raise InputError(why)
-    if ema and not meta.get("ema"):
+    if ema and not has_ema:
         raise InputError(f"checkpoint {folder} has no EMA weights (the run had ema_decay unset)")
     return folder / ("ema.safetensors" if ema else name)
 
