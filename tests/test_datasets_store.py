@@ -10,7 +10,7 @@ from cascadekit.datasets.inspect import _disk_bytes
 from cascadekit.datasets.writer import ChunkWriter, RowBatch
 
 
-def test_chunking_zstd_bytes_per_sample_and_attrs(tmp_path):
+def test_chunking_codecs_bytes_per_sample_and_attrs(tmp_path):
     n, chunk = 96, 32
     path = tmp_path / "f.zarr"
     root = S.create_store(path, [S.GroupLayout("", n, (16, 24, 24))], chunk_rows=chunk, dtype="float16",
@@ -27,7 +27,13 @@ def test_chunking_zstd_bytes_per_sample_and_attrs(tmp_path):
     assert a.chunks == (chunk, 16, 24, 24)  # whole samples, chunk_rows rows: contiguous block reads
     for name in S.ROW_ARRAYS:
         assert g[name].chunks[0] == chunk, name
-    assert any(type(c).__name__ == "ZstdCodec" and 1 <= c.level <= 3 for c in a.compressors)
+    # floating-point arrays: blosc lz4 + bitshuffle (typesize = item size), then crc32c; all others: zstd-3, crc32c
+    blosc, crc = a.compressors
+    assert type(blosc).__name__ == "BloscCodec" and blosc.cname.value == "lz4" and blosc.typesize == 2
+    assert blosc.shuffle.value == "bitshuffle" and type(crc).__name__ == "Crc32cCodec"
+    for arr in [g[name] for name in S.ROW_ARRAYS] + [g["errors"][name] for name in ("row", "key", "source", "reason")]:
+        names = [type(c).__name__ for c in arr.compressors]
+        assert names == ["ZstdCodec", "Crc32cCodec"] and arr.compressors[0].level == S.ZSTD_LEVEL == 3, arr.path
     per = _disk_bytes(path / "latents") / n
     assert 0.7 * 18432 < per < 1.05 * 18432, per  # close to the raw float16 size
     np.testing.assert_array_equal(np.asarray(a[:]), lat.astype(np.float16))
