@@ -359,14 +359,17 @@ class ChunkCache:
                 block = self.chunk(ci)
             out[a:b] = block[int(local[0]):int(local[-1]) + 1] if run else block[local]
 
-    def rows(self, rows) -> np.ndarray:
-        """Values of ``rows`` (int array, any order, repeats allowed), shape (len(rows), *row shape)."""
+    def rows(self, rows, blocks: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """Values of ``rows`` (int array, any order, repeats allowed), shape (len(rows), *row shape).
+        ``blocks``: chunks already decoded by :meth:`chunk` ({chunk index: block}, e.g. held by a read-ahead);
+        used instead of the cache where present."""
         rows = np.asarray(rows, np.int64)
         c = self.rows_per_chunk
         cid = rows // c
         out = None
         for ci in np.unique(cid):
-            block = self.chunk(int(ci))
+            block = blocks.get(int(ci)) if blocks else None
+            block = self.chunk(int(ci)) if block is None else block
             sel = np.flatnonzero(cid == ci)
             if out is None:
                 out = np.empty((len(rows), *block.shape[1:]), dtype=block.dtype)

@@ -56,7 +56,7 @@ def open_groups(path: Path, extra: tuple[str, ...] = ()):
         fields_per_group.append(fields)
         lat = gv.array("latents")
         grp = Group(gv.name, int(len(rows)), gv.shape("latents"), chunk=int(lat.chunks[0]))
-        out.append((grp, _reader(gv, rows, caps, emb_names)))
+        out.append((grp, _GroupReader(gv, rows, caps, emb_names)))
     if not out:
         raise InputError(f"latent store {path} has no complete samples (status ok); did `cascadekit encode` finish?")
     fields = set.intersection(*fields_per_group)
@@ -96,18 +96,42 @@ def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
     return None
 
 
-def _reader(gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
-    caches = {name: gv.cache(name) for name in ["latents", *emb]}
+class _GroupReader:
+    """Batches of one group: ``read(indices)``, or in two stages for a read-ahead (``generator/training/prefetch.py``):
+    :meth:`fetch` decodes the chunks a batch needs (the costly, GIL-bound part: zstd holds the GIL) and returns them,
+    :meth:`assemble` gathers the batch from them. ``assemble(i, fetch(i)) == read(i)``, bit for bit."""
 
-    def read(indices: list[int]) -> dict[str, Any]:
+    def __init__(self, gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
+        self.rows, self.caps, self.emb = rows, caps, emb
+        self.caches = {name: gv.cache(name) for name in ["latents", *emb]}
+
+    def read(self, indices: list[int]) -> dict[str, Any]:
+        return self.assemble(indices, {})
+
+    def fetch(self, indices: list[int]) -> dict[str, dict[int, np.ndarray]]:
+        """{field: {chunk index: decoded chunk}} of the chunks ``indices`` need, for the fields whose chunks of one
+        batch fit in their cache (``keep``); a more finely chunked field is left to :meth:`assemble`, so a batch in
+        flight holds at most ``keep`` decoded chunks per field (what the cache itself may hold)."""
+        sel = self.rows[np.asarray(indices, dtype=np.int64)]
+        out = {}
+        for name, cache in self.caches.items():
+            ids = np.unique(sel // cache.rows_per_chunk).tolist()
+            if len(ids) <= cache.keep:
+                out[name] = {ci: cache.chunk(ci) for ci in ids}
+        return out
+
+    def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
+        """The batch of ``indices`` (see :meth:`StoreData.read`), from the chunks ``fetched`` holds and the caches."""
         idx = np.asarray(indices, dtype=np.int64)
-        sel = rows[idx]  # store rows of the requested samples, in the requested order
+        sel = self.rows[idx]  # store rows of the requested samples, in the requested order
+        caches = self.caches
         # torch's float16 -> float32 conversion is vectorised (about 2.4x numpy's astype); rows() is a fresh array
-        batch: dict[str, Any] = {"latents": torch.from_numpy(caches["latents"].rows(sel)).float()}
-        if caps is not None:
-            batch["captions"] = [caps[i] for i in idx.tolist()]
-        for name in emb:
-            values = caches[name].rows(sel)
+        lat = caches["latents"].rows(sel, fetched.get("latents"))
+        batch: dict[str, Any] = {"latents": torch.from_numpy(lat).float()}
+        if self.caps is not None:
+            batch["captions"] = [self.caps[i] for i in idx.tolist()]
+        for name in self.emb:
+            values = caches[name].rows(sel, fetched.get(name))
             if values.dtype.kind in "OUT":  # a string field (e.g. source)
                 batch[name] = [str(v) for v in values]
             elif values.dtype == np.uint8:  # uint8 controls stay uint8 (4x less memory per batch)
@@ -115,5 +139,3 @@ def _reader(gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
             else:
                 batch[name] = torch.from_numpy(values).float()
         return batch
-
-    return read

@@ -47,11 +47,13 @@ class BatchPlan:
             sizes = {g.name: g.size for g in self.groups}
             raise InputError(f"the store has no group with at least batch_size={self.global_batch} samples "
                              f"(group sizes {sizes}); lower batch_size or add data")
-        self._cache: tuple[int, list[tuple[int, torch.Tensor]]] | None = None
+        # the two most recent epochs' plans: a read-ahead asks for the next epoch's first batches while training
+        # finishes this one (one cached epoch would then be recomputed at every call near the boundary)
+        self._cache: dict[int, list[tuple[int, torch.Tensor]]] = {}
 
     def _epoch(self, epoch: int) -> list[tuple[int, torch.Tensor]]:
-        if self._cache is not None and self._cache[0] == epoch:
-            return self._cache[1]
+        if epoch in self._cache:
+            return self._cache[epoch]
         batches = []
         for gi, g in enumerate(self.groups):
             if self.shuffle:
@@ -65,7 +67,7 @@ class BatchPlan:
         if self.shuffle:
             gen = torch.Generator().manual_seed(_mix(self.seed, epoch, -1))
             batches = _interleave(batches, gen)
-        self._cache = (epoch, batches)
+        self._cache = {e: b for e, b in self._cache.items() if e == epoch - 1} | {epoch: batches}
         return batches
 
     def batch(self, index: int, rank: int = 0, world_size: int = 1) -> tuple[Group, list[int], int]:

@@ -10,6 +10,10 @@ which indices are read, so the order is deterministic and resumable whatever the
 * :func:`open_train_data`: a Zarr latent store written by ``cascadekit encode``, read through
   :mod:`cascadekit.datasets.access` (``open_store`` is its former name, kept as an alias; the zarr-level
   opener is :func:`cascadekit.datasets.store.open_store`).
+
+A source that also has ``fetch(group, indices)`` and ``assemble(group, indices, fetched)`` (a store: decode the
+chunks, then gather the batch) is read ahead on background threads by the trainer
+(:mod:`cascadekit.generator.training.prefetch`); one without them (in memory) is read on the training thread.
 """
 from __future__ import annotations
 
@@ -94,4 +98,13 @@ class StoreData:
     def read(self, group: str, indices: Sequence[int]) -> dict[str, Any]:
         """Samples ``indices`` of ``group`` (positions among its complete rows, 0..Group.size-1; see
         :meth:`TrainData.read`)."""
-        return self._readers[group](list(indices))
+        return self._readers[group].read(list(indices))
+
+    def fetch(self, group: str, indices: Sequence[int]) -> Any:
+        """Decode the chunks samples ``indices`` of ``group`` need (the read-ahead's first stage, on its own thread);
+        ``assemble(group, indices, fetch(group, indices)) == read(group, indices)``."""
+        return self._readers[group].fetch(list(indices))
+
+    def assemble(self, group: str, indices: Sequence[int], fetched: Any) -> dict[str, Any]:
+        """The batch :meth:`read` returns, gathered from what :meth:`fetch` decoded (the read-ahead's second stage)."""
+        return self._readers[group].assemble(list(indices), fetched)

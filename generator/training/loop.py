@@ -41,6 +41,7 @@ from cascadekit.generator.ema import EMA
 from cascadekit.generator.training import parallel
 from cascadekit.generator.training.logs import TrainLog, check_tensorboard
 from cascadekit.generator.training.optim import make_optimizer
+from cascadekit.generator.training.prefetch import ReadAhead, ReadAheadSettings, StagedData
 from cascadekit.generator.training.resume import RUN_JSON, check_same_run, choose_start, read_run_json
 from cascadekit.generator.training.settings import CoreConfig
 from cascadekit.generator.training.task import TrainTask
@@ -79,13 +80,19 @@ class TrainingLoop:
     checkpoint, an unwritable ``run_dir``, a second process on the same run) raises before any step.
     ``compile``: run the forward through ``torch.compile`` (:mod:`cascadekit.codec.compile`, checked
     against eager on the first step); a runtime choice like ``device``, not part of the run's config.
+    ``read_ahead``: how :meth:`run` reads the coming micro-batches of a store on background threads
+    (:mod:`~cascadekit.generator.training.prefetch`; same batches); None, or a source without ``fetch`` /
+    ``assemble`` (in memory), reads each batch on the training thread.
     """
 
     def __init__(self, task: TrainTask, data: TrainData, cfg: CoreConfig, run_dir: str | Path, *,
                  resume: bool = False, device: str | torch.device | None = None,
-                 log: Callable[[str], None] = print, compile: CompileSettings | None = None):
+                 log: Callable[[str], None] = print, compile: CompileSettings | None = None,
+                 read_ahead: ReadAheadSettings | None = ReadAheadSettings()):
         self.task, self.data, self.cfg = task, data, cfg.validate()
         self.compile_settings = compile
+        self.read_ahead = read_ahead
+        self._reads: ReadAhead | None = None  # the read-ahead of a running loop
         self.run_dir = Path(run_dir)
         self.log_fn = log
         info = D.from_env()
@@ -247,7 +254,7 @@ class TrainingLoop:
         parts = self.cfg.grad_accum_steps * self.info.world_size
         part = m * self.info.world_size + self.info.rank
         group, idx, epoch = self.plan.batch(self.step, part, parts)
-        batch = self.data.read(group.name, idx)
+        batch = (self._reads or self.data).read(group.name, idx)
         sl = slice(part * self.micro, (part + 1) * self.micro)
         mine = {k: v[sl] for k, v in draws.items()}
         x0, cond = self.task.inputs(batch, mine, self.device)
@@ -360,6 +367,7 @@ class TrainingLoop:
                  f"{self.info.world_size} process(es), device {self.device}, starting at step {self.step}")
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         try:
+            self._reads = self._open_read_ahead(end)
             while self.step < end:
                 rec = self.train_step()
                 self.history.append(rec)
@@ -370,9 +378,26 @@ class TrainingLoop:
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self.save()
         finally:
+            if self._reads is not None:
+                self._reads.close()  # its threads stopped and joined, whatever ended the loop
+                self._reads = None
             if log is not None:
                 log.close()
         return TrainResult(self.run_dir, self.step, self.last_checkpoint, self.history)
+
+    def _open_read_ahead(self, end: int) -> ReadAhead | None:
+        """The read-ahead of updates ``self.step .. end-1`` (None: batches read on this thread)."""
+        if self.read_ahead is None or not isinstance(self.data, StagedData):
+            return None
+        return ReadAhead(self.data, self._micro_keys(self.step, end), self.read_ahead)
+
+    def _micro_keys(self, start: int, end: int):
+        """(group name, indices) of every micro-batch this rank reads in updates ``start .. end-1``, in order."""
+        parts = self.cfg.grad_accum_steps * self.info.world_size
+        for step in range(start, end):
+            for m in range(self.cfg.grad_accum_steps):
+                group, idx, _ = self.plan.batch(step, m * self.info.world_size + self.info.rank, parts)
+                yield group.name, idx
 
     def _log_record(self, log: TrainLog, rec: dict[str, Any]) -> None:
         rec = dict(rec, time=time.time())
