@@ -194,8 +194,8 @@ def bench_stage(stage, cfg, args, device, dtype) -> dict:
     inp_t = {k: (v.to(dtype) if k != "r" else v) for k, v in inp.items()}  # diffusers does not cast inputs
     flops = forward_flops(lambda: call_ours(ours, stage, inp))
     if args.compile:
-        ours = torch.compile(ours)
-        theirs = torch.compile(theirs) if theirs is not None else None
+        ours = torch.compile(ours, backend=args.compile_backend)
+        theirs = torch.compile(theirs, backend=args.compile_backend) if theirs is not None else None
     sgemm, sgemm_flops = sgemm_fn(device, dtype)
     fns = {"ours": lambda: call_ours(ours, stage, inp), "sgemm": sgemm}
     if args.module_path:  # grad enabled, weights frozen: the blocks' module-by-module path (what training runs)
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", default=None, help="torch CPU thread counts, comma-separated (e.g. 1,2)")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks before timing")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: dynamo only)")
     p.add_argument("--no-diffusers", action="store_true", help="time our networks only")
     p.add_argument("--module-path", action="store_true",
                    help="also time our blocks' module-by-module path (no fused inference kernels) in the same loop")
