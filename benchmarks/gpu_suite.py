@@ -25,7 +25,7 @@ JSON is rewritten after each step (a kill still leaves the finished steps), each
 targets of issue 15 are printed next to the measured numbers at the end and stored under ``targets``.
 
 ``--dry-run`` with compile traces every ``*_compiled`` step with dynamo only (``--compile-backend eager``:
-inductor on 2 CPU cores takes many minutes per network) and adds ``compile_check``: one tiny Stage C
+inductor on 2 CPU cores takes many minutes per network) and adds ``compile_check``: a micro Stage C
 through inductor, checked against eager and timed both ways. Runs on torch 2.4 and later (the GPU images
 carry older torch). Without CUDA (and without --dry-run) it exits 2 with a message.
 """
@@ -58,8 +58,9 @@ STEP_CAPS = {"forward": 90, "encode": 90, "forward_compiled": 180, "sampling": 6
              "encode_compiled": 90, "train_compiled": 100, "sampling_compiled": 120, "compile_check": 170}
 DRY_RUN_CAP_SCALE = 3  # the tiny CPU configs of --dry-run on 2 loaded cores take longer than the real ones on a GPU
 EAGER_STEPS = ("encode", "forward", "sampling", "train")
-#: the real run's order: the numbers the targets need first, the rest while the budget lasts
-CUDA_COMPILE_STEPS = ("forward", "encode", "forward_compiled", "sampling", "train", "encode_compiled",
+#: the real run's order: eager first (a few seconds each on a GPU, capped), then the compiled forward that the
+#: Stage C target needs, then the other compiled steps while the budget lasts
+CUDA_COMPILE_STEPS = ("forward", "encode", "sampling", "train", "forward_compiled", "encode_compiled",
                       "train_compiled", "sampling_compiled")
 
 
@@ -180,12 +181,12 @@ def _encode_pipeline(s: dict, blobs: list[bytes], encoder) -> dict:
 
 def part_forward(s: dict, device, dtype_name: str, compiled: bool):
     """Yields the rows of ``bench_stage_forward`` after Stage C, then after Stage B."""
-    rows = []
+    rows, use_diffusers = [], s["diffusers"] and _diffusers_usable()
     for stage in ("c", "b"):
         args = ["--size", s["forward_size"], "--stage", stage, "--device", str(device), "--dtype", dtype_name,
                 "--repeats", str(s["repeats"]), "--warmup", "1", "--out", str(s["tmp"] / "forward.json")]
         extra = (["--compile", "--compile-backend", s["compile_backend"]] if compiled else [])
-        bsf.main(args + extra + ([] if s["diffusers"] else ["--no-diffusers"]))
+        bsf.main(args + extra + ([] if use_diffusers else ["--no-diffusers"]))
         rows += [{"compile": compiled, **r} for r in json.loads((s["tmp"] / "forward.json").read_text())["results"]]
         yield rows
 
@@ -203,6 +204,18 @@ def _c_call(run, inp):
     return run(inp["x"], inp["r"], inp["clip_text"], inp["clip_text_pooled"], inp["clip_img"])
 
 
+def _sampling_latency(run_c, c_inp: dict, run_b, b_inp: dict, s: dict, device) -> float:
+    """Median seconds of ``c_steps`` Stage C forwards then ``b_steps`` Stage B forwards (no grad)."""
+    def sample():
+        with torch.no_grad():
+            for _ in range(s["c_steps"]):
+                _c_call(run_c, c_inp)
+            for _ in range(s["b_steps"]):
+                run_b(b_inp["x"], b_inp["r"], b_inp["effnet"], b_inp["clip"])
+
+    return _time(sample, device, max(1, s["repeats"] // 3))
+
+
 def part_sampling(s: dict, device, dtype, compiled: bool):
     """Latency of the denoising loops of one image (CFG batch 2): Stage C steps then Stage B steps; yields
     the rows after each Stage C preset."""
@@ -217,16 +230,9 @@ def part_sampling(s: dict, device, dtype, compiled: bool):
         stage_c = _build(StageC, c_cfg, device, dtype).eval()
         run_c = _compile(stage_c, s, f"Stage C {preset}") if compiled else stage_c
         c_inp = _stage_c_inputs(c_cfg, 2, s["c_side"], device)
-
-        def sample():
-            with torch.no_grad():
-                for _ in range(s["c_steps"]):
-                    _c_call(run_c, c_inp)
-                for _ in range(s["b_steps"]):
-                    run_b(b_inp["x"], b_inp["r"], b_inp["effnet"], b_inp["clip"])
-
+        latency = _sampling_latency(run_c, c_inp, run_b, b_inp, s, device)
         rows.append({"stage_c": preset, "stage_b": s["stage_b"], "c_steps": s["c_steps"], "b_steps": s["b_steps"],
-                     "compile": compiled, "latency_s": _time(sample, device, max(1, s["repeats"] // 3)),
+                     "compile": compiled, "latency_s": latency,
                      **({"stage_c_compile": _compile_info(run_c)} if compiled else {})})
         del stage_c, run_c
         yield rows
@@ -257,13 +263,20 @@ def part_train(s: dict, device, dtype, compiled: bool):
            **(_compile_info(run) if compiled else {})}
 
 
+def micro_stage_c() -> StageCConfig:
+    """The tiny preset cut to one level (one block of each kind down and up): the fewest kernels to compile."""
+    one_level = dict(c_hidden=[32], nhead=[2], blocks=[[1], [1]], block_repeat=[[1], [1]], level_config=["CTA"],
+                     switch_level=[], dropout=[0.1])
+    return StageCConfig(**{**StageCConfig.preset("tiny").kwargs(), **one_level})
+
+
 def part_compile_check(s: dict, device, dtype, compiled: bool):
-    """One tiny Stage C (random, non-zero output) through inductor: compile time, the first-use difference
+    """A micro Stage C (random, non-zero output) through inductor: compile time, the first-use difference
     against eager, and the time of a forward both ways. Fails when inductor fell back to eager."""
-    cfg = StageCConfig.preset("tiny")
+    cfg = micro_stage_c()
     model = _build(StageC, cfg, device, dtype).eval()
     bsf.randomize_(model)  # the official init zeroes the output conv: the check would compare zeros
-    run = compile_checked(model, CompileSettings(backend="inductor"), "Stage C tiny")
+    run = compile_checked(model, CompileSettings(backend="inductor"), "Stage C micro")
     inp = _stage_c_inputs(cfg, 2, s["c_side"], device)
     with torch.no_grad():
         t = time.perf_counter()
@@ -273,7 +286,7 @@ def part_compile_check(s: dict, device, dtype, compiled: bool):
             raise RuntimeError(f"inductor fell back to eager: {run.fallback_reason}")
         eager_s = _time(lambda: _c_call(model, inp), device, 3)
         compiled_s = _time(lambda: _c_call(run, inp), device, 3)
-    yield {"model": "stage_c tiny", "backend": "inductor", "torch": torch.__version__, "compile_s": compile_s,
+    yield {"model": "stage_c micro (one level of tiny)", "backend": "inductor", "torch": torch.__version__, "compile_s": compile_s,
            "checked_max_abs_diff": run.checked_max_abs_diff, "eager_s": eager_s, "compiled_s": compiled_s}
 
 
@@ -284,18 +297,18 @@ PARTS = {"encode": part_encode, "forward": part_forward, "sampling": part_sampli
 def run_step(name: str, s: dict, device, dtype, dtype_name: str):
     """The generator of partial results of step ``name`` (``<part>`` or ``<part>_compiled``)."""
     part = name.removesuffix("_compiled")
-    if part not in PARTS:
-        raise SystemExit(f"gpu_suite: unknown step {name!r}; choose from {', '.join(default_steps(True, True))}, "
-                         f"{', '.join(f'{p}_compiled' for p in EAGER_STEPS)}")
     kind = dtype_name if part == "forward" else dtype
     return PARTS[part](s, device, kind, name.endswith("_compiled"))
+
+
+ALL_STEPS = ("compile_check", *EAGER_STEPS, *(f"{p}_compiled" for p in EAGER_STEPS))
 
 
 def default_steps(compile_: bool, dry_run: bool) -> tuple[str, ...]:
     if not compile_:
         return EAGER_STEPS
     if dry_run:
-        return ("compile_check", *EAGER_STEPS, *(f"{p}_compiled" for p in EAGER_STEPS))
+        return ALL_STEPS
     return CUDA_COMPILE_STEPS
 
 
@@ -317,7 +330,7 @@ def settings(args, tmp: Path) -> dict:
     return {
         "dry_run": args.dry_run, "compile": args.compile, "compile_mode": None, "tmp": tmp,
         "compile_backend": args.compile_backend or ("inductor" if real else "eager"),
-        "diffusers": not args.no_diffusers and _diffusers_usable(), "repeats": 5 if real else 1,
+        "diffusers": not args.no_diffusers, "repeats": 5 if real else 1,
         "encode_batch": 64 if real else 2, "jpeg_side": 1024 if real else 64, "encode_side": 768 if real else 64,
         "pipeline_images": 1024 if real else 4, "pipeline_workers": 8 if real else 0,
         "forward_size": "lite" if real else "tiny", "stage_b": "lite" if real else "tiny",
@@ -391,6 +404,14 @@ def _child_argv(args, name: str, progress: Path) -> list[str]:
             str(progress)]
 
 
+def _cap_arg(text: str) -> tuple[str, float]:
+    name, _, seconds = text.partition("=")
+    try:
+        return name, float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STEP=SECONDS, got {text!r}") from None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "gpu_suite.json")
@@ -401,7 +422,8 @@ def parse_args(argv):
     p.add_argument("--parts", default=None, help="comma-separated steps (default: all of this mode, in order)")
     p.add_argument("--budget", type=float, default=None,
                    help="wall-clock seconds for all steps; each step then runs in its own process, capped")
-    p.add_argument("--cap", action="append", default=[], metavar="STEP=SECONDS", help="override a step's cap")
+    p.add_argument("--cap", action="append", default=[], type=_cap_arg, metavar="STEP=SECONDS",
+                   help="override a step's cap")
     p.add_argument("--child-step", help=argparse.SUPPRESS)
     p.add_argument("--child-progress", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -411,7 +433,7 @@ def _caps(args) -> dict:
     """Per-step caps in seconds: STEP_CAPS (scaled for a dry run), then ``--cap STEP=SECONDS``."""
     scale = DRY_RUN_CAP_SCALE if args.dry_run else 1
     caps = {k: v * scale for k, v in STEP_CAPS.items()}
-    caps.update({k: float(v) for k, v in (c.split("=", 1) for c in args.cap)})
+    caps.update(dict(args.cap))
     return caps
 
 
@@ -449,6 +471,10 @@ def main(argv=None) -> int:
     dtype_name = "fp32" if args.dry_run else "bf16"
     dtype = torch.float32 if args.dry_run else torch.bfloat16
     steps = tuple(args.parts.split(",")) if args.parts else default_steps(args.compile, args.dry_run)
+    unknown = [n for n in steps if n not in ALL_STEPS]
+    if unknown:
+        print(f"gpu_suite: unknown step(s) {', '.join(unknown)}; choose from {', '.join(ALL_STEPS)}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         s = settings(args, Path(tmp))
         if args.child_step:
