@@ -143,14 +143,15 @@ def part_encode(s: dict, device, dtype, compiled: bool):
            "img_per_s": len(blobs) / t_all, "decode_img_per_s": len(blobs) / t_dec, "routes": dict(dec.counts),
            **(_compile_info(run_enc) if compiled else {})}
     yield out
-    yield {**out, "pipeline": _encode_pipeline(s, blobs, _SuiteEncoder(run_enc, dtype, mean, std))}
+    yield {**out, "pipeline": _encode_pipeline(s, blobs, _SuiteEncoder(run_enc, device, dtype, mean, std))}
 
 
 class _SuiteEncoder:
-    """The builder's Encoder over the bare EfficientNet above: normalise, cast, channels_last, encode."""
+    """The builder's Encoder over the bare EfficientNet above: normalise, cast, channels_last, encode.
+    ``device`` is where the builder sends the images (and decodes JPEGs with ``device_decode``)."""
 
-    def __init__(self, run_enc, dtype, mean, std):
-        self.run_enc, self.dtype, self.mean, self.std = run_enc, dtype, mean, std
+    def __init__(self, run_enc, device, dtype, mean, std):
+        self.run_enc, self.device, self.dtype, self.mean, self.std = run_enc, device, dtype, mean, std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = ((x - self.mean) / self.std).to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -175,7 +176,7 @@ def _encode_pipeline(s: dict, blobs: list[bytes], encoder) -> dict:
                                 batch_size=s["encode_batch"], chunk_rows=max(256, s["encode_batch"]),
                                 num_workers=s["pipeline_workers"], progress=False, device_decode=True)
     wall = time.perf_counter() - t
-    return {"images": summ.ok, "img_per_s": summ.ok / wall, "decode_on": encoder.mean.device.type,
+    return {"images": summ.ok, "img_per_s": summ.ok / wall, "decode_on": encoder.device.type,
             "stage_seconds": summ.stage_seconds, "seconds": wall}
 
 

@@ -32,31 +32,52 @@ class Budget:
 def run_steps(steps: Iterable[str], child_cmd: Callable[[str, Path], list[str]], budget: Budget, workdir: Path,
               on_step: Callable[[str, object, dict], None]) -> None:
     """Run each step as ``child_cmd(name, progress_file)``; call ``on_step(name, result or None, info)`` after
-    each, where info = {"status": ok|partial|timeout|failed|skipped, "seconds", "cap_s", "error"?}."""
+    each, where info = {"status": ok|partial|timeout|failed|skipped, "seconds", "cap_s", "error"?}.
+    A SIGTERM (``timeout`` around the whole suite) ends the running step's process group, then this process."""
     deadline = time.monotonic() + budget.total_s
-    for name in steps:
-        left = deadline - time.monotonic()
-        cap = min(budget.caps.get(name, left), left)
-        if cap < budget.min_start_s:
-            on_step(name, None, {"status": "skipped", "reason": f"cap {cap:.0f} s < {budget.min_start_s:.0f} s "
-                                 f"({max(left, 0):.0f} s of the budget left)"})
-            continue
-        progress = workdir / f"{name}.progress.json"
-        t = time.monotonic()
-        rc = _run_capped(child_cmd(name, progress), cap)
-        result, info = _outcome(progress, rc)
-        on_step(name, result, {**info, "seconds": time.monotonic() - t, "cap_s": round(cap, 1)})
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        for name in steps:
+            _run_one(name, child_cmd, budget, deadline, workdir, on_step)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _run_one(name, child_cmd, budget: Budget, deadline: float, workdir: Path, on_step) -> None:
+    left = deadline - time.monotonic()
+    cap = min(budget.caps.get(name, left), left)
+    if cap < budget.min_start_s:
+        on_step(name, None, {"status": "skipped", "reason": f"cap {cap:.0f} s < {budget.min_start_s:.0f} s "
+                             f"({max(left, 0):.0f} s of the budget left)"})
+        return
+    progress = workdir / f"{name}.progress.json"
+    t = time.monotonic()
+    rc = _run_capped(child_cmd(name, progress), cap)
+    result, info = _outcome(progress, rc)
+    on_step(name, result, {**info, "seconds": time.monotonic() - t, "cap_s": round(cap, 1)})
 
 
 def _run_capped(cmd: list[str], cap_s: float) -> int | None:
     """Exit status of ``cmd``, or None when it ran past ``cap_s`` (then its process group is killed)."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: decode workers die with it
     try:
         return proc.wait(timeout=cap_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
         return None
+    finally:  # also on SystemExit from SIGTERM: never leave a step running on the device
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the step's leftover workers too, when the step itself has ended
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _outcome(progress: Path, rc: int | None) -> tuple[object, dict]:

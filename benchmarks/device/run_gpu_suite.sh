@@ -25,15 +25,17 @@ SITE=${CK_SITE:-/tmp/site}
 BUDGET=${CK_BUDGET:-450}
 OUT=${OUT:-$REPO/out/gpu_suite}
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu_suite.log") 2>&1
 export PYTHONUNBUFFERED=1
+
+main() {
 echo "== run_gpu_suite $(date -u +%FT%TZ) args: $*"
 
 # 1. the carried wheels (the README's recipe), then cascadekit from this checkout: a namespace shim whose
 #    five sub-packages are links to the source folders (no build, no network, no write into the checkout)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
-  || { echo "run_gpu_suite: installing the wheels from $WHEELS failed (run prepare_wheels.sh; carry .whl)"; exit 3; }
+  || { echo "run_gpu_suite: installing the wheels from $WHEELS failed (run prepare_wheels.sh; carry .whl)"; return 3; }
 SHIM=$(mktemp -d /tmp/cascadekit-src.XXXX)
+trap 'rm -rf "$SHIM"' RETURN
 mkdir -p "$SHIM/cascadekit"
 for d in codec generator datasets metrics cli; do ln -s "$REPO/$d" "$SHIM/cascadekit/$d"; done
 export PYTHONPATH="$SITE:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
@@ -41,7 +43,7 @@ export PYTHONPATH="$SITE:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 # 2. the machine, and every import the suite needs (fails here, in seconds, if one is missing)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "(no nvidia-smi)"
 echo "cpus $(nproc), load $(cat /proc/loadavg)"
-"$PY" - <<'PY' || { echo "run_gpu_suite: an import failed (see above)"; exit 4; }
+"$PY" - <<'PY' || { echo "run_gpu_suite: an import failed (see above)"; return 4; }
 import importlib, platform, torch, torchvision
 print(f"python {platform.python_version()}, torch {torch.__version__} (cuda {torch.version.cuda}), "
       f"torchvision {torchvision.__version__}, cuda available {torch.cuda.is_available()}")
@@ -61,5 +63,8 @@ PY
 timeout -k 10 $((BUDGET + 45)) "$PY" -u benchmarks/gpu_suite.py --budget "$BUDGET" --out "$OUT/gpu_suite.json" "$@"
 rc=$?
 echo "== gpu_suite exit $rc at $(date -u +%FT%TZ); results: $OUT/gpu_suite.json"
-rm -rf "$SHIM"
-exit $rc
+return $rc
+}
+
+main "$@" 2>&1 | tee -a "$OUT/gpu_suite.log"
+exit "${PIPESTATUS[0]}"
