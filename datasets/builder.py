@@ -38,7 +38,7 @@ from cascadekit.datasets.buckets import assign_groups, group_hw
 from cascadekit.datasets.controls import ControlMaker, parse_controls
 from cascadekit.datasets.decode_workers import TaskDataset, load_task
 from cascadekit.datasets.device_decode import DeviceImages, check_device_decode, settings_entry
-from cascadekit.datasets.encode_loop import StageTimes, encode_item, make_loader, timed_batches
+from cascadekit.datasets.encode_loop import StageTimes, encode_item, make_source, timed_batches
 from cascadekit.datasets.memory import release_free_memory
 from cascadekit.datasets.preprocess import PreprocessConfig
 from cascadekit.datasets.remote import is_url, store_path
@@ -195,7 +195,10 @@ def build_latent_dataset(
         batch_size: encoder batch (capped at ``chunk_rows``; batches start at chunk boundaries). Recorded
             in the store: resuming with another batch size is refused (the latents' last bits may
             depend on it) unless ``overwrite``.
-        num_workers: DataLoader processes decoding images (0: decode in the main process).
+        num_workers: DataLoader processes decoding images ahead (0: decode in the main process). With a CPU
+            encoder whose threads use every core, any value > 0 decodes between encoder calls on one thread
+            per encoder thread instead (a decode process would slow the encoder more than it saves;
+            :func:`~.encode_loop.make_source`).
         chunk_rows: samples per chunk of every per-sample array (the unit of resume and ownership).
         overwrite: delete an existing store built with different settings instead of refusing.
         dist_info: rank/world (default: from torchrun's environment).
@@ -355,7 +358,7 @@ def _run(tasks: TaskList, plan, groups: dict, root, job: _Job, show: bool, times
     if not tasks:
         return 0, 0
     ds = TaskDataset(tasks, plan, groups, job.cfg, device_jpeg=job.device_images is not None)
-    loader = make_loader(ds, max(0, min(job.num_workers, len(tasks))), job.device)
+    loader = make_source(ds, max(0, min(job.num_workers, len(tasks))), job.device)
     writer = WriterThread(ChunkWriter(root, job.chunk_rows, job.dtype, on_chunk=lambda *_: release_free_memory()),
                           max_queue=8)
     bar = tqdm(total=tasks.rows_total, unit="img", disable=not show, dynamic_ncols=True, desc="encode")

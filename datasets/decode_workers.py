@@ -1,8 +1,11 @@
-"""Image decoding for a build, in DataLoader worker processes: each task becomes one batch of uint8 images
-plus its per-row keys, captions, sizes and skip reasons (a bad image is a reason, never an exception).
-With ``device_jpeg`` baseline JPEGs stay bytes for the main process (:mod:`.device_decode`)."""
+"""Image decoding for a build: each task becomes one batch of uint8 images plus its per-row keys, captions,
+sizes and skip reasons (a bad image is a reason, never an exception). Decoded in DataLoader worker processes
+(:class:`TaskDataset`) or, for a CPU encoder that fills every core, on threads of the main process between
+encoder calls (:class:`DecodeThreads`). With ``device_jpeg`` baseline JPEGs stay bytes for the main process
+(:mod:`.device_decode`)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -35,17 +38,57 @@ class TaskDataset(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        n = len(self.tasks)
-        lo, hi = 0, n
-        if info is not None:
-            lo, hi = n * info.id // info.num_workers, n * (info.id + 1) // info.num_workers
+        lo, hi = self.run_of(info.id, info.num_workers) if info is not None else (0, len(self.tasks))
         reader = SampleReader(self.cfg.max_input_bytes)
         try:
             for k in range(lo, hi):
-                t = self.tasks[k]
-                yield load_task(t, t.samples(self.plan, self.groups), self.cfg, reader, self.device_jpeg)
+                yield self.decode(k, reader)
         finally:
             reader.close()
+
+    def run_of(self, j: int, runs: int) -> tuple[int, int]:
+        """Tasks ``lo..hi-1`` of decoder ``j`` of ``runs``: contiguous, so a tar shard is streamed forward once."""
+        n = len(self.tasks)
+        return n * j // runs, n * (j + 1) // runs
+
+    def decode(self, k: int, reader: SampleReader, samples: Sequence[Sample] | None = None) -> dict:
+        """Task ``k`` decoded with ``reader`` (``samples``: its planned samples when already read)."""
+        t = self.tasks[k]
+        samples = t.samples(self.plan, self.groups) if samples is None else samples
+        return load_task(t, samples, self.cfg, reader, self.device_jpeg)
+
+
+class DecodeThreads:
+    """A :class:`TaskDataset`'s batches decoded on ``threads`` threads of this process, one task per thread
+    at a time, and only while the consumer waits for its next batch.
+
+    For a CPU encoder whose threads fill every core: a decode process running alongside would take a core
+    from one of the encoder's threads and stall the other at its next barrier (its decoding costs the
+    encoder about its own CPU time in wall time), while decoding between encoder calls on all cores costs
+    about its CPU time divided by the threads (PIL releases the GIL while it decodes and resizes; see
+    docs/benchmarks.md). Batches come in the order DataLoader workers give them (thread ``j`` owns the
+    contiguous run :meth:`TaskDataset.run_of`, taken round-robin); each thread has its own
+    :class:`SampleReader`; the plan is read here, not on the threads.
+    """
+
+    def __init__(self, ds: TaskDataset, threads: int):
+        self.ds = ds
+        self.threads = max(1, int(threads))
+
+    def __iter__(self):
+        runs = min(self.threads, len(self.ds.tasks))
+        spans = [self.ds.run_of(j, runs) for j in range(runs)]
+        readers = [SampleReader(self.ds.cfg.max_input_bytes) for _ in spans]
+        try:
+            with ThreadPoolExecutor(max(1, runs), thread_name_prefix="cascadekit-decode") as pool:
+                for k0 in range(max((hi - lo for lo, hi in spans), default=0)):
+                    ks = [(lo + k0, r) for (lo, hi), r in zip(spans, readers) if lo + k0 < hi]
+                    jobs = [pool.submit(self.ds.decode, k, r, self.ds.tasks[k].samples(self.ds.plan, self.ds.groups))
+                            for k, r in ks]
+                    yield from [f.result() for f in jobs]  # all done before the first is handed out
+        finally:
+            for r in readers:
+                r.close()
 
 
 def _prepare(src, cfg: PreprocessConfig, s: Sample, hw: tuple[int, int], device_jpeg: bool):
@@ -111,4 +154,4 @@ def collate_identity(x):
     return x
 
 
-__all__ = ["TaskDataset", "collate_identity", "load_task"]
+__all__ = ["DecodeThreads", "TaskDataset", "collate_identity", "load_task"]

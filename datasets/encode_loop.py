@@ -3,9 +3,14 @@
 What overlaps with what (one rank):
 
 * DataLoader workers decode the next batches (``prefetch_factor`` 2 per worker) while the main thread
-  encodes; on a CPU encoder the workers run at a lower priority (``os.nice``; on 2 cores this made no
-  measurable difference: an encoder that keeps every core busy is slowed by the decoding whatever its
-  priority, see docs/benchmarks.md);
+  encodes (:func:`make_source` chooses):
+* a CPU encoder whose threads fill every core this process may use is not overlapped with decoding:
+  its batches are decoded between encoder calls on one thread per encoder thread
+  (:class:`~.decode_workers.DecodeThreads`). A decode process beside it takes a core from one encoder
+  thread and stalls the other at the next barrier, so its decoding cost the encoder about its own CPU
+  time in wall time (+21 % end to end on 2 cores); decoding on both cores in the encoder's pauses costs
+  about half (docs/benchmarks.md). On a CPU encoder with spare cores the workers run at a lower priority
+  (``os.nice``);
 * on CUDA the images arrive in pinned memory and go to the device without blocking; the encoder's
   outputs are copied back into pinned host buffers without blocking and a CUDA event marks the copy,
   so the main thread starts the next batch at once;
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cascadekit.datasets.decode_workers import TaskDataset, collate_identity
+from cascadekit.datasets.decode_workers import DecodeThreads, TaskDataset, collate_identity
 from cascadekit.datasets.writer import RowBatch
 
 #: niceness added to decode workers when the encoder runs on the CPU (they share its cores)
@@ -80,6 +85,24 @@ def make_loader(ds: TaskDataset, num_workers: int, device: torch.device) -> Data
                       persistent_workers=False,
                       worker_init_fn=lower_priority(CPU_ENCODER_WORKER_NICE)
                       if num_workers and device.type == "cpu" else None)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def make_source(ds: TaskDataset, num_workers: int, device: torch.device):
+    """The build's decoded batches: :func:`make_loader`'s workers, or :class:`~.decode_workers.DecodeThreads`
+    (one thread per encoder thread, decoding between encoder calls) when ``num_workers`` > 0 and the encoder
+    is on the CPU with threads on every usable core (see the module docstring)."""
+    threads = torch.get_num_threads()
+    if num_workers and device.type == "cpu" and threads >= usable_cores():
+        return DecodeThreads(ds, threads)
+    return make_loader(ds, num_workers, device)
 
 
 class HostCopies:
@@ -157,4 +180,4 @@ def timed_batches(loader, times: StageTimes):
 
 
 __all__ = ["CPU_ENCODER_WORKER_NICE", "HostCopies", "StageTimes", "encode_item", "lower_priority", "make_loader",
-           "timed_batches", "to_images"]
+           "make_source", "timed_batches", "to_images", "usable_cores"]
