@@ -368,7 +368,7 @@ def print_targets(rows: list[dict], dry_run: bool) -> None:
     for r in rows:
         m = "not measured" if r["measured"] is None else f"{r['measured']:.4g}"
         verdict = {True: "met", False: "NOT met", None: "-"}[r["met"]]
-        print(f"  {r['what']:<62} measured {m:>12}   target {r['target'] or '(reference)':<10} {verdict}")
+        print(f"  {r['what']:<66} measured {m:>12}   target {r['target'] or '(reference)':<10} {verdict}")
 
 
 def _jsonable(obj):
