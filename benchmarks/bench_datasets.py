@@ -11,12 +11,15 @@
 3. ``reader``: ``LatentDataset`` shuffled samples/s and samples per CPU-second on a 16x24x24 float16 store,
    block-shuffle from disk (page cache warm) with the direct chunk path and with zarr's chunk reads (the
    path before, interleaved epoch by epoch in the same run), 0 and 2 DataLoader workers; and in memory.
-4. ``trainer``: the trainer's reader (``open_train_data`` + ``BatchPlan``) over whole epochs.
+4. ``trainer``: the trainer's reader (``open_train_data`` + ``BatchPlan``) over whole epochs, as training reads it
+   (its read-ahead, ``generator/training/prefetch.py``) and synchronously on the training thread, interleaved, for
+   zstd-3 and blosc-lz4-bitshuffle latents at 1 and 2 torch threads; prints the read-ahead / synchronous ratio.
+   ``trainstep``: a tiny Stage C training run on the store with and without the read-ahead (step wall and CPU time).
 5. ``codecs``: per latents codec (zstd-3 default, zstd-1, blosc-lz4 with bit / byte shuffle, none): bytes per
    sample and LatentDataset samples/s from disk (0 workers).
 6. ``bytes``: stored bytes per sample (latents array) for 16x24x24 float16.
 
-    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,trainer,codecs,bytes]
+    python benchmarks/bench_datasets.py [--quick] [--json out.json] [--only overhead,rss,reader,trainer,trainstep,codecs,bytes]
                                         [--rss-sizes 1000,10000,50000]
 """
 from __future__ import annotations
@@ -186,17 +189,17 @@ def bench_rss(tmp: Path, sizes) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------- reader
-def _synthetic_store(path: Path, n: int, chunk_rows: int = 256) -> None:
+def _synthetic_store(path: Path, n: int, chunk_rows: int = 256, side: int = 24) -> None:
     from cascadekit.datasets import store as S
     from cascadekit.datasets.writer import ChunkWriter, RowBatch
 
-    root = S.create_store(path, [S.GroupLayout("", n, (16, 24, 24))], chunk_rows=chunk_rows, dtype="float16",
+    root = S.create_store(path, [S.GroupLayout("", n, (16, side, side))], chunk_rows=chunk_rows, dtype="float16",
                           attrs={"settings": {}})
     w = ChunkWriter(root, chunk_rows, "float16")
     rng = np.random.default_rng(0)
     for a in range(0, n, chunk_rows):
         k = min(chunk_rows, n - a)
-        lat = rng.standard_normal((k, 16, 24, 24), dtype=np.float32) * 0.8
+        lat = rng.standard_normal((k, 16, side, side), dtype=np.float32) * 0.8
         w.add(RowBatch("", np.arange(a, a + k), np.ones(k, bool), [f"k{i}" for i in range(a, a + k)],
                        [f"a caption number {i}" for i in range(a, a + k)], [f"/data/{i}.jpg" for i in range(a, a + k)],
                        np.full((k, 2), 1024, np.int32), [""] * k, lat))
@@ -268,24 +271,123 @@ def bench_reader(tmp: Path, n: int, repeats: int = 5) -> list[dict]:
     return res
 
 
-def bench_trainer_reader(tmp: Path, n: int, repeats: int = 3) -> dict:
-    """The trainer's reader (``open_train_data`` + ``BatchPlan``, batch 256): samples/s over whole epochs."""
+def _plan_keys(plan, epoch: int):
+    """(group name, indices) of the plan's batches of ``epoch`` (one rank, no accumulation), as the trainer reads them."""
+    for k in range(epoch * plan.batches_per_epoch, (epoch + 1) * plan.batches_per_epoch):
+        g, idx, _ = plan.batch(k)
+        yield g.name, idx
+
+
+def _trainer_epoch(data, plan, epoch: int, ahead: bool) -> tuple[int, float, float, float]:
+    """(samples, wall s, CPU s, CPU s of the busiest thread) of one epoch read as TrainingLoop reads it: through its
+    read-ahead (``ahead``, the default settings; busiest of fetch / assemble / this thread) or synchronously on this
+    thread (``TrainingLoop(read_ahead=None)``)."""
+    from cascadekit.generator.training.prefetch import ReadAhead
+
+    t, c, mine, cnt = time.perf_counter(), _cpu_s(), time.thread_time(), 0
+    stages = {}
+    if ahead:
+        with ReadAhead(data, _plan_keys(plan, epoch)) as ra:
+            for g, idx in _plan_keys(plan, epoch):
+                cnt += ra.read(g, idx)["latents"].shape[0]
+        stages = ra.stage_cpu_s
+    else:
+        for g, idx in _plan_keys(plan, epoch):
+            cnt += data.read(g, idx)["latents"].shape[0]
+    busiest = max([time.thread_time() - mine, *stages.values()])
+    return cnt, time.perf_counter() - t, _cpu_s() - c, busiest
+
+
+def _trainer_codecs() -> dict:
+    """The latents codecs the trainer's reader is measured on (named explicitly: the store default may change)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    return {"zstd-3": ZstdCodec(level=3), "blosc-lz4 + bitshuffle": BloscCodec(cname="lz4", clevel=5,
+                                                                               shuffle="bitshuffle")}
+
+
+def bench_trainer_reader(tmp: Path, n: int, repeats: int = 3, threads=(1, 2)) -> list[dict]:
+    """The trainer's reader (``open_train_data`` + ``BatchPlan``, batch 256) over whole epochs: its read-ahead
+    (``generator/training/prefetch.py``, as training reads) and synchronous reads on the training thread,
+    interleaved epoch by epoch (medians), per latents codec and torch thread count."""
     from cascadekit.generator.batches import BatchPlan
     from cascadekit.generator.data import open_train_data
 
-    path = tmp / "reader.zarr"
-    if not path.exists():
-        _synthetic_store(path, n)
-    data = open_train_data(path)
-    plan = BatchPlan(data.groups, 256, seed=0)
-    runs = []
-    for e in range(repeats + 1):  # epoch 0 warms the page cache
-        t, c, cnt = time.perf_counter(), _cpu_s(), 0
-        for k in range(e * plan.batches_per_epoch, (e + 1) * plan.batches_per_epoch):
-            g, idx, _ = plan.batch(k)
-            cnt += data.read(g.name, idx)["latents"].shape[0]
-        runs.append((cnt, time.perf_counter() - t, _cpu_s() - c))
-    return _row("trainer reader (open_train_data + BatchPlan)", 0, runs[1:])
+    src = tmp / "reader.zarr"
+    if not src.exists():
+        _synthetic_store(src, n)
+    stores = {}
+    for name, codec in _trainer_codecs().items():
+        stores[name] = tmp / f"trainer_{len(stores)}.zarr"
+        _recode_latents(src, stores[name], codec)
+    res, before = [], torch.get_num_threads()
+    try:
+        for nt in threads:
+            torch.set_num_threads(nt)
+            for codec, path in stores.items():
+                modes = {"read-ahead": True, "synchronous": False}
+                sources = {m: open_train_data(path) for m in modes}  # own chunk caches per mode
+                plan = BatchPlan(sources["synchronous"].groups, 256, seed=0)
+                runs = {m: [] for m in modes}
+                for e in range(repeats + 1):  # epoch 0 warms the page cache
+                    for m, ahead in modes.items():
+                        runs[m].append(_trainer_epoch(sources[m], plan, e, ahead))
+                for m in modes:
+                    row = _row(f"trainer reader, {m}, {codec}, {nt} torch thr", 0, [r[:3] for r in runs[m][1:]])
+                    # samples per CPU-second of the busiest thread: the rate on free cores if the GIL allowed it
+                    busy = float(np.median([r[0] / r[3] for r in runs[m][1:]]))
+                    res.append({**row, "codec": codec, "torch_threads": nt, "read": m,
+                                "samples_per_busiest_thread_cpu_s": busy})
+    finally:
+        torch.set_num_threads(before)
+        for path in stores.values():
+            shutil.rmtree(path, ignore_errors=True)
+    return res
+
+
+class _FixedText:
+    """A stand-in text encoder (fixed embeddings of the tiny Stage C's widths) for the training-step run."""
+
+    def __init__(self, tokens: int = 8, width: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.t, self.p = torch.randn(1, tokens, width, generator=g), torch.randn(1, 1, width, generator=g)
+
+    def encode(self, prompts):
+        n = len(prompts)
+        return self.t.expand(n, -1, -1).clone(), self.p.expand(n, -1, -1).clone()
+
+
+def bench_train_step(tmp: Path, n: int = 4096, batch: int = 32, steps: int = 8, repeats: int = 2) -> list[dict]:
+    """A real tiny Stage C training run (``Trainer``) on a 16x8x8 store (the tiny Stage C takes ~9 CPU-s per
+    16 samples at 24x24 on this CPU), with the read-ahead and without, runs alternated: median step wall time
+    (``step_time_s`` of the log: data + forward + backward + optimizer) and process CPU seconds per step (the first
+    2 steps of a run are warm-up)."""
+    import statistics
+
+    from cascadekit.generator.config import TrainConfig
+    from cascadekit.generator.data import open_train_data
+    from cascadekit.generator.train import Trainer
+
+    src = tmp / "trainstep.zarr"
+    _synthetic_store(src, n, side=8)
+    cfg = TrainConfig.from_dict(dict(model="tiny", batch_size=batch, steps=steps, lr=1e-3, warmup_steps=1,
+                                     log_every=1000, save_every=10 ** 6, keep_checkpoints=1))
+    walls, cpus = {"read-ahead": [], "synchronous": []}, {"read-ahead": [], "synchronous": []}
+    for r in range(repeats):
+        for mode in walls:
+            trainer = Trainer(open_train_data(src), cfg, tmp / f"run_{mode[:4]}_{r}", device="cpu",
+                              text_encoder=_FixedText(), log=lambda m: None)
+            if mode == "synchronous":
+                trainer.read_ahead = None
+            c = time.process_time()
+            try:
+                hist = trainer.run().history
+            finally:
+                trainer.close()
+            walls[mode] += [h["step_time_s"] for h in hist[2:]]
+            cpus[mode].append((time.process_time() - c) / steps)
+    return [{"mode": f"tiny Stage C training step, batch {batch}, {m}", "step_s_median": statistics.median(walls[m]),
+             "cpu_s_per_step_median": statistics.median(cpus[m]), "steps": len(walls[m])} for m in walls]
 
 
 #: codecs measured for the latents array of a new store: zarr v3 codec (None: the store's default, zstd-3)
@@ -356,7 +458,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller corpora (CI smoke run)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--only", default="overhead,rss,reader,trainer,codecs,bytes")
+    ap.add_argument("--only", default="overhead,rss,reader,trainer,trainstep,codecs,bytes")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--rss-sizes", default=None, help="corpus sizes for the rss run (default 1000,10000; --quick 200,1000)")
     ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
@@ -390,6 +492,8 @@ def main() -> None:
             out["reader"] = bench_reader(tmp, n_reader)
         if "trainer" in only:
             out["trainer"] = bench_trainer_reader(tmp, n_reader)
+        if "trainstep" in only:
+            out["trainstep"] = bench_train_step(tmp)
         if "codecs" in only:
             out["codecs"] = bench_codecs(tmp, n_reader)
         if "bytes" in only:
@@ -412,11 +516,23 @@ def main() -> None:
         a, b = out["rss"][0], out["rss"][-1]
         print(f"peak RSS growth {a['images']} -> {b['images']} images: {b['growth_mb'] - a['growth_mb']:+.1f} MB "
               f"(main), {b['peak_worker_rss_mb'] - a['peak_worker_rss_mb']:+.1f} MB (decode worker)")
-    rows = out.get("reader", []) + ([out["trainer"]] if "trainer" in out else []) + out.get("codecs", [])
+    rows = out.get("reader", []) + out.get("trainer", []) + out.get("codecs", [])
     for r in rows:
         size = f", {r['latents_bytes_per_sample']:.0f} B/sample" if "latents_bytes_per_sample" in r else ""
         print(f"{r['mode']:<46} workers {r['workers']}: {r['samples_per_s']:8.0f} samples/s, "
               f"{r['samples_per_cpu_s']:8.0f} per CPU-second{size}")
+    tr = {(r["codec"], r["torch_threads"], r["read"]): r for r in out.get("trainer", [])}
+    for (codec, nt, m), r in tr.items():
+        if m == "read-ahead":
+            sync = tr[(codec, nt, "synchronous")]
+            print(f"trainer reader {codec}, {nt} torch thr: read-ahead / synchronous = "
+                  f"{r['samples_per_s'] / sync['samples_per_s']:.2f}x samples/s, "
+                  f"{r['samples_per_cpu_s'] / sync['samples_per_cpu_s']:.2f}x per CPU-second; busiest thread "
+                  f"{r['samples_per_busiest_thread_cpu_s']:.0f} vs {sync['samples_per_busiest_thread_cpu_s']:.0f} "
+                  "samples per its CPU-second")
+    for r in out.get("trainstep", []):
+        print(f"{r['mode']:<58}: step {1e3 * r['step_s_median']:7.1f} ms (median of {r['steps']}), "
+              f"CPU {1e3 * r['cpu_s_per_step_median']:7.1f} ms/step")
     if "bytes" in out:
         b = out["bytes"]
         print(f"bytes/sample (16x24x24 fp16): latents {b['latents_bytes_per_sample']:.0f} (raw {b['raw_bytes_per_sample']}), "
