@@ -125,9 +125,7 @@ class _GroupReader:
         idx = np.asarray(indices, dtype=np.int64)
         sel = self.rows[idx]  # store rows of the requested samples, in the requested order
         caches = self.caches
-        # torch's float16 -> float32 conversion is vectorised (about 2.4x numpy's astype); rows() is a fresh array
-        lat = caches["latents"].rows(sel, fetched.get("latents"))
-        batch: dict[str, Any] = {"latents": torch.from_numpy(lat).float()}
+        batch: dict[str, Any] = {"latents": _float32(caches["latents"].rows(sel, fetched.get("latents")))}
         if self.caps is not None:
             batch["captions"] = [self.caps[i] for i in idx.tolist()]
         for name in self.emb:
@@ -137,5 +135,16 @@ class _GroupReader:
             elif values.dtype == np.uint8:  # uint8 controls stay uint8 (4x less memory per batch)
                 batch[name] = torch.from_numpy(values)
             else:
-                batch[name] = torch.from_numpy(values).float()
+                batch[name] = _float32(values)
         return batch
+
+
+def _float32(values: np.ndarray) -> torch.Tensor:
+    """``values`` (a fresh array) as a float32 tensor: torch's vectorised conversion (about 2.4x numpy's astype)
+    into a numpy-allocated buffer (numpy reuses freed large buffers; a fresh torch tensor of a batch page-faults,
+    measured ~10 % more CPU per sample on a read-ahead thread)."""
+    if values.dtype == np.float32:
+        return torch.from_numpy(values)
+    out = np.empty(values.shape, np.float32)
+    torch.from_numpy(out).copy_(torch.from_numpy(values))
+    return torch.from_numpy(out)
