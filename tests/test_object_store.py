@@ -300,6 +300,8 @@ def test_unreachable_endpoint_is_one_clear_error(s3, monkeypatch):
     from cascadekit.cli.main import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # one connection attempt: the same error without botocore's
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")  # back-off retries (~7-10 s of waiting)
     _reset_clients()
     try:
         r = CliRunner().invoke(main, ["inspect", f"s3://{BUCKET}/plain.zarr", "--no-preview"])
