@@ -62,11 +62,10 @@ class DecodeThreads:
     """A :class:`TaskDataset`'s batches decoded on ``threads`` threads of this process, one task per thread
     at a time, and only while the consumer waits for its next batch.
 
-    For a CPU encoder whose threads fill every core: a decode process running alongside would take a core
-    from one of the encoder's threads and stall the other at its next barrier (its decoding costs the
-    encoder about its own CPU time in wall time), while decoding between encoder calls on all cores costs
-    about its CPU time divided by the threads (PIL releases the GIL while it decodes and resizes; see
-    docs/benchmarks.md). Batches come in the order DataLoader workers give them (thread ``j`` owns the
+    For a CPU encoder whose threads fill every core: a decode process running alongside takes a core from
+    one of the encoder's threads and stalls the other at its next barrier (its decoding was added to the
+    encoder's wall time about one to one), while decoding between encoder calls adds at most its CPU time,
+    less as the threads run in parallel (PIL releases the GIL while it decodes and resizes). Batches come in the order DataLoader workers give them (thread ``j`` owns the
     contiguous run :meth:`TaskDataset.run_of`, taken round-robin); each thread has its own
     :class:`SampleReader`; the plan is read here, not on the threads.
     """

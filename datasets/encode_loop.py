@@ -3,14 +3,14 @@
 What overlaps with what (one rank):
 
 * DataLoader workers decode the next batches (``prefetch_factor`` 2 per worker) while the main thread
-  encodes (:func:`make_source` chooses):
-* a CPU encoder whose threads fill every core this process may use is not overlapped with decoding:
-  its batches are decoded between encoder calls on one thread per encoder thread
-  (:class:`~.decode_workers.DecodeThreads`). A decode process beside it takes a core from one encoder
-  thread and stalls the other at the next barrier, so its decoding cost the encoder about its own CPU
-  time in wall time (+21 % end to end on 2 cores); decoding on both cores in the encoder's pauses costs
-  about half (docs/benchmarks.md). On a CPU encoder with spare cores the workers run at a lower priority
-  (``os.nice``);
+  encodes, except for a CPU encoder whose threads fill every core this process may use
+  (:func:`make_source` chooses): its batches are decoded between encoder calls on one thread per
+  encoder thread (:class:`~.decode_workers.DecodeThreads`). A decode process beside such an encoder
+  takes a core from one encoder thread and stalls the other at the next barrier (measured: its
+  decoding was added to the encoder's wall time about one to one, docs/benchmarks.md); decoding in
+  the encoder's pauses adds at most the decoding's CPU time, less when the threads run in parallel
+  (PIL releases the GIL while it decodes and resizes), and needs no worker start-up or IPC. On a CPU
+  encoder with spare cores the workers run at a lower priority (``os.nice``);
 * on CUDA the images arrive in pinned memory and go to the device without blocking; the encoder's
   outputs are copied back into pinned host buffers without blocking and a CUDA event marks the copy,
   so the main thread starts the next batch at once;
