@@ -136,12 +136,7 @@ class ReadAhead:
                     result = _Failed(e)
             self.stage_cpu_s["assemble"] += time.thread_time() - c
             del item, fetched  # the decoded chunks are not held while waiting for room
-            while not self._stop.is_set():
-                try:
-                    self._ready.put(result, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
+            self._ready.put(result)  # blocks while `ready` batches wait (no polling); close() drains to free it
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
