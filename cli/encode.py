@@ -28,7 +28,8 @@ from cascadekit.cli.params import BATCH, COUNT, DEVICE, STORE_OUT, WORKERS, Pixe
               help="Most bytes read from one input file or tar member (default 256 MiB); larger ones are skipped "
                    "(reason too_large). FIFOs, devices and sockets are never read (reason not_a_file).")
 @click.option("--batch-size", default=32, show_default=True, type=BATCH, help="Encoder batch (at most --chunk-rows). Recorded in the store: resume with the same value.")
-@click.option("--num-workers", default=2, show_default=True, type=WORKERS, help="DataLoader processes decoding images.")
+@click.option("--num-workers", default=2, show_default=True, type=WORKERS, help="DataLoader processes decoding images ahead (0: in the main process). A CPU encoder whose threads "
+                   "use every core decodes on threads between its batches instead (no processes).")
 @click.option("--chunk-rows", default=256, show_default=True, type=COUNT, help="Samples per chunk (unit of resume and of each writer).")
 @click.option("--device", default=None, type=DEVICE, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available).")
 @click.option("--decode-on", "decode_on", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
