@@ -109,23 +109,15 @@ class _GroupReader:
         return self.assemble(indices, {})
 
     def fetch(self, indices: list[int]) -> dict[str, dict[int, np.ndarray]]:
-        """{field: {chunk index: decoded chunk}} of the chunks ``indices`` need, for the fields whose chunks of one
-        batch fit in their cache (``keep``); a more finely chunked field is left to :meth:`assemble`, so a batch in
-        flight holds at most ``keep`` decoded chunks per field (what the cache itself may hold)."""
-        sel = self.rows[np.asarray(indices, dtype=np.int64)]
-        out = {}
-        for name, cache in self.caches.items():
-            ids = np.unique(sel // cache.rows_per_chunk).tolist()
-            if len(ids) <= cache.keep:
-                out[name] = {ci: cache.chunk(ci) for ci in ids}
-        return out
+        """The decoded chunks ``indices`` need (see :func:`fetch_chunks`)."""
+        return fetch_chunks(self.caches, self.rows[np.asarray(indices, dtype=np.int64)])
 
     def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
         """The batch of ``indices`` (see :meth:`StoreData.read`), from the chunks ``fetched`` holds and the caches."""
         idx = np.asarray(indices, dtype=np.int64)
         sel = self.rows[idx]  # store rows of the requested samples, in the requested order
         caches = self.caches
-        batch: dict[str, Any] = {"latents": _float32(caches["latents"].rows(sel, fetched.get("latents")))}
+        batch: dict[str, Any] = {"latents": float32_tensor(caches["latents"].rows(sel, fetched.get("latents")))}
         if self.caps is not None:
             batch["captions"] = [self.caps[i] for i in idx.tolist()]
         for name in self.emb:
@@ -135,11 +127,24 @@ class _GroupReader:
             elif values.dtype == np.uint8:  # uint8 controls stay uint8 (4x less memory per batch)
                 batch[name] = torch.from_numpy(values)
             else:
-                batch[name] = _float32(values)
+                batch[name] = float32_tensor(values)
         return batch
 
 
-def _float32(values: np.ndarray) -> torch.Tensor:
+def fetch_chunks(caches: dict[str, Any], rows: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
+    """{field: {chunk index: decoded chunk}} of the chunks store ``rows`` need, read through ``caches`` (field ->
+    :class:`~cascadekit.datasets.access.ChunkCache`), for the fields whose chunks of one batch fit in their cache
+    (``keep``); a more finely chunked field is left to the gather, so a batch in flight holds at most ``keep``
+    decoded chunks per field (what the cache itself may hold). The read-ahead's first stage."""
+    out = {}
+    for name, cache in caches.items():
+        ids = np.unique(rows // cache.rows_per_chunk).tolist()
+        if len(ids) <= cache.keep:
+            out[name] = {ci: cache.chunk(ci) for ci in ids}
+    return out
+
+
+def float32_tensor(values: np.ndarray) -> torch.Tensor:
     """``values`` (a fresh array) as a float32 tensor: torch's vectorised conversion (about 2.4x numpy's astype)
     into a numpy-allocated buffer (numpy reuses freed large buffers; a fresh torch tensor of a batch page-faults,
     measured ~10 % more CPU per sample on a read-ahead thread)."""

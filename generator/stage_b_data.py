@@ -26,6 +26,7 @@ import torch
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets.access import GroupView, LatentStore
 from cascadekit.datasets.remote import store_path
+from cascadekit.generator._store import fetch_chunks, float32_tensor
 from cascadekit.generator.batches import Group
 
 WINDOW = 8  # BatchPlan's shuffle window (chunks)
@@ -127,6 +128,15 @@ class StageBData:
         ``control_inpaint`` (B,3,H,W) uint8 (``pixels``); other tensors float32; in ``indices`` order."""
         return self._readers[group].read(list(indices))
 
+    def fetch(self, group: str, indices: Sequence[int]) -> Any:
+        """Decode the chunks samples ``indices`` of ``group`` need (the trainer's read-ahead, on its own thread;
+        ``generator/training/prefetch.py``); ``assemble(group, indices, fetch(group, indices)) == read(...)``."""
+        return self._readers[group].fetch(list(indices))
+
+    def assemble(self, group: str, indices: Sequence[int], fetched: Any) -> dict[str, Any]:
+        """The batch :meth:`read` returns, gathered from what :meth:`fetch` decoded."""
+        return self._readers[group].assemble(list(indices), fetched)
+
     def cached_chunks(self, group: str) -> int:
         """Decoded Stage A chunks held right now for ``group`` (at most :data:`STAGE_A_KEEP`)."""
         return len(self._readers[group].caches["stage_a"].chunks)
@@ -140,9 +150,15 @@ class _GroupReader:
         self.caches = {"stage_a": gv.cache("stage_a", keep=STAGE_A_KEEP), **{f: gv.cache(f) for f in others}}
 
     def read(self, indices: list[int]) -> dict[str, Any]:
+        return self.assemble(indices, {})
+
+    def fetch(self, indices: list[int]) -> dict[str, dict[int, np.ndarray]]:
+        return fetch_chunks(self.caches, self.rows[np.asarray(indices, dtype=np.int64)])
+
+    def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
         sel = self.rows[idx]
-        out: dict[str, Any] = {name: _tensor(c.rows(sel)) for name, c in self.caches.items()}
+        out: dict[str, Any] = {name: _tensor(c.rows(sel, fetched.get(name))) for name, c in self.caches.items()}
         out["effnet"] = out.pop("latents")
         if self.sizes is not None:
             out["effnet_scale_sizes"] = self.sizes  # (S, 2): the valid (h, w) of each slot
@@ -153,4 +169,4 @@ class _GroupReader:
 
 def _tensor(rows: np.ndarray) -> torch.Tensor:
     """uint8 rows (pixels) as they are, any other dtype as float32."""
-    return torch.from_numpy(rows if rows.dtype == np.uint8 else rows.astype(np.float32))
+    return torch.from_numpy(rows) if rows.dtype == np.uint8 else float32_tensor(rows)

@@ -144,3 +144,46 @@ def test_in_memory_data_is_read_on_the_training_thread(tmp_path):
     finally:
         loop.close()
     assert _Interrupted.seen == [0, 0]
+
+
+def test_stage_b_data_reads_ahead_the_same_batches_and_trains_the_same(tmp_path):
+    """StageBData (Stage A rows streamed through a bounded cache, stored EfficientNet scales, pooled text) read ahead
+    gives the synchronous batches, and a Stage B training run gives the same losses and weights either way."""
+    from stage_b_helpers import C_CLIP_TINY, SMALL_B, learnable_stage_a, write_b_store
+
+    from cascadekit.generator.stage_b_data import StageBData
+    from cascadekit.generator.tasks.stage_b_config import StageBTrainConfig
+    from cascadekit.generator.train_stage_b import stage_b_loop
+
+    n = 24
+    sa = learnable_stage_a(n, 8, 8)
+    eff = torch.nn.functional.avg_pool2d(sa, 2).repeat(1, 4, 1, 1)  # (n,16,4,4)
+    pooled = torch.randn(n, 1, C_CLIP_TINY, generator=torch.Generator().manual_seed(2))
+    store = write_b_store(tmp_path / "b.zarr", sa, eff, scales={0.5: eff[..., ::2, ::2].contiguous(), 1.0: eff},
+                          pooled=pooled, chunk_rows=2)
+    data = StageBData(store)
+    plan = BatchPlan(data.groups, 4, seed=3)
+    updates = 2 * plan.batches_per_epoch
+    sync = [data.read(g, idx) for g, idx in _keys(plan, updates, 1, 0, 1)]
+    with ReadAhead(data, _keys(plan, updates, 1, 0, 1), ReadAheadSettings(ahead=4)) as ra:
+        got = [ra.read(g, idx) for g, idx in _keys(plan, updates, 1, 0, 1)]
+    assert len(got) == updates and {"stage_a", "effnet", "effnet_scales", "clip_text_pooled"} <= set(got[0])
+    for a, b in zip(got, sync):
+        assert a.keys() == b.keys() and all((a[k] == b[k]) if k == "captions" else torch.equal(a[k], b[k]) for k in a)
+
+    cfg = StageBTrainConfig.from_dict({"preset": "tiny", "batch_size": 4, "steps": 3, "save_every": 100,
+                                       "log_every": 1})
+
+    def run(name, read_ahead):
+        loop = stage_b_loop(store, cfg, tmp_path / name, empty_pooled=torch.zeros(1, 1, C_CLIP_TINY),
+                            model_overrides=SMALL_B, log=lambda m: None)
+        loop.read_ahead = read_ahead
+        try:
+            return loop, loop.run()
+        finally:
+            loop.close()
+
+    (la, a), (lb, b) = run("ahead", ReadAheadSettings()), run("sync", None)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert all(torch.equal(p, q) for p, q in zip(la.model.parameters(), lb.model.parameters()))
+    assert not _read_ahead_threads()
