@@ -105,45 +105,49 @@ class _Interrupted(ToyTask):
         return super().inputs(batch, draws, device)
 
 
-def test_training_equals_synchronous_and_leaves_no_thread(tmp_path):
-    data = open_train_data(tiny_store(tmp_path / "s.zarr", n=12))
-    cfg = toy_cfg(steps=4, save_every=100)  # batch 4, grad accumulation 2, shuffled, 4 epochs of 3 updates
-
-    def run(name, read_ahead):
-        loop = TrainingLoop(ToyTask(cfg), data, cfg, tmp_path / name, device="cpu", read_ahead=read_ahead, **QUIET)
-        try:
-            return loop, loop.run()
-        finally:
-            loop.close()
-
-    (la, a), (lb, b) = run("ahead", ReadAheadSettings()), run("sync", None)
-    assert not _read_ahead_threads()
-    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
-    for (n, p), (_, q) in zip(la.model.named_parameters(), lb.model.named_parameters()):
-        assert torch.equal(p, q), n
-
+def _interrupted_run(cfg, data, run_dir) -> list[int]:
+    """The read-ahead thread counts an :class:`_Interrupted` run saw, one per micro-batch, up to its KeyboardInterrupt."""
     _Interrupted.seen = []
-    loop = TrainingLoop(_Interrupted(cfg), data, cfg, tmp_path / "stopped", device="cpu", **QUIET)
+    loop = TrainingLoop(_Interrupted(cfg), data, cfg, run_dir, device="cpu", **QUIET)
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.run()
     finally:
         loop.close()
-    assert _Interrupted.seen == [2, 2] and not _read_ahead_threads()
+    return _Interrupted.seen
+
+
+def _assert_read_ahead_trains_the_same(make_loop) -> None:
+    """``make_loop(name)`` -> a new TrainingLoop in its own run folder; run once with the read-ahead and once without:
+    the same losses and weights, and no read-ahead thread left."""
+    runs = []
+    for name, settings in (("ahead", ReadAheadSettings()), ("sync", None)):
+        loop = make_loop(name)
+        loop.read_ahead = settings
+        try:
+            runs.append((loop, loop.run()))
+        finally:
+            loop.close()
+    (la, a), (lb, b) = runs
+    assert not _read_ahead_threads()
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    for (n, p), (_, q) in zip(la.model.named_parameters(), lb.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_training_equals_synchronous_and_leaves_no_thread(tmp_path):
+    data = open_train_data(tiny_store(tmp_path / "s.zarr", n=12))
+    cfg = toy_cfg(steps=4, save_every=100)  # batch 4, grad accumulation 2, shuffled, 4 epochs of 3 updates
+    _assert_read_ahead_trains_the_same(
+        lambda name: TrainingLoop(ToyTask(cfg), data, cfg, tmp_path / name, device="cpu", **QUIET))
+    assert _interrupted_run(cfg, data, tmp_path / "stopped") == [2, 2] and not _read_ahead_threads()
 
 
 def test_in_memory_data_is_read_on_the_training_thread(tmp_path):
     cfg = toy_cfg(steps=1, save_every=100)
     lat = structured_latents(8)
     data = TensorData(lat, clip_text_pooled=random_embeddings(8)[1])
-    _Interrupted.seen = []
-    loop = TrainingLoop(_Interrupted(cfg), data, cfg, tmp_path / "mem", device="cpu", **QUIET)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run()
-    finally:
-        loop.close()
-    assert _Interrupted.seen == [0, 0]
+    assert _interrupted_run(cfg, data, tmp_path / "mem") == [0, 0]
 
 
 def test_stage_b_data_reads_ahead_the_same_batches_and_trains_the_same(tmp_path):
@@ -173,17 +177,6 @@ def test_stage_b_data_reads_ahead_the_same_batches_and_trains_the_same(tmp_path)
 
     cfg = StageBTrainConfig.from_dict({"preset": "tiny", "batch_size": 4, "steps": 3, "save_every": 100,
                                        "log_every": 1})
-
-    def run(name, read_ahead):
-        loop = stage_b_loop(store, cfg, tmp_path / name, empty_pooled=torch.zeros(1, 1, C_CLIP_TINY),
-                            model_overrides=SMALL_B, log=lambda m: None)
-        loop.read_ahead = read_ahead
-        try:
-            return loop, loop.run()
-        finally:
-            loop.close()
-
-    (la, a), (lb, b) = run("ahead", ReadAheadSettings()), run("sync", None)
-    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
-    assert all(torch.equal(p, q) for p, q in zip(la.model.parameters(), lb.model.parameters()))
-    assert not _read_ahead_threads()
+    _assert_read_ahead_trains_the_same(
+        lambda name: stage_b_loop(store, cfg, tmp_path / name, empty_pooled=torch.zeros(1, 1, C_CLIP_TINY),
+                                  model_overrides=SMALL_B, log=lambda m: None))
