@@ -20,7 +20,7 @@ the rest (the encoder's OpenMP helpers, zarr's I/O loop); ``encoder`` = main thr
 that rest, vs the model's CPU seconds.
 
     python benchmarks/bench_encode.py [--images 768] [--resolution 128] [--batch 32] [--workers 1]
-        [--rounds 3] [--variants decode-threads,worker-niced] [--device cpu] [--threads N] [--json out.json]
+        [--source-side S] [--rounds 3] [--variants decode-threads,worker-niced] [--device cpu] [--threads N] [--json out.json]
 """
 from __future__ import annotations
 
@@ -208,13 +208,18 @@ def _warm_up(codec, tmp: Path, args) -> None:
         shutil.rmtree(tmp / "warm.zarr")
 
 
+def _source_side(args) -> int:
+    """The JPEGs' short side: ``--source-side``, else 256 or the resolution when larger (files are side x 1.25 side)."""
+    return args.source_side or max(args.resolution, 256)
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tmp = Path(tempfile.mkdtemp(prefix="bench_encode_"))
     try:
         corpus = tmp / "corpus"
-        _corpus(corpus, args.images, max(args.resolution, 256))
+        _corpus(corpus, args.images, _source_side(args))
         codec = _codec(args.weights, device, dtype, args.resolution)
         imgs = _predecoded(corpus, args.resolution)
         time_model(codec, imgs[:args.batch], args.batch, device)  # warm-up
@@ -239,6 +244,7 @@ def _loop_s(build: dict) -> float:
 def _result(args, rounds: list[dict]) -> dict:
     out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "images": args.images, "resolution": args.resolution,
+           "source_jpeg": f"{_source_side(args)}x{int(_source_side(args) * 1.25)}",
            "batch_size": args.batch, "num_workers": args.workers, "device": args.device, "rounds": rounds}
     med = statistics.median
     for name in args.variants:
@@ -259,7 +265,7 @@ def _result(args, rounds: list[dict]) -> dict:
 
 
 def _print(res: dict, variants) -> None:
-    print(f"{res['images']} images, {res['resolution']} px, batch {res['batch_size']}, {res['num_workers']} decode "
+    print(f"{res['images']} images, {res['resolution']} px from {res['source_jpeg']} JPEGs, batch {res['batch_size']}, {res['num_workers']} decode "
           f"worker(s), {res['device']}, {res['threads']} threads, {len(res['rounds'])} rounds")
     for name in variants:
         v = res[name]
@@ -286,6 +292,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=768)
     ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--source-side", type=int, default=None,
+                    help="short side of the synthetic JPEGs (default: max(resolution, 256)); e.g. 1024 with --resolution 768")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)

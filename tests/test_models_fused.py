@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cascadekit.codec.models.blocks as blocks
+import cascadekit.codec.models.stage_b as stage_b
 from cascadekit.codec.models.blocks import AttnBlock, ResBlock
 from cascadekit.codec.models.fused import fused_ok
 from cascadekit.codec.models.stage_b import StageB, StageBConfig
@@ -33,9 +34,13 @@ def stage_inputs(stage: str, cfg, g: torch.Generator) -> dict:
 
 
 def counting(monkeypatch) -> dict:
-    """Count the calls of the fused kernels the blocks use."""
-    calls = {"res": 0, "attn": 0}
-    res, attn = blocks.res_block_mlp, blocks.attention_heads
+    """Count the calls of the fused kernels the blocks (and Stage B's conditioning mappers) use."""
+    calls = {"res": 0, "attn": 0, "mapper": 0}
+    res, attn, mapper = blocks.res_block_mlp, blocks.attention_heads, stage_b.conv_mlp
+
+    def mapper_counted(*a, **k):
+        calls["mapper"] += 1
+        return mapper(*a, **k)
 
     def res_counted(*a, **k):
         calls["res"] += 1
@@ -47,6 +52,7 @@ def counting(monkeypatch) -> dict:
 
     monkeypatch.setattr(blocks, "res_block_mlp", res_counted)
     monkeypatch.setattr(blocks, "attention_heads", attn_counted)
+    monkeypatch.setattr(stage_b, "conv_mlp", mapper_counted)
     return calls
 
 
@@ -58,12 +64,13 @@ def test_fused_forward_equals_module_forward(stage, monkeypatch):
     inputs = stage_inputs(stage, cfg, torch.Generator().manual_seed(1))
     calls = counting(monkeypatch)
     ref = model(**inputs)  # grad enabled: the module path
-    assert calls == {"res": 0, "attn": 0}
+    assert calls == {"res": 0, "attn": 0, "mapper": 0}
     with torch.inference_mode():
         fused = model(**inputs)
     n_res = sum(isinstance(m, ResBlock) for m in model.modules())
     n_attn = sum(isinstance(m, AttnBlock) for m in model.modules())
     assert calls["res"] >= n_res and calls["attn"] >= n_attn  # every block took its fused path
+    assert calls["mapper"] == (2 if stage == "b" else 0)  # Stage B's effnet and pixels mappers
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -100,5 +107,5 @@ def test_training_gradients_flow_through_the_module_path(monkeypatch):
     calls = counting(monkeypatch)
     out = model(**stage_inputs("c", cfg, torch.Generator().manual_seed(3)))
     out.square().mean().backward()
-    assert calls == {"res": 0, "attn": 0}
+    assert calls == {"res": 0, "attn": 0, "mapper": 0}
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

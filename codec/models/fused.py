@@ -11,9 +11,10 @@ tolerance.
   spatial L2 norm is a contiguous inner reduction (no ``x*x`` temporary); GELU runs in place; the GRN
   scale and shift are folded into the second Linear (``(h*s + beta) @ W^T = h @ (W*s)^T + W @ beta``)
   and its output is accumulated onto the residual by ``baddbmm`` (no separate add pass).
-* Attention: key and value come out of one batched matmul already head-major and contiguous
-  (B, 2h, M, d), which the CPU flash kernel reads faster than the strided views of a packed Linear
-  output (bit-identical values); the output projection accumulates onto the residual.
+* Stage B's conditioning mappers (1x1 convs around a GELU): GEMMs over channels-last tokens.
+* Attention: key and value are copied head-major and contiguous (B, 2h, M, d) after their GEMM,
+  which the CPU flash kernel reads faster than the strided views of a packed Linear output
+  (bit-identical values); the output projection accumulates onto the residual.
 """
 from __future__ import annotations
 
@@ -64,15 +65,32 @@ def res_block_mlp(t: torch.Tensor, x_res: torch.Tensor, lin1: nn.Linear, grn: nn
     return torch.add(x_res, bias).baddbmm_(h.mT, w2.mT)
 
 
+def conv_mlp(mapper: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
+    """Stage B's conditioning mapper ``Conv1x1 -> GELU -> Conv1x1 -> LayerNorm2d`` as two GEMMs over tokens.
+
+    z (B, C, H, W) in any memory layout -> (B, c, H, W) channels-last. With 2+ threads oneDNN runs a
+    1x1 conv on a few input channels at a fraction of the GEMM rate (measured on the effnet mapper at
+    64x64: 16 -> 256 channels 1.96 ms as a conv, 0.52 ms as ``addmm``; the whole mapper 5.7 -> 2.9 ms).
+    """
+    conv1, _, conv2, norm = mapper
+    b, c, h, w = z.shape
+    t = z.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view for channels-last z, one copy otherwise
+    hid = torch.addmm(conv1.bias, t, conv1.weight.view(conv1.out_channels, c).t())  # (BHW, 4c)
+    torch.ops.aten.gelu_(hid)
+    out = torch.addmm(conv2.bias, hid, conv2.weight.view(conv2.out_channels, -1).t())  # (BHW, c_out)
+    out = norm.channels_last(out)
+    return out.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
 def kv_heads(kv_in: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nhead: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value (B, h, M, d) each, contiguous, from kv_in (B, M, c) and the packed (2c, c) / (2c,) rows."""
+    """Key and value (B, h, M, d) each, contiguous, from kv_in (B, M, c) and the packed (2c, c) / (2c,) rows.
+
+    One GEMM over all tokens, then one copy to head-major: the flash kernel reads contiguous heads faster
+    than the strided head views of the GEMM's output, and the copy costs less than the difference
+    (measured: 13 % less time for this step than one batched matmul per sample writing heads directly).
+    """
     b, m, c = kv_in.shape
-    d = c // nhead
-    w = weight.view(2 * nhead, d, c).transpose(1, 2)  # (2h, c, d)
-    bias = bias.view(2 * nhead, 1, d)
-    kv = kv_in.new_empty(b, 2 * nhead, m, d)
-    for i in range(b):  # one batched matmul per sample (the weight differs per head, not per sample)
-        torch.baddbmm(bias, kv_in[i].expand(2 * nhead, m, c), w, out=kv[i])
+    kv = F.linear(kv_in, weight, bias).view(b, m, 2 * nhead, c // nhead).transpose(1, 2).contiguous()
     return kv[:, :nhead], kv[:, nhead:]
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cascadekit.codec.models.blocks import LayerNorm2d, interpolate_fp32
+from cascadekit.codec.models.fused import conv_mlp, fused_ok
 from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
@@ -110,6 +111,11 @@ class StageB(LevelUNet):
         return [self.clip_mapper, self.effnet_mapper[0], self.effnet_mapper[2], self.pixels_mapper[0],
                 self.pixels_mapper[2]]
 
+    @staticmethod
+    def _map(mapper: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
+        """A conditioning mapper on z (B, C, h, w) -> (B, c_hidden[0], h, w); inference takes the GEMM path."""
+        return conv_mlp(mapper, z) if fused_ok(mapper, z) else mapper(z)
+
     def gen_c_embeddings(self, clip: torch.Tensor) -> torch.Tensor:
         """Pooled CLIP (B, c_clip) or (B, S, c_clip) -> normalised tokens (B, S*c_clip_seq, c_cond)."""
         if clip.dim() == 2:
@@ -132,8 +138,8 @@ class StageB(LevelUNet):
         clip = self.gen_c_embeddings(clip.to(dtype))  # (B, S, c_cond)
 
         x = self.embedding(x.to(dtype))  # (B, c_hidden[0], H/p, W/p)
-        x = x + self.effnet_mapper(interpolate_fp32(effnet.float(), size=x.shape[-2:]).to(dtype))
-        x = x + interpolate_fp32(self.pixels_mapper(pixels.to(dtype)), size=x.shape[-2:])
+        x = x + self._map(self.effnet_mapper, interpolate_fp32(effnet.float(), size=x.shape[-2:]).to(dtype))
+        x = x + interpolate_fp32(self._map(self.pixels_mapper, pixels.to(dtype)), size=x.shape[-2:])
         level_outputs = self._down_encode(x, r_embed, clip)
         x = self._up_decode(level_outputs, r_embed, clip)
         return self.clf(x)
