@@ -213,9 +213,10 @@ def bench_stage(stage, cfg, args, device, dtype) -> dict:
             for fn in fns.values():
                 fn()
         times = {k: [] for k in fns}
-        for _ in range(args.repeats):  # interleaved: A/B/sgemm, A/B/sgemm, ...
-            for k, fn in fns.items():
-                times[k].append(timed(fn, device))
+        names = list(fns)
+        for i in range(args.repeats):  # interleaved, the order rotated each repeat (A/sgemm/B, sgemm/B/A, ...)
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                times[k].append(timed(fns[k], device))
     return _summary(stage, cfg, ours, inp, flops, sgemm_flops, times, rel, max_abs)
 
 
