@@ -75,9 +75,9 @@ def conv_mlp(mapper: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
     conv1, _, conv2, norm = mapper
     b, c, h, w = z.shape
     t = z.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view for channels-last z, one copy otherwise
-    hid = torch.addmm(conv1.bias, t, conv1.weight.view(conv1.out_channels, c).t())  # (BHW, 4c)
+    hid = torch.addmm(conv1.bias, t, conv1.weight.flatten(1).t())  # (BHW, 4c)
     torch.ops.aten.gelu_(hid)
-    out = torch.addmm(conv2.bias, hid, conv2.weight.view(conv2.out_channels, -1).t())  # (BHW, c_out)
+    out = torch.addmm(conv2.bias, hid, conv2.weight.flatten(1).t())  # (BHW, c_out)
     out = norm.channels_last(out)
     return out.view(b, h, w, -1).permute(0, 3, 1, 2)
 
