@@ -96,14 +96,15 @@ def _empty_from_text_encoder(ident, field_shapes) -> EmptyCaption | None:
     return None
 
 
-class _GroupReader:
-    """Batches of one group: ``read(indices)``, or in two stages for a read-ahead (``generator/training/prefetch.py``):
-    :meth:`fetch` decodes the chunks a batch needs (the costly, GIL-bound part: zstd holds the GIL) and returns them,
-    :meth:`assemble` gathers the batch from them. ``assemble(i, fetch(i)) == read(i)``, bit for bit."""
+class ChunkedGroupReader:
+    """Batches of one group's store ``rows`` read through its chunk ``caches`` (field -> ChunkCache):
+    ``read(indices)``, or in two stages for a read-ahead (``generator/training/prefetch.py``): :meth:`fetch`
+    decodes the chunks a batch needs (the costly, GIL-bound part: zstd holds the GIL) and returns them,
+    :meth:`assemble` gathers the batch from them. ``assemble(i, fetch(i)) == read(i)``, bit for bit.
+    Subclasses set ``rows`` and ``caches`` and write :meth:`assemble`."""
 
-    def __init__(self, gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
-        self.rows, self.caps, self.emb = rows, caps, emb
-        self.caches = {name: gv.cache(name) for name in ["latents", *emb]}
+    rows: np.ndarray
+    caches: dict[str, Any]
 
     def read(self, indices: list[int]) -> dict[str, Any]:
         return self.assemble(indices, {})
@@ -111,6 +112,17 @@ class _GroupReader:
     def fetch(self, indices: list[int]) -> dict[str, dict[int, np.ndarray]]:
         """The decoded chunks ``indices`` need (see :func:`fetch_chunks`)."""
         return fetch_chunks(self.caches, self.rows[np.asarray(indices, dtype=np.int64)])
+
+    def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _GroupReader(ChunkedGroupReader):
+    """The Stage C trainer's batches of one group: latents, captions, stored embeddings and controls."""
+
+    def __init__(self, gv, rows: np.ndarray, caps: list[str] | None, emb: list[str]):
+        self.rows, self.caps, self.emb = rows, caps, emb
+        self.caches = {name: gv.cache(name) for name in ["latents", *emb]}
 
     def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
         """The batch of ``indices`` (see :meth:`StoreData.read`), from the chunks ``fetched`` holds and the caches."""

@@ -26,7 +26,7 @@ import torch
 from cascadekit.codec.errors import InputError
 from cascadekit.datasets.access import GroupView, LatentStore
 from cascadekit.datasets.remote import store_path
-from cascadekit.generator._store import fetch_chunks, float32_tensor
+from cascadekit.generator._store import ChunkedGroupReader, float32_tensor
 from cascadekit.generator.batches import Group
 
 WINDOW = 8  # BatchPlan's shuffle window (chunks)
@@ -142,18 +142,14 @@ class StageBData:
         return len(self._readers[group].caches["stage_a"].chunks)
 
 
-class _GroupReader:
+class _GroupReader(ChunkedGroupReader):
+    """Stage B batches of one group: Stage A latents, EfficientNet latents (+ their scale sizes), captions."""
+
     def __init__(self, gv: GroupView, rows: np.ndarray, captions: list[str] | None, others: list[str]):
         self.rows, self.captions = rows, captions
         sc = stored_scales(gv)
         self.sizes = torch.tensor(sc.sizes, dtype=torch.long) if sc is not None else None
         self.caches = {"stage_a": gv.cache("stage_a", keep=STAGE_A_KEEP), **{f: gv.cache(f) for f in others}}
-
-    def read(self, indices: list[int]) -> dict[str, Any]:
-        return self.assemble(indices, {})
-
-    def fetch(self, indices: list[int]) -> dict[str, dict[int, np.ndarray]]:
-        return fetch_chunks(self.caches, self.rows[np.asarray(indices, dtype=np.int64)])
 
     def assemble(self, indices: list[int], fetched: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
