@@ -251,8 +251,7 @@ class TrainingLoop:
         equal parts; part ``m * world_size + rank`` is this process's micro-batch ``m``. Data and draws are
         those of the global batch, so accumulation and DDP give the result of one full batch.
         Returns ``(x_t, r (b,), conditioning, target, loss weight (b,), logSNR (b,), epoch)``."""
-        parts = self.cfg.grad_accum_steps * self.info.world_size
-        part = m * self.info.world_size + self.info.rank
+        part, parts = self._part(m)
         group, idx, epoch = self.plan.batch(self.step, part, parts)
         batch = (self._reads or self.data).read(group.name, idx)
         sl = slice(part * self.micro, (part + 1) * self.micro)
@@ -393,11 +392,14 @@ class TrainingLoop:
 
     def _micro_keys(self, start: int, end: int):
         """(group name, indices) of every micro-batch this rank reads in updates ``start .. end-1``, in order."""
-        parts = self.cfg.grad_accum_steps * self.info.world_size
         for step in range(start, end):
             for m in range(self.cfg.grad_accum_steps):
-                group, idx, _ = self.plan.batch(step, m * self.info.world_size + self.info.rank, parts)
+                group, idx, _ = self.plan.batch(step, *self._part(m))
                 yield group.name, idx
+
+    def _part(self, m: int) -> tuple[int, int]:
+        """(the part of the global batch that is this rank's micro-batch ``m``, the number of parts)."""
+        return m * self.info.world_size + self.info.rank, self.cfg.grad_accum_steps * self.info.world_size
 
     def _log_record(self, log: TrainLog, rec: dict[str, Any]) -> None:
         rec = dict(rec, time=time.time())
