@@ -120,9 +120,9 @@ class ResBlock(nn.Module):
         x = self.norm.channels_last(self.depthwise(x).permute(0, 2, 3, 1))  # (B,H,W,c)
         if x_skip is not None:
             x = torch.cat([x, x_skip.permute(0, 2, 3, 1)], dim=-1)  # (B,H,W,c+c_skip)
-        if fused_ok(self, x_res):  # inference: same values, fewer passes (see codec.models.fused)
-            b, _, h, w = x_res.shape
-            lin1, _, grn, _, lin2 = self.channelwise
+        lin1, _, grn, _, lin2 = self.channelwise
+        if fused_ok(self, x_res, (lin1.weight, lin1.bias, grn.gamma, grn.beta, lin2.weight, lin2.bias)):
+            b, _, h, w = x_res.shape  # inference: same values, fewer passes (see codec.models.fused)
             return tokens_to_image(res_block_mlp(x.reshape(b, h * w, -1), tokens_last(x_res), lin1, grn, lin2), h, w)
         x = self.channelwise(x).permute(0, 3, 1, 2)  # (B,c,H,W)
         return x + x_res
@@ -196,8 +196,9 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         kv = self.kv_mapper(kv)  # (B,S,c)
         tokens = self.norm.channels_last(x.permute(0, 2, 3, 1)).reshape(b, h * w, c)  # (B,HW,c)
-        if fused_ok(self, x):  # inference: same values, fewer passes (see codec.models.fused)
-            attn = self.attention.attn
+        attn = self.attention.attn
+        if fused_ok(self, x, (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias)):
+            # inference: same values, fewer passes (see codec.models.fused)
             kv = torch.cat([tokens, kv], dim=1) if self.self_attn else kv  # (B, N+S, c)
             o = attention_heads(tokens, kv, attn.in_proj_weight, attn.in_proj_bias, attn.nhead)  # (B,HW,c)
             return tokens_to_image(linear_onto(tokens_last(x), o, attn.out_proj), h, w)
