@@ -8,7 +8,7 @@ import torch
 import cascadekit.codec.models.blocks as blocks
 import cascadekit.codec.models.stage_b as stage_b
 from cascadekit.codec.models.blocks import AttnBlock, ResBlock
-from cascadekit.codec.models.fused import fused_ok
+from cascadekit.codec.models.fused import fused_weights
 from cascadekit.codec.models.stage_b import StageB, StageBConfig
 from cascadekit.generator import StageC, StageCConfig
 
@@ -82,23 +82,64 @@ def test_fused_blocks_equal_module_blocks_with_skip_and_without_self_attention(s
     x = torch.randn(2, 5, 7, 24, generator=g).permute(0, 3, 1, 2)  # channels-last memory, as in the trunk
     skip, cond = torch.randn(2, 8, 5, 7, generator=g), torch.randn(2, 4, 16, generator=g)
     with torch.no_grad():
-        assert fused_ok(res, x) and fused_ok(attn, x)
+        assert fused_weights(res, x, res._mlp_weights) and fused_weights(attn, x, attn._attention_weights)
         fused = (res(x, skip), attn(x, cond), res(x.contiguous(), skip))  # NCHW-contiguous input too
     ref = (res(x, skip), attn(x, cond), res(x.contiguous(), skip))
     for a, b in zip(fused, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_ok_refuses_training_grad_autocast_and_foreign_weights():
+def test_fused_weights_refuses_training_grad_autocast_and_foreign_weights():
     block = ResBlock(8).eval()
     x = torch.randn(1, 8, 4, 4)
+    reads = []
+
+    def read():
+        reads.append(1)
+        return block._mlp_weights()
+
     with torch.no_grad():
-        assert fused_ok(block, x)
-        assert not fused_ok(block, x.double())  # weights in another dtype than x
+        assert fused_weights(block, x, read) is not None
+        assert fused_weights(block, x.double(), read) is None  # weights in another dtype than x
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fused_ok(block, x)
-        assert not fused_ok(block.train(), x)  # dropout is active in training mode
-    assert not fused_ok(block.eval(), x)  # grad enabled: autograd records the module path
+            assert fused_weights(block, x, read) is None
+        assert fused_weights(block.train(), x, read) is None  # dropout is active in training mode
+    assert fused_weights(block.eval(), x, read) is None  # grad enabled: autograd records the module path
+    assert len(reads) == 2  # only where the mode allows the fused path are the weights read at all
+
+
+class CountingDelta(torch.nn.Module):
+    """A parametrization ``W -> W + delta`` that counts how often the weight is computed (as a LoRA's is)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.delta, self.calls = torch.nn.Parameter(torch.randn(shape) * 0.01), 0
+
+    def forward(self, w):
+        self.calls += 1
+        return w + self.delta
+
+
+def test_parametrized_weights_are_computed_once_per_block_call_and_used():
+    from torch.nn.utils import parametrize
+
+    g = torch.Generator().manual_seed(5)
+    res, attn = randomized(ResBlock(16)), randomized(AttnBlock(16, 8, nhead=2))
+    x = torch.randn(1, 6, 5, 16, generator=g).permute(0, 3, 1, 2)
+    cond = torch.randn(1, 3, 8, generator=g)
+    targets = [(res.channelwise[0], "weight"), (res.channelwise[4], "weight"),
+               (attn.attention.attn, "in_proj_weight"), (attn.attention.attn.out_proj, "weight")]
+    deltas = [CountingDelta(getattr(m, n).shape) for m, n in targets]
+    for (m, n), d in zip(targets, deltas):
+        parametrize.register_parametrization(m, n, d)
+        d.calls = 0  # registration evaluates it once
+    with torch.no_grad():
+        fused = (res(x), attn(x, cond))
+        assert [d.calls for d in deltas] == [1, 1, 1, 1]
+    ref = (res(x), attn(x, cond))  # grad enabled: the module path, which reads each weight once too
+    assert [d.calls for d in deltas] == [2, 2, 2, 2]
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_training_gradients_flow_through_the_module_path(monkeypatch):

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cascadekit.codec.models.fused import attention_heads, fused_ok, linear_onto, res_block_mlp, tokens_last, tokens_to_image
+from cascadekit.codec.models.fused import (
+    attention_heads, fused_weights, linear_onto, res_block_mlp, tokens_last, tokens_to_image,
+)
 
 
 def r_embedding(r: torch.Tensor, c_r: int, max_positions: int = 10000) -> torch.Tensor:
@@ -120,12 +122,16 @@ class ResBlock(nn.Module):
         x = self.norm.channels_last(self.depthwise(x).permute(0, 2, 3, 1))  # (B,H,W,c)
         if x_skip is not None:
             x = torch.cat([x, x_skip.permute(0, 2, 3, 1)], dim=-1)  # (B,H,W,c+c_skip)
-        lin1, _, grn, _, lin2 = self.channelwise
-        if fused_ok(self, x_res, (lin1.weight, lin1.bias, grn.gamma, grn.beta, lin2.weight, lin2.bias)):
-            b, _, h, w = x_res.shape  # inference: same values, fewer passes (see codec.models.fused)
-            return tokens_to_image(res_block_mlp(x.reshape(b, h * w, -1), tokens_last(x_res), lin1, grn, lin2), h, w)
+        weights = fused_weights(self, x_res, self._mlp_weights)
+        if weights is not None:  # inference: same values, fewer passes (see codec.models.fused)
+            b, _, h, w = x_res.shape
+            return tokens_to_image(res_block_mlp(x.reshape(b, h * w, -1), tokens_last(x_res), weights), h, w)
         x = self.channelwise(x).permute(0, 3, 1, 2)  # (B,c,H,W)
         return x + x_res
+
+    def _mlp_weights(self) -> tuple[torch.Tensor, ...]:
+        lin1, _, grn, _, lin2 = self.channelwise
+        return lin1.weight, lin1.bias, grn.gamma, grn.beta, lin2.weight, lin2.bias
 
 
 class PackedAttention(nn.Module):
@@ -197,13 +203,18 @@ class AttnBlock(nn.Module):
         kv = self.kv_mapper(kv)  # (B,S,c)
         tokens = self.norm.channels_last(x.permute(0, 2, 3, 1)).reshape(b, h * w, c)  # (B,HW,c)
         attn = self.attention.attn
-        if fused_ok(self, x, (attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias)):
-            # inference: same values, fewer passes (see codec.models.fused)
+        weights = fused_weights(self, x, self._attention_weights)
+        if weights is not None:  # inference: same values, fewer passes (see codec.models.fused)
+            w_in, b_in, w_out, b_out = weights
             kv = torch.cat([tokens, kv], dim=1) if self.self_attn else kv  # (B, N+S, c)
-            o = attention_heads(tokens, kv, attn.in_proj_weight, attn.in_proj_bias, attn.nhead)  # (B,HW,c)
-            return tokens_to_image(linear_onto(tokens_last(x), o, attn.out_proj), h, w)
+            o = attention_heads(tokens, kv, w_in, b_in, attn.nhead)  # (B,HW,c)
+            return tokens_to_image(linear_onto(tokens_last(x), o, w_out, b_out), h, w)
         out = self.attention(tokens, kv, self_attn=self.self_attn)  # (B,HW,c)
         return x + out.transpose(1, 2).unflatten(2, (h, w))
+
+    def _attention_weights(self) -> tuple[torch.Tensor, ...]:
+        attn = self.attention.attn
+        return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias
 
 
 class TimestepBlock(nn.Module):

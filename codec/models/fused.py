@@ -1,9 +1,11 @@
 """Fused inference paths of the trunk blocks: the same function, fewer passes over memory.
 
 Used by :class:`~cascadekit.codec.models.blocks.ResBlock` and
-:class:`~cascadekit.codec.models.blocks.AttnBlock` only when :func:`fused_ok` holds (no autograd
-recording, eval mode, weights on the input's device); training and sequential offload (which moves
-each submodule's weights in a forward pre-hook) keep the module-by-module path. Values equal that
+:class:`~cascadekit.codec.models.blocks.AttnBlock` (and Stage B's mappers) only when
+:func:`fused_weights` hands them their weights (no autograd recording, eval mode, weights on the
+input's device); training and sequential offload (which moves each submodule's weights in a forward
+pre-hook) keep the module-by-module path. The kernels take tensors, not modules: each weight is read
+once per call (a LoRA parametrization computes its weight on every read). Values equal that
 path up to float rounding (relative ~5e-7 in float32); every golden case passes at its default
 tolerance.
 
@@ -18,32 +20,34 @@ tolerance.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def fused_ok(block: nn.Module, x: torch.Tensor, weights: Iterable[torch.Tensor] | None = None) -> bool:
-    """True when ``block`` may take its fused path on ``x``: grad disabled, eval mode (dropout is the
-    identity), no autocast, and each of ``weights`` (the tensors the fused path reads without calling
-    their module; default: all of ``block``'s parameters) already on ``x``'s device in ``x``'s dtype.
+def fused_weights(block: nn.Module, x: torch.Tensor,
+                  read: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+    """The tensors ``read()`` returns, when ``block`` may take its fused path on ``x``; else None.
 
-    Forward hooks on the submodules whose weights are read directly do not run on the fused path
-    (hooks on the block itself do); sequential offload, which moves each submodule in a pre-hook,
-    leaves those weights elsewhere and so gets the module-by-module path. The weights are passed
-    explicitly because walking ``block.parameters()`` costs ~28 µs a call (about 1 % of a 2-thread
-    Stage B forward); reading the attributes at each call cannot go stale the way a cached list
-    would when parameters are replaced (``load_state_dict(assign=True)``, LoRA injection).
+    Allowed: grad disabled, eval mode (dropout is the identity), no autocast, and every tensor that
+    ``read`` returns (the weights the fused path uses without calling their module) already on ``x``'s
+    device in ``x``'s dtype. ``read`` runs only after the mode checks pass, so training never
+    evaluates a parametrized (LoRA) weight twice. Forward hooks on the submodules whose weights are
+    read do not run on the fused path (hooks on the block itself do); sequential offload, which moves
+    each submodule in a pre-hook, leaves those weights elsewhere and so gets the module-by-module path.
+    The weights are read at each call, never cached (a cached list would go stale when parameters are
+    replaced: ``load_state_dict(assign=True)``, LoRA injection); reading them costs ~2 µs, walking
+    ``block.parameters()`` ~28 µs (about 1 % of a 2-thread Stage B forward).
     """
     # meta tensors (shape/FLOP counting) have no autocast state to ask: they take the module path
     if x.device.type == "meta" or torch.is_grad_enabled() or block.training \
             or torch.is_autocast_enabled(x.device.type):
-        return False
+        return None
+    weights = read()
     device, dtype = x.device, x.dtype
-    return all(p.device == device and p.dtype == dtype
-               for p in (block.parameters() if weights is None else weights))
+    return weights if all(w.device == device and w.dtype == dtype for w in weights) else None
 
 
 def tokens_last(x: torch.Tensor) -> torch.Tensor:
@@ -57,36 +61,39 @@ def tokens_to_image(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return t.unflatten(1, (h, w)).permute(0, 3, 1, 2)
 
 
-def res_block_mlp(t: torch.Tensor, x_res: torch.Tensor, lin1: nn.Linear, grn: nn.Module,
-                  lin2: nn.Linear) -> torch.Tensor:
+def res_block_mlp(t: torch.Tensor, x_res: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """``x_res + lin2(grn(gelu(lin1(t))))`` for t (B, N, c_in), x_res (B, N, c) -> (B, N, c).
 
-    The hidden is (B, 4c, N) channels-first; GRN's ``x*(gamma*Nx + 1) + beta`` becomes the per-sample
-    weight ``lin2.weight * (gamma*Nx + 1)`` and the bias ``lin2.bias + lin2.weight @ beta``.
+    weights: (lin1.weight (4c, c_in), lin1.bias, grn.gamma, grn.beta (any shape of 4c elements),
+    lin2.weight (c, 4c), lin2.bias). The hidden is (B, 4c, N) channels-first; GRN's
+    ``x*(gamma*Nx + 1) + beta`` becomes the per-sample weight ``w2 * (gamma*Nx + 1)`` and the bias
+    ``b2 + w2 @ beta``.
     """
+    w1, b1, gamma, beta, w2, b2 = weights
     b = t.shape[0]
-    h = torch.baddbmm(lin1.bias.view(1, -1, 1), lin1.weight.expand(b, -1, -1), t.mT)  # (B, 4c, N)
+    h = torch.baddbmm(b1.view(1, -1, 1), w1.expand(b, -1, -1), t.mT)  # (B, 4c, N)
     torch.ops.aten.gelu_(h)
     gx = torch.linalg.vector_norm(h, dim=-1)  # (B, 4c)
-    s = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).mul_(grn.gamma.view(1, -1)).add_(1)  # (B, 4c)
-    w2 = lin2.weight[None] * s[:, None, :]  # (B, c, 4c)
-    bias = torch.addmv(lin2.bias, lin2.weight, grn.beta.view(-1))  # (c,)
-    return torch.add(x_res, bias).baddbmm_(h.mT, w2.mT)
+    s = (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)).mul_(gamma.view(1, -1)).add_(1)  # (B, 4c)
+    w2s = w2[None] * s[:, None, :]  # (B, c, 4c)
+    bias = torch.addmv(b2, w2, beta.view(-1))  # (c,)
+    return torch.add(x_res, bias).baddbmm_(h.mT, w2s.mT)
 
 
-def conv_mlp(mapper: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
+def conv_mlp(z: torch.Tensor, weights: tuple[torch.Tensor, ...], norm: nn.Module) -> torch.Tensor:
     """Stage B's conditioning mapper ``Conv1x1 -> GELU -> Conv1x1 -> LayerNorm2d`` as two GEMMs over tokens.
 
-    z (B, C, H, W) in any memory layout -> (B, c, H, W) channels-last. With 2+ threads oneDNN runs a
+    z (B, C, H, W) in any memory layout -> (B, c, H, W) channels-last; weights: the two convs' weights
+    ((4c, C, 1, 1), (c, 4c, 1, 1)) and biases as (w1, b1, w2, b2); norm: the LayerNorm2d. With 2+ threads oneDNN runs a
     1x1 conv on a few input channels at a fraction of the GEMM rate (measured on the effnet mapper at
     64x64: 16 -> 256 channels 1.96 ms as a conv, 0.52 ms as ``addmm``; the whole mapper 5.7 -> 2.9 ms).
     """
-    conv1, _, conv2, norm = mapper
+    w1, b1, w2, b2 = weights
     b, c, h, w = z.shape
     t = z.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view for channels-last z, one copy otherwise
-    hid = torch.addmm(conv1.bias, t, conv1.weight.flatten(1).t())  # (BHW, 4c)
+    hid = torch.addmm(b1, t, w1.flatten(1).t())  # (BHW, 4c)
     torch.ops.aten.gelu_(hid)
-    out = torch.addmm(conv2.bias, hid, conv2.weight.flatten(1).t())  # (BHW, c_out)
+    out = torch.addmm(b2, hid, w2.flatten(1).t())  # (BHW, c_out)
     out = norm.channels_last(out)
     return out.view(b, h, w, -1).permute(0, 3, 1, 2)
 
@@ -113,9 +120,10 @@ def attention_heads(q_in: torch.Tensor, kv_in: torch.Tensor, weight: torch.Tenso
     return o.transpose(1, 2).reshape(b, nq, c)
 
 
-def linear_onto(x_res: torch.Tensor, o: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
-    """``x_res + lin(o)`` for x_res (B, N, c_out), o (B, N, c_in) in one accumulation -> (B, N, c_out)."""
+def linear_onto(x_res: torch.Tensor, o: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x_res + F.linear(o, weight, bias)`` for x_res (B, N, c_out), o (B, N, c_in), weight (c_out, c_in),
+    in one accumulation -> (B, N, c_out)."""
     b, n, _ = o.shape
-    out = torch.add(x_res, lin.bias)
-    out.view(b * n, -1).addmm_(o.reshape(b * n, -1), lin.weight.t())
+    out = torch.add(x_res, bias)
+    out.view(b * n, -1).addmm_(o.reshape(b * n, -1), weight.t())
     return out

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cascadekit.codec.models.blocks import LayerNorm2d, interpolate_fp32
-from cascadekit.codec.models.fused import conv_mlp, fused_ok
+from cascadekit.codec.models.fused import conv_mlp, fused_weights
 from cascadekit.codec.models.config import ModelConfig
 from cascadekit.codec.models.presets import infer_preset_of
 from cascadekit.codec.models.unet import LevelUNet
@@ -114,7 +114,9 @@ class StageB(LevelUNet):
     @staticmethod
     def _map(mapper: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
         """A conditioning mapper on z (B, C, h, w) -> (B, c_hidden[0], h, w); inference takes the GEMM path."""
-        return conv_mlp(mapper, z) if fused_ok(mapper, z) else mapper(z)
+        conv1, _, conv2, norm = mapper
+        weights = fused_weights(mapper, z, lambda: (conv1.weight, conv1.bias, conv2.weight, conv2.bias))
+        return mapper(z) if weights is None else conv_mlp(z, weights, norm)
 
     def gen_c_embeddings(self, clip: torch.Tensor) -> torch.Tensor:
         """Pooled CLIP (B, c_clip) or (B, S, c_clip) -> normalised tokens (B, S*c_clip_seq, c_cond)."""
