@@ -83,10 +83,11 @@ def res_block_mlp(t: torch.Tensor, x_res: torch.Tensor, weights: tuple[torch.Ten
 def conv_mlp(z: torch.Tensor, weights: tuple[torch.Tensor, ...], norm: nn.Module) -> torch.Tensor:
     """Stage B's conditioning mapper ``Conv1x1 -> GELU -> Conv1x1 -> LayerNorm2d`` as two GEMMs over tokens.
 
-    z (B, C, H, W) in any memory layout -> (B, c, H, W) channels-last; weights: the two convs' weights
-    ((4c, C, 1, 1), (c, 4c, 1, 1)) and biases as (w1, b1, w2, b2); norm: the LayerNorm2d. With 2+ threads oneDNN runs a
-    1x1 conv on a few input channels at a fraction of the GEMM rate (measured on the effnet mapper at
-    64x64: 16 -> 256 channels 1.96 ms as a conv, 0.52 ms as ``addmm``; the whole mapper 5.7 -> 2.9 ms).
+    z (B, C, H, W) in any memory layout -> (B, c, H, W) channels-last; weights: (w1, b1, w2, b2), the two
+    convs' weights ((4c, C, 1, 1), (c, 4c, 1, 1)) and biases; norm: the LayerNorm2d. With 2+ threads
+    oneDNN runs a 1x1 conv on a few input channels at a fraction of the GEMM rate (measured on the effnet
+    mapper at 64x64: 16 -> 256 channels 1.96 ms as a conv, 0.52 ms as ``addmm``; the whole mapper
+    5.7 -> 2.9 ms).
     """
     w1, b1, w2, b2 = weights
     b, c, h, w = z.shape
